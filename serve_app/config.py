@@ -1,0 +1,147 @@
+"""Application configuration: pydantic models loaded from the `args` of a Serve config file.
+
+Every model forbids unknown keys, so a typo in YAML is an error naming the key instead of a setting
+that is silently ignored. Host and port are Serve's own `http_options` in the same YAML file; they are
+not repeated here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_CACHE_DIR = Path(os.environ.get("AGENT_SERVE_CACHE", Path.home() / ".cache" / "agent-serve"))
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeploymentOptions(StrictModel):
+    """Ray Serve options for one deployment (autoscaling arrives with the distributed-serving work)."""
+
+    num_replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    max_ongoing_requests: int = Field(64, ge=1)
+
+
+class VLLMEngineArgs(StrictModel):
+    """The vLLM engine arguments we expose by name; `extra` passes anything else verbatim."""
+
+    max_model_len: int | None = Field(None, ge=16, description="Context window; None = the model's own.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    enforce_eager: bool = False
+    tensor_parallel_size: int = Field(1, ge=1)
+    pipeline_parallel_size: int = Field(1, ge=1)
+    kv_cache_space_gib: int | None = Field(
+        None, ge=1, description="CPU only: KV cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE)."
+    )
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    max_num_seqs: int | None = Field(None, ge=1)
+    extra: dict[str, Any] = Field(default_factory=dict, description="More AsyncEngineArgs fields, verbatim.")
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+
+class ReplayEngineArgs(StrictModel):
+    """The deterministic test engine: scripted text through the model's real tokenizer."""
+
+    script: Path
+    max_model_len: int = Field(8192, ge=16)
+    token_delay_s: float | None = Field(None, ge=0, description="Overrides the script's delay.")
+
+
+class ModelConfig(StrictModel):
+    id: str = Field(min_length=1, description="The name clients send as `model`.")
+    source: str = Field(
+        min_length=1,
+        description=(
+            "pkg:<package>/<file>.gguf (a GGUF inside an installed Python package), a .gguf file, "
+            "a local Hugging Face directory, or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct."
+        ),
+    )
+    engine: Literal["vllm", "replay"] = "vllm"
+    engine_args: VLLMEngineArgs = VLLMEngineArgs()
+    replay: ReplayEngineArgs | None = None
+    deployment: DeploymentOptions = DeploymentOptions()
+
+    @model_validator(mode="after")
+    def _replay_needs_script(self) -> ModelConfig:
+        if self.engine == "replay" and self.replay is None:
+            raise ValueError(f"model {self.id!r}: engine 'replay' needs a `replay: {{script: ...}}` section")
+        if self.engine == "vllm" and self.replay is not None:
+            raise ValueError(f"model {self.id!r}: `replay` is only valid with engine 'replay'")
+        return self
+
+
+class ServerOptions(StrictModel):
+    api_keys: list[str] = Field(default_factory=list, description="Accepted bearer keys; empty = no auth.")
+    api_keys_env: str = Field(
+        "AGENT_SERVE_API_KEYS", description="Environment variable with more keys, comma-separated."
+    )
+    stream_batch_interval_s: float = Field(
+        0.01,
+        ge=0,
+        description=(
+            "Engine-to-ingress stream batching: after the first chunk (always sent at once), chunks that "
+            "arrive within this interval of the previous send travel together."
+        ),
+    )
+    ingress: DeploymentOptions = DeploymentOptions(num_cpus=0.0, max_ongoing_requests=1024)
+
+    def resolved_api_keys(self) -> list[str]:
+        from_env = [k.strip() for k in os.environ.get(self.api_keys_env, "").split(",") if k.strip()]
+        return [*self.api_keys, *from_env]
+
+
+class AppConfig(StrictModel):
+    models: list[ModelConfig] = Field(min_length=1)
+    server: ServerOptions = ServerOptions()
+    model_cache_dir: Path = DEFAULT_CACHE_DIR
+
+    @field_validator("models")
+    @classmethod
+    def _unique_ids(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        ids = [m.id for m in models]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"model ids must be unique; repeated: {', '.join(duplicates)}")
+        return models
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message meant for the person who wrote the YAML."""
+
+
+def parse_app_config(args: dict[str, Any], origin: str = "application args") -> AppConfig:
+    try:
+        return AppConfig.model_validate(args)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration in {origin}:\n{_describe(exc)}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            lines.append(f"  - {where}: unknown key (check its spelling and the README's configuration reference)")
+        else:
+            lines.append(f"  - {where}: {error['msg']}")
+    return "\n".join(lines)
+
+
+def load_serve_config(path: Path) -> dict[str, Any]:
+    """Read a Serve config YAML file (the one `serve run`/`serve deploy` take)."""
+    with open(path) as f:
+        document = yaml.safe_load(f)
+    if not isinstance(document, dict) or not document.get("applications"):
+        raise ConfigError(f"{path}: not a Serve config file (no `applications` list)")
+    return document

@@ -1,0 +1,64 @@
+"""The engine protocol: what the serving layer needs from an engine, so vLLM and the replay engine plug in.
+
+Everything that crosses it is plain data. The prompt is already rendered and tokenized by the caller
+(who needs the token count anyway, to check the context window), so engines only generate.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Literal
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    max_tokens: int
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling: SamplingOptions
+    # The conversation the prompt was rendered from; engines that script answers (replay) match on it.
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class GenerationDelta:
+    """New text since the previous delta, with the running token count."""
+
+    text: str
+    completion_tokens: int
+    finish_reason: FinishReason | None = None
+
+
+class Engine(ABC):
+    """One model's generator. `start` may take long (weights, warm-up); `generate` streams deltas.
+
+    Closing the iterator returned by `generate` early (client gone) must abort the request in the engine.
+    """
+
+    @abstractmethod
+    async def start(self) -> None: ...
+
+    @property
+    @abstractmethod
+    def max_model_len(self) -> int: ...
+
+    @abstractmethod
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]: ...
+
+    @abstractmethod
+    async def check_health(self) -> None:
+        """Raise if the engine can no longer serve."""
+
+    async def shutdown(self) -> None:
+        return None

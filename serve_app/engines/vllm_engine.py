@@ -1,0 +1,88 @@
+"""vLLM in-process: `AsyncLLM` (vLLM's V1 async engine), no HTTP server, no subprocess of ours.
+
+vLLM starts its own EngineCore process; with tensor/pipeline parallelism > 1 it uses the Ray executor,
+which places its workers in the placement group the Serve replica was started in.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from serve_app.config import VLLMEngineArgs
+from serve_app.engines.base import Engine, GenerationDelta, GenerationRequest
+
+
+class VLLMEngine(Engine):
+    def __init__(self, model_path: Path, args: VLLMEngineArgs, served_model_name: str) -> None:
+        self._model_path = model_path
+        self._args = args
+        self._served_model_name = served_model_name
+        self._llm: Any = None
+
+    def engine_args(self) -> dict[str, Any]:
+        args = self._args
+        kwargs: dict[str, Any] = {
+            "model": str(self._model_path),
+            "served_model_name": self._served_model_name,
+            "dtype": args.dtype,
+            "enforce_eager": args.enforce_eager,
+            "tensor_parallel_size": args.tensor_parallel_size,
+            "pipeline_parallel_size": args.pipeline_parallel_size,
+            # Our logs carry the request lines; vLLM's per-request logging would double them.
+            "enable_log_requests": False,
+        }
+        optional = {
+            "max_model_len": args.max_model_len,
+            "gpu_memory_utilization": args.gpu_memory_utilization,
+            "max_num_seqs": args.max_num_seqs,
+        }
+        kwargs.update({k: v for k, v in optional.items() if v is not None})
+        if args.world_size > 1:
+            kwargs["distributed_executor_backend"] = "ray"
+        kwargs.update(args.extra)
+        return kwargs
+
+    async def start(self) -> None:
+        if self._args.kv_cache_space_gib is not None:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self._args.kv_cache_space_gib)
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**self.engine_args()))
+
+    @property
+    def max_model_len(self) -> int:
+        return int(self._llm.model_config.max_model_len)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        sampling = request.sampling
+        params = SamplingParams(
+            max_tokens=sampling.max_tokens,
+            stop=list(sampling.stop) or None,
+            seed=sampling.seed,
+            output_kind=RequestOutputKind.DELTA,
+            **{k: v for k, v in (("temperature", sampling.temperature), ("top_p", sampling.top_p)) if v is not None},
+        )
+        prompt = TokensPrompt(prompt_token_ids=request.prompt_token_ids)
+        completion_tokens = 0
+        # Leaving this loop early (client gone) closes vLLM's generator, which aborts the request.
+        async for output in self._llm.generate(prompt, params, request_id=request.request_id):
+            choice = output.outputs[0]
+            completion_tokens += len(choice.token_ids)
+            finish = choice.finish_reason if choice.finish_reason in ("stop", "length") else None
+            if choice.finish_reason == "abort":
+                raise RuntimeError("the engine aborted the request")
+            yield GenerationDelta(choice.text, completion_tokens, finish)
+
+    async def check_health(self) -> None:
+        await self._llm.check_health()
+
+    async def shutdown(self) -> None:
+        if self._llm is not None:
+            self._llm.shutdown()

@@ -1,0 +1,35 @@
+"""OpenAI's error envelope, as a value: engines and deployments return these instead of raising across Ray."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class OpenAIError:
+    status_code: int
+    message: str
+    type: str = "invalid_request_error"
+    param: str | None = None
+    code: str | None = None
+
+    def body(self) -> bytes:
+        """`{"error": {message, type, param, code}}`, the shape every OpenAI client parses (R5.1)."""
+        error = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+        return json.dumps({"error": error}, ensure_ascii=False).encode()
+
+
+def invalid_request(message: str, param: str | None = None, code: str | None = None) -> OpenAIError:
+    return OpenAIError(400, message, "invalid_request_error", param, code)
+
+
+def model_not_found(model: str) -> OpenAIError:
+    return OpenAIError(
+        404, f"The model '{model}' does not exist. GET /v1/models lists the served models.",
+        "invalid_request_error", "model", "model_not_found",
+    )
+
+
+def server_error(message: str) -> OpenAIError:
+    return OpenAIError(500, message, "server_error", None, "internal_error")

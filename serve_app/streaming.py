@@ -1,0 +1,61 @@
+"""Batching a token stream for its trip across Ray, without delaying the first token.
+
+Each item that crosses a Ray boundary costs a serialization and a message, so a fast engine's stream
+is grouped: the first item is sent at once (batching must add nothing to time-to-first-token); later
+items that arrive within `interval_s` of the previous send travel together. When tokens come slower
+than the interval, every item is still sent the moment it arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from typing import AsyncIterator, TypeVar
+
+T = TypeVar("T")
+_END = object()
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+async def batched(source: AsyncIterator[T], interval_s: float) -> AsyncIterator[list[T]]:
+    """Yield lists of consecutive items of `source`; closing this generator cancels `source`."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[object] = asyncio.Queue()
+
+    async def pump() -> None:
+        try:
+            async for item in source:
+                queue.put_nowait(item)
+        except Exception as exc:  # handed to the consumer, re-raised there
+            queue.put_nowait(_Failure(exc))
+        else:
+            queue.put_nowait(_END)
+
+    pump_task = asyncio.create_task(pump())
+    last_send = -math.inf
+    try:
+        while True:
+            items = [await queue.get()]
+            wait = last_send + interval_s - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            while not queue.empty():
+                items.append(queue.get_nowait())
+            batch = [item for item in items if item is not _END and not isinstance(item, _Failure)]
+            if batch:
+                yield batch  # type: ignore[misc]
+                last_send = loop.time()
+            for item in items:
+                if isinstance(item, _Failure):
+                    raise item.error
+                if item is _END:
+                    return
+    finally:
+        pump_task.cancel()  # consumer gone: stop the source (the engine aborts the request)
+        with contextlib.suppress(asyncio.CancelledError):
+            await pump_task
