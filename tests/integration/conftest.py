@@ -1,0 +1,61 @@
+"""Start the real Serve application once per test session: real vLLM (eager) and the replay engine."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Iterator
+
+import pytest
+
+from tests.conftest import EMBEDDED_SOURCE, REPLAY_SCRIPT
+
+VLLM_MODEL = "smollm2-135m-instruct"
+REPLAY_MODEL = "smollm2-replay"
+
+
+@dataclass(frozen=True)
+class RunningApp:
+    base_url: str  # ends with /v1, as OpenAI clients expect
+    app_name: str
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def running_app(model_dir: object) -> Iterator[RunningApp]:
+    import ray
+    from ray import serve
+
+    from serve_app import build_app
+
+    args = {
+        "models": [
+            {
+                "id": VLLM_MODEL,
+                "source": EMBEDDED_SOURCE,
+                "engine_args": {"max_model_len": 8192, "dtype": "bfloat16", "enforce_eager": True, "kv_cache_space_gib": 1},
+                "deployment": {"num_cpus": 1},
+            },
+            {
+                "id": REPLAY_MODEL,
+                "source": EMBEDDED_SOURCE,
+                "engine": "replay",
+                "replay": {"script": str(REPLAY_SCRIPT)},
+                "deployment": {"num_cpus": 0.5},
+            },
+        ]
+    }
+    port = _free_port()
+    ray.init(namespace="agent-serve-tests")
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(args), name="openai", route_prefix="/")
+        yield RunningApp(f"http://127.0.0.1:{port}/v1", "openai")
+    finally:
+        serve.shutdown()
+        ray.shutdown()

@@ -1,0 +1,120 @@
+"""The real application end to end: Ray Serve ingress + engine deployments, OpenAI Python SDK as client."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from tests.integration.conftest import REPLAY_MODEL, VLLM_MODEL, RunningApp
+from tests.openai_spec import assert_valid
+from tests.sse_client import parse_sse
+
+pytestmark = pytest.mark.integration
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def client(running_app: RunningApp) -> OpenAI:
+    return OpenAI(base_url=running_app.base_url, api_key="not-needed", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def http(running_app: RunningApp) -> httpx.Client:
+    return httpx.Client(base_url=running_app.base_url, timeout=120)
+
+
+def _raw_stream(http: httpx.Client, body: dict[str, Any]) -> list[dict[str, Any]]:
+    response = http.post("/chat/completions", json={**body, "stream": True})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream")
+    chunks = parse_sse(response.content)
+    for chunk in chunks:
+        assert_valid(chunk, "CreateChatCompletionStreamResponse")
+    return chunks
+
+
+def _text(chunks: list[dict[str, Any]]) -> str:
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+
+
+def test_ingress_and_engines_are_separate_deployments(running_app: RunningApp) -> None:
+    from ray import serve
+
+    deployments = serve.status().applications[running_app.app_name].deployments
+    assert set(deployments) == {"OpenAIIngress", f"LLMServer:{VLLM_MODEL}", f"LLMServer:{REPLAY_MODEL}"}
+    assert all(d.status.value == "HEALTHY" for d in deployments.values())
+
+
+def test_models_are_listed(client: OpenAI, http: httpx.Client) -> None:
+    """R1.5."""
+    assert_valid(http.get("/models").json(), "ListModelsResponse")
+    assert sorted(m.id for m in client.models.list()) == sorted([VLLM_MODEL, REPLAY_MODEL])
+
+
+def test_real_model_answers_through_its_chat_template(client: OpenAI, http: httpx.Client, tokenizer: Any) -> None:
+    """SmolLM2 itself answers (greedy), with the engine's token counts in usage (R3.1, R3.5)."""
+    raw = http.post("/chat/completions", json={"model": VLLM_MODEL, "messages": QUESTION, "temperature": 0, "max_tokens": 40})
+    assert raw.status_code == 200, raw.text
+    assert_valid(raw.json(), "CreateChatCompletionResponse")
+
+    response = client.chat.completions.create(model=VLLM_MODEL, messages=QUESTION, temperature=0, max_tokens=40)
+    choice = response.choices[0]
+    assert "Paris" in choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    prompt = tokenizer.apply_chat_template(QUESTION, tokenize=False, add_generation_prompt=True)
+    assert response.usage.prompt_tokens == len(tokenizer.encode(prompt, add_special_tokens=False))
+    assert 0 < response.usage.completion_tokens <= 40
+
+
+def test_real_model_streams_the_same_text(client: OpenAI, http: httpx.Client) -> None:
+    """R4.2-R4.4 with vLLM: greedy streaming gives the non-streamed text, one finish_reason, then usage."""
+    body = {"model": VLLM_MODEL, "messages": QUESTION, "temperature": 0, "max_tokens": 40}
+    whole = client.chat.completions.create(**body).choices[0].message.content
+
+    chunks = _raw_stream(http, {**body, "stream_options": {"include_usage": True}})
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert _text(chunks) == whole
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert len(finishes) == 1
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
+
+    streamed = "".join(
+        chunk.choices[0].delta.content or ""
+        for chunk in client.chat.completions.create(**body, stream=True)
+        if chunk.choices
+    )
+    assert streamed == whole
+
+
+def test_token_cap_gives_length(client: OpenAI) -> None:
+    """R3.4: the cap is honoured by the engine and reported."""
+    response = client.chat.completions.create(
+        model=VLLM_MODEL, messages=[{"role": "user", "content": "Write a long story about a dragon."}], max_tokens=5
+    )
+    assert response.choices[0].finish_reason == "length"
+    assert response.usage.completion_tokens == 5
+
+
+def test_replay_engine_is_deterministic_through_the_app(client: OpenAI) -> None:
+    messages = [{"role": "user", "content": "please count"}]
+    first = client.chat.completions.create(model=REPLAY_MODEL, messages=messages)
+    second = client.chat.completions.create(model=REPLAY_MODEL, messages=messages)
+    assert first.choices[0].message.content == second.choices[0].message.content == (
+        "one two three four five six seven eight nine ten"
+    )
+    assert first.usage.completion_tokens == 10
+
+
+def test_context_overflow_is_a_400_through_the_app(client: OpenAI) -> None:
+    """R2.5 through Ray: the error value crosses the deployment boundary and keeps its status."""
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=REPLAY_MODEL, messages=[{"role": "user", "content": "word " * 9000}], stream=True)
+    assert info.value.code == "context_length_exceeded"
+    assert "maximum context length" in json.dumps(info.value.body)

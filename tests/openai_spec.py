@@ -1,0 +1,62 @@
+"""Validate bodies and stream chunks against OpenAI's published OpenAPI spec (../shared/reference)."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+
+ROOT = Path(__file__).resolve().parents[1]
+_CANDIDATES = [
+    os.environ.get("AGENT_SERVE_REFERENCE_DIR", ""),
+    str(ROOT.parent / "shared" / "reference"),
+    "/work/shared/reference",
+]
+
+
+def reference_dir() -> Path:
+    for candidate in _CANDIDATES:
+        if candidate and (Path(candidate) / "openai-openapi" / "openapi.yaml").is_file():
+            return Path(candidate)
+    raise FileNotFoundError(
+        "OpenAI's OpenAPI spec not found; set AGENT_SERVE_REFERENCE_DIR to the shared/reference directory "
+        f"(looked in: {', '.join(c for c in _CANDIDATES if c)})"
+    )
+
+
+def _nullable_to_anyof(node: Any) -> Any:
+    """The spec mixes OpenAPI 3.0's `nullable: true` into 3.1 schemas; JSON Schema spells it anyOf-null."""
+    if isinstance(node, list):
+        return [_nullable_to_anyof(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    converted = {key: _nullable_to_anyof(value) for key, value in node.items()}
+    if converted.pop("nullable", False):
+        return {"anyOf": [converted, {"type": "null"}]}
+    return converted
+
+
+@functools.cache
+def _components() -> dict[str, Any]:
+    with open(reference_dir() / "openai-openapi" / "openapi.yaml") as f:
+        document = yaml.load(f, Loader=yaml.CSafeLoader)
+    return _nullable_to_anyof(document["components"])
+
+
+@functools.cache
+def validator(schema_name: str) -> Draft202012Validator:
+    components = _components()
+    if schema_name not in components["schemas"]:
+        raise KeyError(f"no schema {schema_name!r} in OpenAI's spec")
+    return Draft202012Validator({"components": components, "$ref": f"#/components/schemas/{schema_name}"})
+
+
+def assert_valid(instance: Any, schema_name: str) -> None:
+    errors = sorted(validator(schema_name).iter_errors(instance), key=lambda e: list(e.absolute_path))
+    if errors:
+        details = "\n".join(f"  at {'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message[:300]}" for e in errors)
+        raise AssertionError(f"not a valid {schema_name}:\n{details}\ninstance: {str(instance)[:1000]}")

@@ -1,0 +1,122 @@
+"""The HTTP surface without Ray: status codes, the error envelope, auth (R1.2, R1.5, R5.1)."""
+
+from __future__ import annotations
+
+from typing import Any, AsyncGenerator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from serve_app.chat_completions import ChatCompletions
+from serve_app.engines.replay import ReplayEngine
+from serve_app.http_api import create_http_app
+from serve_app.protocol.chat import ChatCompletionRequest
+from serve_app.protocol.errors import OpenAIError
+from tests.conftest import REPLAY_SCRIPT
+from tests.openai_spec import assert_valid
+from tests.sse_client import parse_sse
+
+
+class InProcessBackend:
+    """The ingress's job without Ray: the same ChatCompletions the engine deployment runs."""
+
+    def __init__(self, chat: ChatCompletions) -> None:
+        self._chat = chat
+
+    def model_ids(self) -> list[str]:
+        return [self._chat.model_id]
+
+    async def chat(self, request: ChatCompletionRequest) -> bytes | OpenAIError:
+        planned = self._chat.plan(request)
+        return planned if isinstance(planned, OpenAIError) else await self._chat.complete(planned)
+
+    async def chat_stream(self, request: ChatCompletionRequest) -> AsyncGenerator[bytes | OpenAIError, None]:
+        planned = self._chat.plan(request)
+        if isinstance(planned, OpenAIError):
+            yield planned
+            return
+        async for frame in self._chat.stream(planned):
+            yield frame
+
+
+def _client(tokenizer: Any, api_keys: list[str] | None = None) -> TestClient:
+    chat = ChatCompletions("replay-model", ReplayEngine(tokenizer, REPLAY_SCRIPT, 512, 0.0), tokenizer)
+    return TestClient(create_http_app(InProcessBackend(chat), api_keys or []))
+
+
+@pytest.fixture
+def client(tokenizer: Any) -> TestClient:
+    return _client(tokenizer)
+
+
+HELLO = {"model": "replay-model", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def _assert_error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert_valid(body, "ErrorResponse")
+    if code is not None:
+        assert body["error"]["code"] == code
+    return body["error"]
+
+
+def test_models_list_shape(client: TestClient) -> None:
+    """R1.5."""
+    body = client.get("/v1/models").json()
+    assert_valid(body, "ListModelsResponse")
+    assert [m["id"] for m in body["data"]] == ["replay-model"]
+
+
+def test_chat_returns_the_engines_body(client: TestClient) -> None:
+    response = client.post("/v1/chat/completions", json=HELLO)
+    assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+    assert_valid(response.json(), "CreateChatCompletionResponse")
+
+
+def test_stream_is_event_stream_ending_with_done(client: TestClient) -> None:
+    """R4.1."""
+    response = client.post("/v1/chat/completions", json={**HELLO, "stream": True})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    chunks = parse_sse(response.content)
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks).startswith("Hello! I am the replay")
+
+
+def test_unknown_model_is_404_model_not_found(client: TestClient) -> None:
+    """R1.5, R5.2."""
+    error = _assert_error(client.post("/v1/chat/completions", json={**HELLO, "model": "gpt-9"}), 404, "model_not_found")
+    assert "gpt-9" in error["message"] and error["param"] == "model"
+
+
+def test_invalid_body_is_400_never_422(client: TestClient) -> None:
+    """R2.1: validation failures are 400 with the envelope, naming the field."""
+    error = _assert_error(client.post("/v1/chat/completions", json={**HELLO, "temperature": 9}), 400)
+    assert error["param"] == "temperature"
+    _assert_error(client.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}), 400)
+
+
+def test_errors_before_the_stream_starts_keep_their_status(client: TestClient) -> None:
+    """R2.5 on a streaming request: a real 400, not a 200 stream carrying an error."""
+    body = {**HELLO, "stream": True, "messages": [{"role": "user", "content": "word " * 600}]}
+    _assert_error(client.post("/v1/chat/completions", json=body), 400, "context_length_exceeded")
+
+
+def test_unknown_route_is_404_with_envelope(client: TestClient) -> None:
+    """R5.1: every non-2xx body is the envelope."""
+    _assert_error(client.get("/v1/nothing-here"), 404)
+    _assert_error(client.get("/v1/chat/completions"), 405)
+
+
+def test_api_keys_are_enforced_when_configured(tokenizer: Any) -> None:
+    """R1.2: 401 with the envelope without a valid bearer key; any configured key works."""
+    client = _client(tokenizer, api_keys=["key-one", "key-two"])
+    _assert_error(client.get("/v1/models"), 401, "invalid_api_key")
+    _assert_error(client.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401, "invalid_api_key")
+    for key in ("key-one", "key-two"):
+        assert client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+
+
+def test_without_keys_any_authorization_is_accepted(client: TestClient) -> None:
+    """R1.2."""
+    assert client.get("/v1/models", headers={"Authorization": "Bearer anything"}).status_code == 200
