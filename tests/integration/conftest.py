@@ -8,7 +8,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.conftest import EMBEDDED_SOURCE, REPLAY_SCRIPT
+from tests.conftest import EMBEDDED_SOURCE, REPLAY_SCRIPT, cuda_gpu_count
 
 VLLM_MODEL = "smollm2-135m-instruct"
 REPLAY_MODEL = "smollm2-replay"
@@ -33,13 +33,16 @@ def running_app(model_dir: object) -> Iterator[RunningApp]:
 
     from serve_app import build_app
 
+    on_gpu = cuda_gpu_count() > 0  # the gpu extra on a GPU machine: vLLM needs a (shared) GPU
+    engine_args = {"max_model_len": 8192, "dtype": "bfloat16", "enforce_eager": True}
+    engine_args |= {"gpu_memory_utilization": 0.3} if on_gpu else {"kv_cache_space_gib": 1}
     args = {
         "models": [
             {
                 "id": VLLM_MODEL,
                 "source": EMBEDDED_SOURCE,
-                "engine_args": {"max_model_len": 8192, "dtype": "bfloat16", "enforce_eager": True, "kv_cache_space_gib": 1},
-                "deployment": {"num_cpus": 1},
+                "engine_args": engine_args,
+                "deployment": {"num_cpus": 1, "num_gpus": 0.5 if on_gpu else 0},
             },
             {
                 "id": REPLAY_MODEL,
