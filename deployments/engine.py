@@ -1,19 +1,20 @@
-"""`LLMServer`: one deployment per model, owning its engine (vLLM or replay) and its chat logic."""
+"""`LLMServer`: one deployment per model, owning its engine (vLLM or replay) and its `ModelService`."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from pathlib import Path
-from typing import AsyncGenerator
+from typing import Any, AsyncGenerator
 
 from ray import serve
 
-from serve_app.chat_completions import ChatCompletions
 from serve_app.config import ModelConfig
 from serve_app.engines import create_engine
+from serve_app.model_service import ModelService
 from serve_app.model_source import prepare_model
 from serve_app.protocol.chat import ChatCompletionRequest
+from serve_app.protocol.completions import CompletionRequest
 from serve_app.protocol.errors import OpenAIError
 from serve_app.streaming import batched
 
@@ -31,22 +32,28 @@ class LLMServer:
         self._engine = create_engine(model, model_path, tokenizer)
         logger.info("starting %s engine for model %r from %s", model.engine, model.id, model_path)
         await self._engine.start()
-        self._chat = ChatCompletions(model.id, self._engine, tokenizer)
+        self._service = ModelService(model.id, self._engine, tokenizer)
         self._batch_interval_s = stream_batch_interval_s
 
-    async def chat(self, request: ChatCompletionRequest) -> bytes | OpenAIError:
-        planned = self._chat.plan(request)
-        if isinstance(planned, OpenAIError):
-            return planned
-        return await self._chat.complete(planned)
+    async def generate(self, request: ChatCompletionRequest | CompletionRequest) -> bytes | OpenAIError:
+        plan = self._service.plan(request)
+        return plan if isinstance(plan, OpenAIError) else await plan.complete()
 
-    async def chat_stream(self, request: ChatCompletionRequest) -> AsyncGenerator[bytes | OpenAIError, None]:
-        planned = self._chat.plan(request)
-        if isinstance(planned, OpenAIError):
-            yield planned
+    async def generate_stream(
+        self, request: ChatCompletionRequest | CompletionRequest
+    ) -> AsyncGenerator[bytes | OpenAIError, None]:
+        plan = self._service.plan(request)
+        if isinstance(plan, OpenAIError):
+            yield plan
             return
-        async for frames in batched(self._chat.stream(planned), self._batch_interval_s):
+        async for frames in batched(plan.stream(), self._batch_interval_s):
             yield b"".join(frames)
+
+    def model_info(self) -> dict[str, Any]:
+        return self._service.model_info()
+
+    def engine_stats(self) -> dict[str, int]:
+        return self._service.engine_stats()
 
     async def check_health(self) -> None:
         await self._engine.check_health()

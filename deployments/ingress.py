@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import AsyncGenerator
+from typing import Any, AsyncGenerator
 
 from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import ServerOptions
-from serve_app.http_api import create_http_app
-from serve_app.protocol.chat import ChatCompletionRequest
+from serve_app.http_api import GenerationBody, create_http_app
 from serve_app.protocol.errors import OpenAIError
 
 
@@ -23,18 +22,24 @@ class OpenAIIngress:
         self._server = server
         self._engines = engines
         self._model_ids = list(engines)
+        self._model_info: dict[str, dict[str, Any]] = {}
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_http_app(self, self._server.resolved_api_keys())
+        return create_http_app(self, self._server)
 
     def model_ids(self) -> list[str]:
         return self._model_ids
 
-    async def chat(self, request: ChatCompletionRequest) -> bytes | OpenAIError:
-        return await self._engines[request.model].chat.remote(request)
+    async def model_info(self, model: str) -> dict[str, Any]:
+        if model not in self._model_info:  # fixed for the life of the deployment: ask once
+            self._model_info[model] = await self._engines[model].model_info.remote()
+        return self._model_info[model]
 
-    async def chat_stream(self, request: ChatCompletionRequest) -> AsyncGenerator[bytes | OpenAIError, None]:
-        frames = self._engines[request.model].chat_stream.options(stream=True).remote(request)
+    async def generate(self, request: GenerationBody) -> bytes | OpenAIError:
+        return await self._engines[request.model].generate.remote(request)
+
+    async def generate_stream(self, request: GenerationBody) -> AsyncGenerator[bytes | OpenAIError, None]:
+        frames = self._engines[request.model].generate_stream.options(stream=True).remote(request)
         try:
             async for item in frames:
                 yield item

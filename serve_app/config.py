@@ -94,6 +94,13 @@ class ServerOptions(StrictModel):
             "arrive within this interval of the previous send travel together."
         ),
     )
+    keep_alive_interval_s: float = Field(
+        15.0, gt=0, description="Send an SSE `: keep-alive` comment when a stream was silent this long."
+    )
+    strict_request_fields: bool = Field(
+        False, description="Refuse request fields OpenAI does not define (400 naming the field) instead of ignoring them."
+    )
+    max_request_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
     ingress: DeploymentOptions = DeploymentOptions(num_cpus=0.0, max_ongoing_requests=1024)
 
     def resolved_api_keys(self) -> list[str]:

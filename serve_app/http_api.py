@@ -1,35 +1,49 @@
 """The OpenAI HTTP surface as a FastAPI app, over any `ModelBackend` (no Ray here).
 
 The Serve ingress deployment supplies a backend that forwards to engine deployments; the bytes it gets
-back are already the final JSON bodies and SSE frames, so this layer only picks status codes.
+back are already the final JSON bodies and SSE frames, so this layer only picks status codes, and keeps
+streams alive while the engine is silent.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import re
 import secrets
 import time
-from typing import AsyncGenerator, AsyncIterator, Protocol
+from typing import Any, AsyncGenerator, Awaitable, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serve_app import sse
+from serve_app.config import ServerOptions
 from serve_app.protocol.chat import ChatCompletionRequest
+from serve_app.protocol.completions import CompletionRequest
 from serve_app.protocol.errors import OpenAIError, invalid_request, model_not_found
 
 logger = logging.getLogger("agent_serve.http")
 
 OWNED_BY = "agent-serve"
+GenerationBody = ChatCompletionRequest | CompletionRequest
 
 
 class ModelBackend(Protocol):
     def model_ids(self) -> list[str]: ...
 
-    async def chat(self, request: ChatCompletionRequest) -> bytes | OpenAIError: ...
+    async def model_info(self, model: str) -> dict[str, Any]:
+        """Extra facts about a model for `/v1/models` (its context length)."""
+        ...
 
-    def chat_stream(self, request: ChatCompletionRequest) -> AsyncGenerator[bytes | OpenAIError, None]:
+    async def generate(self, request: GenerationBody) -> bytes | OpenAIError: ...
+
+    def generate_stream(self, request: GenerationBody) -> AsyncGenerator[bytes | OpenAIError, None]:
         """First item: an error (nothing was sent yet) or the first frames; then only frames."""
         ...
 
@@ -38,23 +52,24 @@ def error_response(error: OpenAIError) -> Response:
     return Response(error.body(), status_code=error.status_code, media_type="application/json")
 
 
-def create_http_app(backend: ModelBackend, api_keys: list[str]) -> FastAPI:
+def create_http_app(backend: ModelBackend, options: ServerOptions) -> FastAPI:
     app = FastAPI(title="agent-serve: OpenAI-compatible API", docs_url=None, redoc_url=None)
     started = int(time.time())
-    accepted_keys = [key.encode() for key in api_keys]
+    accepted_keys = [key.encode() for key in options.resolved_api_keys()]
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_body(_: Request, exc: RequestValidationError) -> Response:
         # OpenAI answers bad bodies with 400 and its envelope; FastAPI's default 422 breaks SDK clients.
         first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"] if p != "body") or None
+        param = _param_path(first["loc"])
         return error_response(invalid_request(f"Invalid request: {param or 'body'}: {first['msg']}", param=param))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         message = f"{request.method} {request.url.path}: {exc.detail}"
-        return error_response(OpenAIError(exc.status_code, message, kind))
+        code = "unknown_route" if exc.status_code == 404 else None
+        return error_response(OpenAIError(exc.status_code, message, kind, None, code))
 
     @app.middleware("http")
     async def _authorize(request: Request, call_next):  # type: ignore[no-untyped-def]
@@ -62,7 +77,7 @@ def create_http_app(backend: ModelBackend, api_keys: list[str]) -> FastAPI:
             scheme, _, key = request.headers.get("authorization", "").partition(" ")
             # Compare against every key in constant time, so timing tells nothing about which almost matched.
             valid = scheme.lower() == "bearer" and any(
-                [secrets.compare_digest(key.encode(), accepted) for accepted in accepted_keys]
+                [secrets.compare_digest(key.strip().encode(), accepted) for accepted in accepted_keys]
             )
             if not valid:
                 return error_response(
@@ -71,39 +86,162 @@ def create_http_app(backend: ModelBackend, api_keys: list[str]) -> FastAPI:
                 )
         return await call_next(request)
 
+    async def model_card(model: str) -> dict[str, Any]:
+        card = {"id": model, "object": "model", "created": started, "owned_by": OWNED_BY}
+        return card | await backend.model_info(model)
+
     @app.get("/v1/models")
     async def list_models() -> JSONResponse:
-        cards = [{"id": m, "object": "model", "created": started, "owned_by": OWNED_BY} for m in backend.model_ids()]
-        return JSONResponse({"object": "list", "data": cards})
+        cards = await asyncio.gather(*(model_card(m) for m in backend.model_ids()))
+        return JSONResponse({"object": "list", "data": list(cards)})
+
+    @app.get("/v1/models/{model:path}")
+    async def retrieve_model(model: str) -> Response:
+        if model not in backend.model_ids():
+            return error_response(model_not_found(model))
+        return JSONResponse(await model_card(model))
+
+    async def serve_generation(body: GenerationBody) -> Response:
+        if body.model not in backend.model_ids():
+            return error_response(model_not_found(body.model))
+        if unknown := sorted(body.model_extra or {}):
+            if options.strict_request_fields:
+                return error_response(invalid_request(f"Unrecognized request argument: {unknown[0]}", param=unknown[0]))
+            logger.info("ignoring unknown request fields: %s", ", ".join(unknown))
+        if not body.stream:
+            result = await backend.generate(body)
+            return error_response(result) if isinstance(result, OpenAIError) else Response(result, media_type="application/json")
+        return await _stream_response(backend.generate_stream(body), options.keep_alive_interval_s)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest) -> Response:
-        if body.model not in backend.model_ids():
-            return error_response(model_not_found(body.model))
-        if not body.stream:
-            result = await backend.chat(body)
-            if isinstance(result, OpenAIError):
-                return error_response(result)
-            return Response(result, media_type="application/json")
-        frames = backend.chat_stream(body)
-        first = await anext(frames)
-        if isinstance(first, OpenAIError):
-            await frames.aclose()
-            return error_response(first)
-        return StreamingResponse(
-            _forward(first, frames),
-            media_type="text/event-stream",
-            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
-        )
+        return await serve_generation(body)
 
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest) -> Response:
+        return await serve_generation(body)
+
+    app.add_middleware(
+        CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"], expose_headers=["x-request-id"]
+    )
+    # Outermost: runs before routing, so every later layer sees a canonical `/v1/...` path.
+    app.add_middleware(_CanonicalRequest, max_body_bytes=options.max_request_body_bytes)
     return app
 
 
-async def _forward(first: bytes, rest: AsyncGenerator[bytes | OpenAIError, None]) -> AsyncIterator[bytes]:
+async def _stream_response(frames: AsyncGenerator[bytes | OpenAIError, None], keep_alive_s: float) -> Response:
+    """Wait for the first item to pick the status; if the engine is slow to start, commit to a stream."""
+    first: asyncio.Future[bytes | OpenAIError] = asyncio.ensure_future(anext(frames))
+    done, _ = await asyncio.wait({first}, timeout=keep_alive_s)
+    if done:
+        item = first.result()
+        if isinstance(item, OpenAIError):
+            await frames.aclose()
+            return error_response(item)
+    # Otherwise queued behind other requests: headers and keep-alives go out now (R4.1, R4.7) and a later
+    # error becomes an error event (R4.8).
+    return StreamingResponse(
+        _keep_alive(_chain(first, frames), keep_alive_s),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+    )
+
+
+async def _chain(
+    first: Awaitable[bytes | OpenAIError], rest: AsyncGenerator[bytes | OpenAIError, None]
+) -> AsyncGenerator[bytes | OpenAIError, None]:
     try:
-        yield first
-        async for frames in rest:
-            assert isinstance(frames, bytes), "errors are only sent before the first frame"
-            yield frames
+        yield await first
+        async for item in rest:
+            yield item
     finally:
-        await rest.aclose()  # the client went away: stop generation upstream
+        await rest.aclose()
+
+
+async def _keep_alive(items: AsyncGenerator[bytes | OpenAIError, None], interval_s: float) -> AsyncGenerator[bytes, None]:
+    """Forward frames; an SSE comment whenever nothing was sent for `interval_s` (clients time out at 300 s)."""
+    pending: asyncio.Future[bytes | OpenAIError] | None = None
+    try:
+        yield b""  # flush the headers now, before the first token
+        while True:
+            pending = pending or asyncio.ensure_future(anext(items))
+            done, _ = await asyncio.wait({pending}, timeout=interval_s)
+            if not done:
+                yield sse.KEEP_ALIVE
+                continue
+            finished, pending = pending, None
+            try:
+                item = finished.result()
+            except StopAsyncIteration:
+                return
+            yield sse.error_frame(item) if isinstance(item, OpenAIError) else item
+    finally:
+        if pending is not None:  # the client went away mid-wait
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+        await items.aclose()  # stops generation upstream
+
+
+def _param_path(location: tuple[Any, ...]) -> str | None:
+    """pydantic's ('body', 'messages', 0, 'content') as OpenAI's `messages[0].content`."""
+    path = ""
+    for part in location:
+        if part == "body":
+            continue
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif not re.match(r"^[a-z_]+$", str(part)):
+            continue  # union-branch labels such as 'str' or 'list[dict[str,any]]'
+        else:
+            path += f".{part}" if path else str(part)
+    return path or None
+
+
+class _CanonicalRequest:
+    """Clients build URLs by concatenation: accept `/models`, `/v1//models`; refuse huge bodies with 413."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        root = scope.get("root_path", "")
+        path = scope["path"]
+        local = path[len(root):] if root and path.startswith(root) else path
+        local = re.sub(r"/{2,}", "/", local)
+        if local != "/v1" and not local.startswith("/v1/"):
+            local = "/v1" + local
+        scope = dict(scope, path=(root + local if root and path.startswith(root) else local), raw_path=None)
+
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            return await self._too_large(send)
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body_bytes:
+                raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, counting_receive, send)
+        except _BodyTooLarge:
+            await self._too_large(send)
+
+    async def _too_large(self, send: Send) -> None:
+        error = OpenAIError(413, f"Request body larger than {self.max_body_bytes} bytes.", "invalid_request_error",
+                            None, "request_too_large")
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": error.body()})
+
+
+class _BodyTooLarge(Exception):
+    pass
+

@@ -1,4 +1,6 @@
-"""Batching a token stream for its trip across Ray, without delaying the first token.
+"""Stream plumbing: batching a token stream for Ray, merging several streams.
+
+Batching a token stream for its trip across Ray, without delaying the first token.
 
 Each item that crosses a Ray boundary costs a serialization and a message, so a fast engine's stream
 is grouped: the first item is sent at once (batching must add nothing to time-to-first-token); later
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from typing import AsyncIterator, TypeVar
+from typing import AsyncIterator, Sequence, TypeVar
 
 T = TypeVar("T")
 _END = object()
@@ -59,3 +61,37 @@ async def batched(source: AsyncIterator[T], interval_s: float) -> AsyncIterator[
         pump_task.cancel()  # consumer gone: stop the source (the engine aborts the request)
         with contextlib.suppress(asyncio.CancelledError):
             await pump_task
+
+
+async def merged(sources: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
+    """Items of several streams as they come, tagged with their stream's position; closing cancels all."""
+    if len(sources) == 1:  # the common case needs no tasks
+        async for item in sources[0]:
+            yield 0, item
+        return
+    queue: asyncio.Queue[object] = asyncio.Queue()
+
+    async def pump(position: int, source: AsyncIterator[T]) -> None:
+        try:
+            async for item in source:
+                queue.put_nowait((position, item))
+        except Exception as exc:
+            queue.put_nowait(_Failure(exc))
+        else:
+            queue.put_nowait(_END)
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(sources)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            item = await queue.get()
+            if item is _END:
+                remaining -= 1
+            elif isinstance(item, _Failure):
+                raise item.error
+            else:
+                yield item  # type: ignore[misc]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

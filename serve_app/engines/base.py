@@ -16,10 +16,16 @@ FinishReason = Literal["stop", "length"]
 @dataclass(frozen=True)
 class SamplingOptions:
     max_tokens: int
+    n: int = 1
     temperature: float | None = None
     top_p: float | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    # How many alternatives to report per generated token; None = no logprobs at all.
+    logprobs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -32,12 +38,29 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True)
+class TokenChoice:
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token with its log probability and the most likely alternatives."""
+
+    chosen: TokenChoice
+    top: list[TokenChoice]
+
+
+@dataclass(frozen=True)
 class GenerationDelta:
-    """New text since the previous delta, with the running token count."""
+    """New text of one choice since its previous delta, with that choice's running token count."""
 
     text: str
     completion_tokens: int
     finish_reason: FinishReason | None = None
+    index: int = 0
+    logprobs: list[TokenLogprob] | None = None
 
 
 class Engine(ABC):
@@ -57,8 +80,16 @@ class Engine(ABC):
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]: ...
 
     @abstractmethod
+    def num_unfinished_requests(self) -> int:
+        """Requests waiting or running in the engine: its queue depth."""
+
+    @abstractmethod
     async def check_health(self) -> None:
         """Raise if the engine can no longer serve."""
 
     async def shutdown(self) -> None:
         return None
+
+
+def token_bytes(text: str) -> list[int]:
+    return list(text.encode("utf-8"))

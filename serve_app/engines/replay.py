@@ -11,6 +11,10 @@ token by token:
         text: "Hello! How can I help?"
       - when: {last_message: "(?i)weather"} # regex searched in the last message's text
         text: "Sunny."
+      - when: {last_message: "slow"}
+        text: "Eventually."
+        first_token_delay_s: 5              # per reply: overrides the script's
+        fail_after_tokens: 2                # raise after 2 tokens (mid-stream engine failure)
       - text: "Fallback answer."            # no `when`: matches every request
 """
 
@@ -24,7 +28,15 @@ from typing import Any, AsyncIterator
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve_app.engines.base import Engine, GenerationDelta, GenerationRequest
+from serve_app.engines.base import (
+    Engine,
+    FinishReason,
+    GenerationDelta,
+    GenerationRequest,
+    TokenChoice,
+    TokenLogprob,
+    token_bytes,
+)
 
 
 class _Match(BaseModel):
@@ -46,6 +58,8 @@ class _Reply(BaseModel):
     model_config = ConfigDict(extra="forbid")
     when: _Match = _Match()
     text: str
+    first_token_delay_s: float | None = Field(None, ge=0, description="Overrides the script's, for this reply.")
+    fail_after_tokens: int | None = Field(None, ge=0, description="Simulate an engine failure mid-stream.")
 
 
 class ReplayScript(BaseModel):
@@ -59,12 +73,13 @@ class ReplayScript(BaseModel):
         with open(path) as f:
             return cls.model_validate(yaml.safe_load(f))  # YAML is a superset of JSON
 
-    def reply_for(self, messages: list[dict[str, Any]]) -> str:
+    def reply_for(self, messages: list[dict[str, Any]]) -> _Reply:
         for reply in self.replies:
             if reply.when.matches(messages):
-                return reply.text
+                return reply
         turn = sum(1 for m in messages if m.get("role") == "assistant")
-        raise LookupError(f"replay script has no reply for turn {turn} (last message: {message_text(messages[-1])[:80]!r})")
+        last = message_text(messages[-1])[:80] if messages else ""
+        raise LookupError(f"replay script has no reply for turn {turn} (last message: {last!r})")
 
 
 def message_text(message: dict[str, Any]) -> str:
@@ -80,6 +95,7 @@ class ReplayEngine(Engine):
         self._script = ReplayScript.load(script_path)
         self._max_model_len = max_model_len
         self._token_delay_s = self._script.token_delay_s if token_delay_s is None else token_delay_s
+        self._active = 0
 
     async def start(self) -> None:
         return None  # nothing to load: the tokenizer is the model's own, passed in
@@ -88,34 +104,59 @@ class ReplayEngine(Engine):
     def max_model_len(self) -> int:
         return self._max_model_len
 
+    def num_unfinished_requests(self) -> int:
+        return self._active
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
-        text = self._script.reply_for(request.messages)
-        token_ids = self._tokenizer.encode(text, add_special_tokens=False)
-        sampling = request.sampling
-        if self._script.first_token_delay_s:
-            await asyncio.sleep(self._script.first_token_delay_s)
-        emitted = ""
+        """Every choice (n) gets the same scripted text; logprobs are 0 (the script is certain)."""
+        self._active += 1
+        try:
+            reply = self._script.reply_for(request.messages)
+            token_ids = self._tokenizer.encode(reply.text, add_special_tokens=False)
+            delay = reply.first_token_delay_s if reply.first_token_delay_s is not None else self._script.first_token_delay_s
+            if delay:
+                await asyncio.sleep(delay)
+            sampling = request.sampling
+            async for piece, ids, count, finish in self._pieces(token_ids, sampling.max_tokens, sampling.stop):
+                if reply.fail_after_tokens is not None and count > reply.fail_after_tokens:
+                    raise RuntimeError(f"scripted failure after {reply.fail_after_tokens} tokens")
+                logprobs = None if sampling.logprobs is None else [self._certain(i) for i in ids]
+                for index in range(sampling.n):
+                    yield GenerationDelta(piece, count, finish, index, logprobs)
+        finally:
+            self._active -= 1
+
+    async def _pieces(
+        self, token_ids: list[int], max_tokens: int, stops: tuple[str, ...]
+    ) -> AsyncIterator[tuple[str, list[int], int, FinishReason | None]]:
+        """(new text, its token ids, tokens so far, finish) as the tokens are 'generated'."""
+        emitted, sent = "", 0
         for count in range(1, len(token_ids) + 1):
             if count > 1 and self._token_delay_s:
                 await asyncio.sleep(self._token_delay_s)
             decoded = self._tokenizer.decode(token_ids[:count])
-            stop_at = _first_stop(decoded, sampling.stop)
+            stop_at = _first_stop(decoded, stops)
             if stop_at is not None:
-                yield GenerationDelta(decoded[len(emitted) : stop_at], count, "stop")
+                yield decoded[len(emitted) : stop_at], token_ids[sent:count], count, "stop"
                 return
-            last, capped = count == len(token_ids), count >= sampling.max_tokens
-            finish = "stop" if last else "length" if capped else None
+            last, capped = count == len(token_ids), count >= max_tokens
+            finish: FinishReason | None = "stop" if last else "length" if capped else None
             if finish is None:
                 # Hold back a split multi-byte character and any tail that may begin a stop string.
-                visible = len(decoded) - _stop_prefix_length(decoded, sampling.stop)
+                visible = len(decoded) - _stop_prefix_length(decoded, stops)
                 if decoded.endswith("\ufffd") or visible <= len(emitted):
                     continue
                 decoded = decoded[:visible]
-            yield GenerationDelta(decoded[len(emitted) :], count, finish)
-            emitted = decoded
+            yield decoded[len(emitted) :], token_ids[sent:count], count, finish
+            emitted, sent = decoded, count
             if finish:
                 return
-        yield GenerationDelta("", 0, "stop")  # an empty scripted reply
+        yield "", [], 0, "stop"  # an empty scripted reply
+
+    def _certain(self, token_id: int) -> TokenLogprob:
+        text = self._tokenizer.decode([token_id])
+        choice = TokenChoice(text, 0.0, token_bytes(text))
+        return TokenLogprob(choice, [choice])
 
     async def check_health(self) -> None:
         return None

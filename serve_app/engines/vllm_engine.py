@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from serve_app.config import VLLMEngineArgs
-from serve_app.engines.base import Engine, GenerationDelta, GenerationRequest
+from serve_app.engines.base import (
+    Engine,
+    GenerationDelta,
+    GenerationRequest,
+    SamplingOptions,
+    TokenChoice,
+    TokenLogprob,
+    token_bytes,
+)
 
 
 class VLLMEngine(Engine):
@@ -56,29 +64,27 @@ class VLLMEngine(Engine):
     def max_model_len(self) -> int:
         return int(self._llm.model_config.max_model_len)
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import RequestOutputKind
+    def num_unfinished_requests(self) -> int:
+        return int(self._llm.output_processor.get_num_unfinished_requests())
 
-        sampling = request.sampling
-        params = SamplingParams(
-            max_tokens=sampling.max_tokens,
-            stop=list(sampling.stop) or None,
-            seed=sampling.seed,
-            output_kind=RequestOutputKind.DELTA,
-            **{k: v for k, v in (("temperature", sampling.temperature), ("top_p", sampling.top_p)) if v is not None},
-        )
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
+        from vllm.inputs import TokensPrompt
+
+        completion_tokens: dict[int, int] = {}
         prompt = TokensPrompt(prompt_token_ids=request.prompt_token_ids)
-        completion_tokens = 0
         # Leaving this loop early (client gone) closes vLLM's generator, which aborts the request.
-        async for output in self._llm.generate(prompt, params, request_id=request.request_id):
-            choice = output.outputs[0]
-            completion_tokens += len(choice.token_ids)
-            finish = choice.finish_reason if choice.finish_reason in ("stop", "length") else None
-            if choice.finish_reason == "abort":
-                raise RuntimeError("the engine aborted the request")
-            yield GenerationDelta(choice.text, completion_tokens, finish)
+        async for output in self._llm.generate(prompt, _sampling_params(request.sampling), request_id=request.request_id):
+            for choice in output.outputs:
+                if choice.finish_reason == "abort":
+                    raise RuntimeError("the engine aborted the request")
+                count = completion_tokens[choice.index] = completion_tokens.get(choice.index, 0) + len(choice.token_ids)
+                yield GenerationDelta(
+                    text=choice.text,
+                    completion_tokens=count,
+                    finish_reason=choice.finish_reason if choice.finish_reason in ("stop", "length") else None,
+                    index=choice.index,
+                    logprobs=_token_logprobs(choice.token_ids, choice.logprobs, request.sampling.logprobs),
+                )
 
     async def check_health(self) -> None:
         await self._llm.check_health()
@@ -86,3 +92,41 @@ class VLLMEngine(Engine):
     async def shutdown(self) -> None:
         if self._llm is not None:
             self._llm.shutdown()
+
+
+def _sampling_params(sampling: SamplingOptions) -> Any:
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    optional = {"temperature": sampling.temperature, "top_p": sampling.top_p}
+    return SamplingParams(
+        n=sampling.n,
+        max_tokens=sampling.max_tokens,
+        stop=list(sampling.stop) or None,
+        seed=sampling.seed,
+        presence_penalty=sampling.presence_penalty,
+        frequency_penalty=sampling.frequency_penalty,
+        logit_bias=sampling.logit_bias or None,
+        logprobs=sampling.logprobs,
+        output_kind=RequestOutputKind.DELTA,
+        **{k: v for k, v in optional.items() if v is not None},
+    )
+
+
+def _token_logprobs(token_ids: Any, per_token: Any, top: int | None) -> list[TokenLogprob] | None:
+    """vLLM's {token_id: Logprob(logprob, rank, decoded_token)} per position, as plain data.
+
+    vLLM adds the sampled token to the top-`top` candidates when it ranks lower, so the list is cut to `top`.
+    """
+    if per_token is None or top is None:
+        return None
+    result = []
+    for token_id, candidates in zip(token_ids, per_token):
+        ranked = sorted(candidates.values(), key=lambda c: c.rank)
+        result.append(TokenLogprob(_choice(candidates[token_id]), [_choice(c) for c in ranked[:top]]))
+    return result
+
+
+def _choice(candidate: Any) -> TokenChoice:
+    text = candidate.decoded_token or ""
+    return TokenChoice(text, max(float(candidate.logprob), -9999.0), token_bytes(text))

@@ -2,46 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any, AsyncGenerator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from serve_app.chat_completions import ChatCompletions
+from serve_app.config import ServerOptions
 from serve_app.engines.replay import ReplayEngine
 from serve_app.http_api import create_http_app
-from serve_app.protocol.chat import ChatCompletionRequest
-from serve_app.protocol.errors import OpenAIError
 from tests.conftest import REPLAY_SCRIPT
+from tests.in_process import InProcessBackend
 from tests.openai_spec import assert_valid
 from tests.sse_client import parse_sse
 
 
-class InProcessBackend:
-    """The ingress's job without Ray: the same ChatCompletions the engine deployment runs."""
-
-    def __init__(self, chat: ChatCompletions) -> None:
-        self._chat = chat
-
-    def model_ids(self) -> list[str]:
-        return [self._chat.model_id]
-
-    async def chat(self, request: ChatCompletionRequest) -> bytes | OpenAIError:
-        planned = self._chat.plan(request)
-        return planned if isinstance(planned, OpenAIError) else await self._chat.complete(planned)
-
-    async def chat_stream(self, request: ChatCompletionRequest) -> AsyncGenerator[bytes | OpenAIError, None]:
-        planned = self._chat.plan(request)
-        if isinstance(planned, OpenAIError):
-            yield planned
-            return
-        async for frame in self._chat.stream(planned):
-            yield frame
-
-
 def _client(tokenizer: Any, api_keys: list[str] | None = None) -> TestClient:
-    chat = ChatCompletions("replay-model", ReplayEngine(tokenizer, REPLAY_SCRIPT, 512, 0.0), tokenizer)
-    return TestClient(create_http_app(InProcessBackend(chat), api_keys or []))
+    backend = InProcessBackend("replay-model", ReplayEngine(tokenizer, REPLAY_SCRIPT, 512, 0.0), tokenizer)
+    return TestClient(create_http_app(backend, ServerOptions(api_keys=api_keys or [])))
 
 
 @pytest.fixture

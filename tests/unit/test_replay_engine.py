@@ -31,10 +31,10 @@ def _run(tokenizer: Any, messages: list[dict[str, Any]], max_tokens: int = 1000,
 
 def test_script_matches_turn_then_pattern_then_fallback() -> None:
     script = ReplayScript.load(REPLAY_SCRIPT)
-    assert script.reply_for(_messages("hi")).startswith("Hello! I am the replay engine")
-    assert script.reply_for(_messages("hi", "Hello!", "more")) == "This is the second turn."
-    assert script.reply_for(_messages("please count")).startswith("one two")
-    assert script.reply_for(_messages("a", "b", "c", "d", "e")) == "Fallback reply."
+    assert script.reply_for(_messages("hi")).text.startswith("Hello! I am the replay engine")
+    assert script.reply_for(_messages("hi", "Hello!", "more")).text == "This is the second turn."
+    assert script.reply_for(_messages("please count")).text.startswith("one two")
+    assert script.reply_for(_messages("a", "b", "c", "d", "e")).text == "Fallback reply."
 
 
 def test_script_without_a_match_names_the_turn(tmp_path: Path) -> None:

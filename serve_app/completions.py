@@ -1,0 +1,160 @@
+"""Text completions for one model: prompts (text or token ids) -> engine -> `text_completion` objects.
+
+Several prompts run concurrently; choice `index` is `prompt_index * n + i`, as OpenAI numbers them.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from serve_app import sse
+from serve_app.engines.base import Engine, GenerationRequest, TokenLogprob
+from serve_app.generation import collect_all, context_error, sampling_options
+from serve_app.protocol.common import FinishReason, Usage
+from serve_app.protocol.completions import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
+from serve_app.protocol.errors import OpenAIError, invalid_request, server_error
+from serve_app.streaming import merged
+
+SYSTEM_FINGERPRINT = "agent-serve"
+
+
+@dataclass(frozen=True)
+class PlannedCompletion:
+    request: CompletionRequest
+    id: str
+    created: int
+    generations: list[GenerationRequest]
+    prompt_texts: list[str]  # for echo
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(g.prompt_token_ids) for g in self.generations)
+
+
+class TextCompletions:
+    def __init__(self, model_id: str, engine: Engine, tokenizer: Any) -> None:
+        self.model_id = model_id
+        self.engine = engine
+        self.tokenizer = tokenizer
+
+    def plan(self, request: CompletionRequest) -> PlannedCompletion | OpenAIError:
+        if request.suffix:
+            return invalid_request("suffix (fill-in-the-middle) is not supported by this server.", param="suffix")
+        if request.best_of not in (None, request.n):
+            return invalid_request("best_of is not supported; use n.", param="best_of")
+        if request.echo and request.logprobs is not None:
+            return invalid_request("echo together with logprobs (prompt logprobs) is not supported.", param="echo")
+        if request.stream_options is not None and not request.stream:
+            return invalid_request("stream_options is only allowed when stream is true.", param="stream_options")
+        prompts = request.prompts()
+        if not prompts:
+            return invalid_request("prompt must not be empty.", param="prompt")
+        request_id = f"cmpl-{uuid.uuid4().hex}"
+        generations, texts = [], []
+        for i, prompt in enumerate(prompts):
+            if isinstance(prompt, str):
+                ids: list[int] = self.tokenizer.encode(prompt, add_special_tokens=False)
+                texts.append(prompt)
+            else:
+                if any(not 0 <= t < len(self.tokenizer) for t in prompt):
+                    return invalid_request(f"prompt {i} has token ids outside the vocabulary.", param="prompt")
+                ids = list(prompt)
+                texts.append(self.tokenizer.decode(ids))
+            if not ids:
+                return invalid_request(f"prompt {i} is empty.", param="prompt")
+            if (error := context_error(len(ids), self.engine.max_model_len, "prompt")) is not None:
+                return error
+            sampling = sampling_options(
+                request, cap=request.max_tokens, room=self.engine.max_model_len - len(ids),
+                logprobs=request.logprobs, vocab_size=len(self.tokenizer),
+            )
+            if isinstance(sampling, OpenAIError):
+                return sampling
+            # A scripted engine matches on messages; a text prompt reads as the user's last message.
+            as_message = [{"role": "user", "content": texts[-1]}]
+            generations.append(GenerationRequest(f"{request_id}-{i}", ids, sampling, as_message))
+        return PlannedCompletion(request, request_id, int(time.time()), generations, texts)
+
+    def _choice_index(self, planned: PlannedCompletion, prompt_index: int, choice_index: int) -> int:
+        return prompt_index * (planned.request.n or 1) + choice_index
+
+    async def complete(self, planned: PlannedCompletion) -> bytes | OpenAIError:
+        try:
+            results = await collect_all(self.engine, planned.generations)
+        except Exception as exc:
+            return server_error(f"The engine failed while generating: {exc}")
+        choices = [
+            CompletionChoice(
+                index=self._choice_index(planned, p, c),
+                text=(planned.prompt_texts[p] if planned.request.echo else "") + choice.text,
+                logprobs=_legacy_logprobs(choice.logprobs, 0),
+                finish_reason=choice.finish_reason,
+            )
+            for p, result in enumerate(results)
+            for c, choice in enumerate(result.choices)
+        ]
+        usage = Usage.of(planned.prompt_tokens, sum(r.completion_tokens for r in results))
+        return self._object(planned, choices, usage).model_dump_json().encode()
+
+    async def stream(self, planned: PlannedCompletion) -> AsyncIterator[bytes]:
+        n = planned.request.n or 1
+        tokens: dict[int, int] = {}
+        offsets: dict[int, int] = {}
+        echoed: set[int] = set()
+        finished: set[int] = set()
+        streams = [self.engine.generate(g) for g in planned.generations]
+        try:
+            async for prompt_index, delta in merged(streams):
+                index = self._choice_index(planned, prompt_index, delta.index)
+                tokens[index] = delta.completion_tokens
+                text = delta.text
+                if planned.request.echo and index not in echoed:
+                    text = planned.prompt_texts[prompt_index] + text
+                    echoed.add(index)
+                logprobs = _legacy_logprobs(delta.logprobs, offsets.get(index, 0))
+                offsets[index] = offsets.get(index, 0) + len(delta.text)
+                if delta.finish_reason:
+                    finished.add(index)
+                yield self._frame(planned, index, text, delta.finish_reason, logprobs)
+        except Exception as exc:
+            yield sse.error_frame(server_error(f"The engine failed while generating: {exc}"))
+            return
+        for index in range(len(planned.generations) * n):
+            if index not in finished:
+                yield self._frame(planned, index, "", "stop", None)
+        if planned.request.include_usage:
+            usage = Usage.of(planned.prompt_tokens, sum(tokens.values()))
+            yield sse.frame(self._object(planned, [], usage).model_dump_json())
+        yield sse.DONE
+
+    def _frame(
+        self, planned: PlannedCompletion, index: int, text: str, finish: FinishReason | None, logprobs: CompletionLogprobs | None
+    ) -> bytes:
+        choice = CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=finish)
+        return sse.frame(self._object(planned, [choice], None).model_dump_json(exclude={"usage"}))
+
+    def _object(self, planned: PlannedCompletion, choices: list[CompletionChoice], usage: Usage | None) -> Completion:
+        return Completion(
+            id=planned.id, created=planned.created, model=self.model_id, choices=choices,
+            system_fingerprint=SYSTEM_FINGERPRINT, usage=usage,
+        )
+
+
+def _legacy_logprobs(logprobs: list[TokenLogprob] | None, start_offset: int) -> CompletionLogprobs | None:
+    """The completions API's column layout: tokens, their logprobs, top alternatives, character offsets."""
+    if logprobs is None:
+        return None
+    offsets, position = [], start_offset
+    for t in logprobs:
+        offsets.append(position)
+        position += len(t.chosen.token)
+    return CompletionLogprobs(
+        tokens=[t.chosen.token for t in logprobs],
+        token_logprobs=[t.chosen.logprob for t in logprobs],
+        top_logprobs=[{c.token: c.logprob for c in t.top} for t in logprobs],
+        text_offset=offsets,
+    )
+

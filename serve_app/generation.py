@@ -1,0 +1,83 @@
+"""What chat and text completions share: sampling limits, the context check, collecting a whole answer."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from serve_app.engines.base import Engine, FinishReason, GenerationRequest, SamplingOptions, TokenLogprob
+from serve_app.protocol.common import SamplingFields
+from serve_app.protocol.errors import OpenAIError, invalid_request
+
+
+def context_error(prompt_tokens: int, max_model_len: int, param: str) -> OpenAIError | None:
+    """R2.5: a prompt that leaves no room to generate is refused, never truncated."""
+    if prompt_tokens < max_model_len:
+        return None
+    return invalid_request(
+        f"This model's maximum context length is {max_model_len} tokens. However, your request has "
+        f"{prompt_tokens} prompt tokens, leaving no room for a completion. Please reduce the length of the input.",
+        param=param,
+        code="context_length_exceeded",
+    )
+
+
+def sampling_options(
+    fields: SamplingFields, cap: int | None, room: int, logprobs: int | None, vocab_size: int
+) -> SamplingOptions | OpenAIError:
+    """Map OpenAI's sampling fields onto the engine's, faithfully; what cannot be honoured is a 400."""
+    logit_bias: dict[int, float] = {}
+    for key, bias in (fields.logit_bias or {}).items():
+        if not key.lstrip("-").isdigit() or not 0 <= int(key) < vocab_size:
+            return invalid_request(f"logit_bias key {key!r} is not a token id of this model (0..{vocab_size - 1}).", param="logit_bias")
+        if not -100 <= bias <= 100:
+            return invalid_request(f"logit_bias value {bias} for token {key} is outside [-100, 100].", param="logit_bias")
+        logit_bias[int(key)] = float(bias)
+    return SamplingOptions(
+        max_tokens=min(cap or room, room),  # R2.4: a cap beyond the context is clamped, not refused
+        n=fields.n or 1,
+        temperature=fields.temperature,
+        top_p=fields.top_p,
+        stop=fields.stop_sequences,
+        seed=fields.seed,
+        presence_penalty=fields.presence_penalty or 0.0,
+        frequency_penalty=fields.frequency_penalty or 0.0,
+        logit_bias=logit_bias,
+        logprobs=logprobs,
+    )
+
+
+@dataclass
+class ChoiceResult:
+    """One choice of a finished generation."""
+
+    text: str = ""
+    completion_tokens: int = 0
+    finish_reason: FinishReason = "stop"
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass
+class GenerationResult:
+    choices: list[ChoiceResult] = field(default_factory=list)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.completion_tokens for c in self.choices)
+
+
+async def collect(engine: Engine, request: GenerationRequest) -> GenerationResult:
+    """Run a request to the end; the choices in index order."""
+    choices = [ChoiceResult(logprobs=[] if request.sampling.logprobs is not None else None) for _ in range(request.sampling.n)]
+    async for delta in engine.generate(request):
+        choice = choices[delta.index]
+        choice.text += delta.text
+        choice.completion_tokens = delta.completion_tokens
+        choice.finish_reason = delta.finish_reason or choice.finish_reason
+        if delta.logprobs and choice.logprobs is not None:
+            choice.logprobs.extend(delta.logprobs)
+    return GenerationResult(choices)
+
+
+async def collect_all(engine: Engine, requests: list[GenerationRequest]) -> list[GenerationResult]:
+    return list(await asyncio.gather(*(collect(engine, r) for r in requests)))

@@ -1,0 +1,58 @@
+"""One model's endpoints (chat and text completions) over one engine: what an engine deployment serves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Protocol
+
+from serve_app.chat_completions import ChatCompletions
+from serve_app.completions import TextCompletions
+from serve_app.engines.base import Engine
+from serve_app.protocol.chat import ChatCompletionRequest
+from serve_app.protocol.completions import CompletionRequest
+from serve_app.protocol.errors import OpenAIError
+
+
+class Endpoint(Protocol):
+    """Both endpoints work in the same three steps, so the service treats them alike."""
+
+    def plan(self, request: Any) -> Any: ...
+
+    async def complete(self, planned: Any) -> bytes | OpenAIError: ...
+
+    def stream(self, planned: Any) -> AsyncIterator[bytes]: ...
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated request bound to its endpoint, ready to run whole or streamed."""
+
+    endpoint: Endpoint
+    planned: Any
+
+    async def complete(self) -> bytes | OpenAIError:
+        return await self.endpoint.complete(self.planned)
+
+    def stream(self) -> AsyncIterator[bytes]:
+        return self.endpoint.stream(self.planned)
+
+
+class ModelService:
+    def __init__(self, model_id: str, engine: Engine, tokenizer: Any) -> None:
+        self.engine = engine
+        self._endpoints: dict[type, Endpoint] = {
+            ChatCompletionRequest: ChatCompletions(model_id, engine, tokenizer),
+            CompletionRequest: TextCompletions(model_id, engine, tokenizer),
+        }
+
+    def plan(self, request: ChatCompletionRequest | CompletionRequest) -> Plan | OpenAIError:
+        endpoint = self._endpoints[type(request)]
+        planned = endpoint.plan(request)
+        return planned if isinstance(planned, OpenAIError) else Plan(endpoint, planned)
+
+    def model_info(self) -> dict[str, Any]:
+        return {"max_model_len": self.engine.max_model_len}
+
+    def engine_stats(self) -> dict[str, int]:
+        """The engine's queue depth (waiting + running requests)."""
+        return {"num_unfinished_requests": self.engine.num_unfinished_requests()}

@@ -1,0 +1,35 @@
+"""The ingress's job without Ray, for tests of the HTTP surface: the same `ModelService` the engine
+deployment runs, over a real (replay) engine in this process."""
+
+from __future__ import annotations
+
+from typing import Any, AsyncGenerator
+
+from serve_app.engines.base import Engine
+from serve_app.http_api import GenerationBody
+from serve_app.model_service import ModelService
+from serve_app.protocol.errors import OpenAIError
+
+
+class InProcessBackend:
+    def __init__(self, model_id: str, engine: Engine, tokenizer: Any) -> None:
+        self._model_id = model_id
+        self.service = ModelService(model_id, engine, tokenizer)
+
+    def model_ids(self) -> list[str]:
+        return [self._model_id]
+
+    async def model_info(self, model: str) -> dict[str, Any]:
+        return self.service.model_info()
+
+    async def generate(self, request: GenerationBody) -> bytes | OpenAIError:
+        plan = self.service.plan(request)
+        return plan if isinstance(plan, OpenAIError) else await plan.complete()
+
+    async def generate_stream(self, request: GenerationBody) -> AsyncGenerator[bytes | OpenAIError, None]:
+        plan = self.service.plan(request)
+        if isinstance(plan, OpenAIError):
+            yield plan
+            return
+        async for frame in plan.stream():
+            yield frame
