@@ -51,7 +51,9 @@ def running_app(model_dir: object) -> Iterator[RunningApp]:
                 "replay": {"script": str(REPLAY_SCRIPT)},
                 "deployment": {"num_cpus": 0.5},
             },
-        ]
+        ],
+        # Short enough for tests to see keep-alives and 413s without waiting or sending megabytes.
+        "server": {"keep_alive_interval_s": 1.0, "max_request_body_bytes": 1_000_000},
     }
     port = _free_port()
     ray.init(namespace="agent-serve-tests")

@@ -39,8 +39,9 @@ def _assert_error(response: Any, status: int, code: str | None = None) -> dict[s
 
 
 def test_models_list_shape(client: TestClient) -> None:
-    """R1.5."""
+    """R1.5: OpenAI's shape, plus the context length (the one extra field, which clients may use)."""
     body = client.get("/v1/models").json()
+    assert [card.pop("max_model_len") for card in body["data"]] == [512]
     assert_valid(body, "ListModelsResponse")
     assert [m["id"] for m in body["data"]] == ["replay-model"]
 
