@@ -96,7 +96,7 @@ class ChatCompletions:
     def _unsupported_content(self, messages: list[ChatMessage]) -> OpenAIError | None:
         for i, message in enumerate(messages):
             for j, part in enumerate(message.content if isinstance(message.content, list) else []):
-                kind = part.get("type")
+                kind = part.type
                 if kind not in ("text", "refusal"):
                     return invalid_request(
                         f"Model '{self.model_id}' accepts text only; messages[{i}].content[{j}] is a "

@@ -71,6 +71,14 @@ def create_http_app(backend: ModelBackend, options: ServerOptions) -> FastAPI:
         code = "unknown_route" if exc.status_code == 404 else None
         return error_response(OpenAIError(exc.status_code, message, kind, None, code))
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        # A replica that died or is overloaded must still answer with the envelope; 503 tells SDKs to retry.
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        retryable = type(exc).__module__.startswith("ray")
+        status, kind = (503, "service_unavailable") if retryable else (500, "server_error")
+        return error_response(OpenAIError(status, f"{type(exc).__name__}: {exc}", kind, None, kind))
+
     @app.middleware("http")
     async def _authorize(request: Request, call_next):  # type: ignore[no-untyped-def]
         if accepted_keys and request.method != "OPTIONS":
@@ -183,6 +191,9 @@ async def _keep_alive(items: AsyncGenerator[bytes | OpenAIError, None], interval
         await items.aclose()  # stops generation upstream
 
 
+_UNION_BRANCH = re.compile(r"^(str|int|float|bool|none|.*[\[\]-].*)$")
+
+
 def _param_path(location: tuple[Any, ...]) -> str | None:
     """pydantic's ('body', 'messages', 0, 'content') as OpenAI's `messages[0].content`."""
     path = ""
@@ -191,8 +202,8 @@ def _param_path(location: tuple[Any, ...]) -> str | None:
             continue
         if isinstance(part, int):
             path += f"[{part}]"
-        elif not re.match(r"^[a-z_]+$", str(part)):
-            continue  # union-branch labels such as 'str' or 'list[dict[str,any]]'
+        elif _UNION_BRANCH.match(str(part)):
+            continue  # pydantic names the union member it tried: 'str', 'list[dict[str,any]]', ...
         else:
             path += f".{part}" if path else str(part)
     return path or None

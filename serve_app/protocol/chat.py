@@ -14,18 +14,26 @@ from serve_app.protocol.common import FinishReason, SamplingFields, Usage
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 
+class ContentPart(BaseModel):
+    # Parts carry extras such as cache_control; `image_url` and friends keep their payload here too.
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None
+
+
 class ChatMessage(BaseModel):
     # Clients attach per-message extras (cache_control, reasoning_details, ...): kept, not refused.
     model_config = ConfigDict(extra="allow")
 
     role: Role
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
 
     def text(self) -> str:
         """The message's text: a string as is, text parts concatenated, null as empty."""
         if isinstance(self.content, list):
-            return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
+            return "".join(p.text or "" for p in self.content if p.type == "text")
         return self.content or ""
 
 

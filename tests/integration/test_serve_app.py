@@ -52,7 +52,9 @@ def test_ingress_and_engines_are_separate_deployments(running_app: RunningApp) -
 
 def test_models_are_listed(client: OpenAI, http: httpx.Client) -> None:
     """R1.5."""
-    assert_valid(http.get("/models").json(), "ListModelsResponse")
+    body = http.get("/models").json()
+    assert {card.pop("max_model_len") for card in body["data"]} == {8192}
+    assert_valid(body, "ListModelsResponse")
     assert sorted(m.id for m in client.models.list()) == sorted([VLLM_MODEL, REPLAY_MODEL])
 
 

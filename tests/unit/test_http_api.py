@@ -98,3 +98,36 @@ def test_api_keys_are_enforced_when_configured(tokenizer: Any) -> None:
 def test_without_keys_any_authorization_is_accepted(client: TestClient) -> None:
     """R1.2."""
     assert client.get("/v1/models", headers={"Authorization": "Bearer anything"}).status_code == 200
+
+
+def test_strict_mode_rejects_unknown_fields_naming_them(tokenizer: Any) -> None:
+    """R2.1: strict servers refuse vendor fields with 400 naming the param; OpenAI's own fields still pass."""
+    backend = InProcessBackend("replay-model", ReplayEngine(tokenizer, REPLAY_SCRIPT, 512, 0.0), tokenizer)
+    strict = TestClient(create_http_app(backend, ServerOptions(strict_request_fields=True)))
+    error = _assert_error(strict.post("/v1/chat/completions", json={**HELLO, "top_k": 5}), 400)
+    assert error["param"] == "top_k" and "top_k" in error["message"]
+    assert strict.post("/v1/chat/completions", json={**HELLO, "store": True, "metadata": {}}).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/models", "/v1//models", "/v1///models"])
+def test_paths_are_canonicalised(client: TestClient, path: str) -> None:
+    """R1.1."""
+    assert client.get(path).status_code == 200
+
+
+def test_validation_error_param_uses_openai_paths(client: TestClient) -> None:
+    body = {**HELLO, "messages": [{"role": "user", "content": 5}]}
+    assert _assert_error(client.post("/v1/chat/completions", json=body), 400)["param"] == "messages[0].content"
+
+
+def test_unexpected_failures_still_answer_with_the_envelope(tokenizer: Any) -> None:
+    """R5.1: even a crash inside the server is the envelope (500), never a bare text body."""
+
+    class CrashingBackend(InProcessBackend):
+        async def generate(self, request: Any) -> Any:
+            raise RuntimeError("disk on fire")
+
+    backend = CrashingBackend("replay-model", ReplayEngine(tokenizer, REPLAY_SCRIPT, 512, 0.0), tokenizer)
+    client = TestClient(create_http_app(backend, ServerOptions()), raise_server_exceptions=False)
+    error = _assert_error(client.post("/v1/chat/completions", json=HELLO), 500)
+    assert error["type"] == "server_error" and "disk on fire" in error["message"]

@@ -72,3 +72,15 @@ def test_closing_the_consumer_stops_the_source() -> None:
 
     asyncio.run(run())
     assert log == ["source closed"]
+
+
+def test_merged_interleaves_and_tags_sources() -> None:
+    from serve_app.streaming import merged
+
+    async def run() -> list[tuple[int, str]]:
+        fast, slow = _timed([(0.01, "f1"), (0.01, "f2")]), _timed([(0.015, "s1")])
+        return [item async for item in merged([fast, slow])]
+
+    items = asyncio.run(run())
+    assert sorted(items) == [(0, "f1"), (0, "f2"), (1, "s1")]
+    assert items.index((1, "s1")) == 1  # arrived between the fast ones, not after them
