@@ -1,0 +1,57 @@
+"""Every manifest in k8s/ is a valid RayService whose embedded Serve config builds our application."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from jsonschema import Draft202012Validator
+from ray.serve.schema import ServeDeploySchema
+
+from serve_app.builder import build_app
+from serve_app.config import parse_app_config
+from tests.conftest import ROOT
+from tests.openai_spec import reference_dir
+
+MANIFESTS = sorted((ROOT / "k8s").glob("*.yaml"))
+
+
+def _strict(node: Any) -> Any:
+    """Like `kubectl apply --validate=strict`: unknown fields are errors, except where the CRD keeps them."""
+    if isinstance(node, list):
+        return [_strict(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    strict = {key: _strict(value) for key, value in node.items()}
+    if "properties" in strict and "additionalProperties" not in strict and not strict.get("x-kubernetes-preserve-unknown-fields"):
+        strict["additionalProperties"] = False
+    return strict
+
+
+def _rayservice_validator() -> Draft202012Validator:
+    crd = yaml.safe_load((reference_dir() / "kuberay" / "ray.io_rayservices.yaml").read_text())
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+    return Draft202012Validator(_strict(version["schema"]["openAPIV3Schema"]))
+
+
+def test_there_are_manifests() -> None:
+    assert MANIFESTS
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_manifest_validates_against_the_rayservice_crd(path: Path) -> None:
+    manifest = yaml.safe_load(path.read_text())
+    assert (manifest["apiVersion"], manifest["kind"]) == ("ray.io/v1", "RayService")
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in _rayservice_validator().iter_errors(manifest)]
+    assert not errors, "\n".join(errors)
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_embedded_serve_config_builds_the_application(path: Path) -> None:
+    serve_config = yaml.safe_load(yaml.safe_load(path.read_text())["spec"]["serveConfigV2"])
+    ServeDeploySchema.model_validate(serve_config)
+    for app in serve_config["applications"]:
+        assert app["import_path"] == "serve_app:build_app"
+        build_app(parse_app_config(app["args"]))  # raises on anything the builder cannot wire
