@@ -225,7 +225,8 @@ class _CanonicalRequest:
         local = re.sub(r"/{2,}", "/", local)
         if local != "/v1" and not local.startswith("/v1/"):
             local = "/v1" + local
-        scope = dict(scope, path=(root + local if root and path.startswith(root) else local), raw_path=None)
+        canonical = root + local if root and path.startswith(root) else local
+        scope = dict(scope, path=canonical, raw_path=canonical.encode())
 
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
