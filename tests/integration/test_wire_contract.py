@@ -233,10 +233,24 @@ def test_r2_sampling_seed_gives_the_same_text(http: httpx.Client) -> None:
     assert _chat(http, **body, seed=1234)["choices"][0]["message"]["content"] == first
 
 
+def test_r2_sampling_penalties_reach_the_engine(http: httpx.Client) -> None:
+    """Greedy decoding repeats itself on a long answer; a strong frequency/presence penalty changes it."""
+    body = {"model": VLLM_MODEL, "messages": [{"role": "user", "content": "List fruits."}], "temperature": 0, "max_tokens": 40}
+    plain = _chat(http, **body)["choices"][0]["message"]["content"]
+    assert _chat(http, **body)["choices"][0]["message"]["content"] == plain  # greedy is repeatable
+    assert _chat(http, **body, frequency_penalty=2.0)["choices"][0]["message"]["content"] != plain
+    assert _chat(http, **body, presence_penalty=2.0)["choices"][0]["message"]["content"] != plain
+
+
 def test_r2_sampling_stop_text_is_not_returned(http: httpx.Client) -> None:
     body = _chat(http, model=REPLAY_MODEL, messages=[{"role": "user", "content": "count"}], stop=[" four", "nine"])
     assert body["choices"][0]["message"]["content"] == "one two three"
     assert body["choices"][0]["finish_reason"] == "stop"
+    greedy = {"model": VLLM_MODEL, "messages": HI, "temperature": 0, "max_tokens": 30}
+    text = _chat(http, **greedy)["choices"][0]["message"]["content"]
+    cut = text.split()[2]
+    stopped = _chat(http, **greedy, stop=cut)["choices"][0]
+    assert stopped["message"]["content"] == text[: text.index(cut)] and stopped["finish_reason"] == "stop"
 
 
 def test_r2_sampling_logit_bias_steers_the_model(http: httpx.Client, tokenizer: Any) -> None:
