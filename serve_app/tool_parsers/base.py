@@ -1,0 +1,265 @@
+"""Tool-call parsing as incremental state machines over model text (no Ray, no tokenizer).
+
+A parser is fed the model's text deltas and returns events: content to show, a tool call starting (with
+its id and name), fragments of a call's JSON arguments. Non-streaming parsing is the same machine fed
+the whole text at once, so the two can never disagree (R4.6). Text before, between and after calls is
+content; a call whose header is malformed is handed back as content, never lost.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class ContentDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCallStart:
+    index: int
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ToolCallArguments:
+    index: int
+    fragment: str
+
+
+Event = ContentDelta | ToolCallStart | ToolCallArguments
+
+
+def new_call_id() -> str:
+    return f"call_{secrets.token_hex(12)}"
+
+
+class ToolParser(ABC):
+    """One request's parser state. `feed` each text delta, then `finish` once the generation ends."""
+
+    def __init__(self, tools: list[dict[str, Any]] | None = None) -> None:
+        self.tools = tools or []
+        self.calls_started = 0
+
+    @abstractmethod
+    def feed(self, text: str) -> list[Event]: ...
+
+    @abstractmethod
+    def finish(self) -> list[Event]: ...
+
+    def _start_call(self, name: str) -> ToolCallStart:
+        event = ToolCallStart(self.calls_started, new_call_id(), name)
+        self.calls_started += 1
+        return event
+
+
+@dataclass
+class ParsedCall:
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass
+class ParsedOutput:
+    content: str = ""
+    calls: list[ParsedCall] = field(default_factory=list)
+
+    def apply(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, ContentDelta):
+                self.content += event.text
+            elif isinstance(event, ToolCallStart):
+                self.calls.append(ParsedCall(event.id, event.name, ""))
+            else:
+                self.calls[event.index].arguments += event.fragment
+
+
+def parse_complete(parser: ToolParser, text: str) -> ParsedOutput:
+    """Non-streaming: the same state machine, fed the whole text once."""
+    output = ParsedOutput()
+    output.apply(parser.feed(text))
+    output.apply(parser.finish())
+    for call in output.calls:
+        call.arguments = call.arguments or "{}"
+    return output
+
+
+def coalesce(events: list[Event]) -> list[Event]:
+    """Merge neighbouring content deltas and neighbouring argument fragments of the same call."""
+    merged: list[Event] = []
+    for event in events:
+        last = merged[-1] if merged else None
+        if isinstance(event, ContentDelta) and isinstance(last, ContentDelta):
+            merged[-1] = ContentDelta(last.text + event.text)
+        elif isinstance(event, ToolCallArguments) and isinstance(last, ToolCallArguments) and last.index == event.index:
+            merged[-1] = ToolCallArguments(event.index, last.fragment + event.fragment)
+        elif not (isinstance(event, ContentDelta) and not event.text):
+            merged.append(event)
+    return merged
+
+
+def held_prefix_length(text: str, marker: str) -> int:
+    """Length of the longest tail of `text` that could be the start of `marker` (held back as maybe-markup)."""
+    for n in range(min(len(marker) - 1, len(text)), 0, -1):
+        if text.endswith(marker[:n]):
+            return n
+    return 0
+
+
+class JsonCallScanner:
+    """Scans one JSON object `{"name": ..., "arguments": {...}}` character by character.
+
+    Reports the call as soon as its name is known and streams the raw text of its arguments value as it
+    arrives (`parameters` is accepted as a synonym, as Llama 3 writes it). Keys may come in any order:
+    arguments written before the name are held until the name is known.
+    """
+
+    ARGUMENT_KEYS = ("arguments", "parameters")
+
+    def __init__(self, on_name: Callable[[str], list[Event]], on_arguments: Callable[[str], list[Event]]) -> None:
+        self._on_name, self._on_arguments = on_name, on_arguments
+        self.raw = ""  # everything consumed, to give back as content if the object is not a call
+        self.done = False  # the object closed
+        self.failed = False  # the text stopped being a call object (the rest is not consumed)
+        self.named = False
+        self.saw_arguments = False
+        self._depth = 0
+        self._in_string = self._escaped = False
+        self._key: str | None = None  # the depth-1 key whose value is being read
+        self._token = ""  # the current depth-1 key or name value, raw
+        self._state = "start"  # start, key, colon, value, after_value
+        self._held_arguments = ""
+
+    def feed(self, text: str) -> tuple[list[Event], str]:
+        """Consume until the object closes or stops being a call; returns events and the unconsumed text."""
+        events: list[Event] = []
+        for position, char in enumerate(text):
+            try:
+                events += self._step(char)
+            except ValueError:
+                self.failed = True
+                return events, text[position:]
+            self.raw += char
+            if self.done:
+                return events, text[position + 1 :]
+        return events, ""
+
+    def _step(self, char: str) -> list[Event]:
+        if self._state == "start":
+            if char == "{":
+                self._depth, self._state = 1, "key"
+            elif not char.isspace():
+                raise ValueError("not a JSON object")
+            return []
+        string_char = self._string_step(char)
+        if self._state == "value":
+            return self._value_step(char, string_char)
+        if self._state == "key":
+            if string_char or char == '"':
+                self._token += char
+                if not self._in_string and self._token:  # closing quote
+                    self._key, self._token, self._state = json.loads(self._token), "", "colon"
+            elif char == "}":
+                return self._close()
+            elif not char.isspace() and char != ",":
+                raise ValueError("malformed key")
+        elif self._state == "colon":
+            if char == ":":
+                self._state = "value"
+            elif not char.isspace():
+                raise ValueError("expected ':'")
+        return []
+
+    def _string_step(self, char: str) -> bool:
+        """Track string state; True when `char` is inside (or closes) a string."""
+        if self._in_string:
+            if self._escaped:
+                self._escaped = False
+            elif char == "\\":
+                self._escaped = True
+            elif char == '"':
+                self._in_string = False
+            return True
+        if char == '"':
+            self._in_string = True
+            return True
+        return False
+
+    def _value_step(self, char: str, string_char: bool) -> list[Event]:
+        if not string_char:
+            if char in "{[":
+                self._depth += 1
+            elif char in "}]":
+                self._depth -= 1
+            if self._depth == 0 or (self._depth == 1 and char == ","):  # the value ended before `char`
+                events = self._end_value()
+                if self._depth == 0:
+                    events += self._close()
+                else:
+                    self._state = "key"
+                return events
+            if char.isspace() and self._depth == 1:
+                return []  # whitespace around the value, not inside it
+        self._token += char
+        if self._key in self.ARGUMENT_KEYS:
+            return self._arguments(char)
+        return []
+
+    def _arguments(self, fragment: str) -> list[Event]:
+        self.saw_arguments = True
+        if not self.named:
+            self._held_arguments += fragment
+            return []
+        return self._on_arguments(fragment)
+
+    def _end_value(self) -> list[Event]:
+        value, self._token = self._token, ""
+        if self._key == "name":
+            name = json.loads(value)
+            if not isinstance(name, str) or not name:
+                raise ValueError("name is not a non-empty string")
+            self.named = True
+            events = self._on_name(name)
+            if self._held_arguments:
+                events += self._on_arguments(self._held_arguments)
+            return events
+        return []
+
+    def _close(self) -> list[Event]:
+        self.done = True
+        if not self.named:
+            raise ValueError("a JSON object without a name")
+        return []
+
+
+ParserFactory = Callable[[list[dict[str, Any]]], ToolParser]
+_REGISTRY: dict[str, ParserFactory] = {}
+
+
+def register(name: str) -> Callable[[type[ToolParser]], type[ToolParser]]:
+    def add(cls: type[ToolParser]) -> type[ToolParser]:
+        _REGISTRY[name] = cls
+        return cls
+
+    return add
+
+
+def create_parser(name: str, tools: list[dict[str, Any]]) -> ToolParser:
+    from serve_app import tool_parsers  # noqa: F401  (imports every format, filling the registry)
+
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown tool parser {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](tools)
+
+
+def parser_names() -> list[str]:
+    from serve_app import tool_parsers  # noqa: F401
+
+    return sorted(_REGISTRY)
