@@ -51,7 +51,8 @@ class Llama3JsonToolParser(ToolParser):
             events.append(ContentDelta(self._consumed + self._scanner.raw))
         elif self._mode == "decide" or (self.calls_started == 0 and self._consumed):
             events.append(ContentDelta(self._consumed))
-        events.append(ContentDelta(self._pending))
+        if self._mode != "calls" or self._pending.strip():  # whitespace after the last call is not content
+            events.append(ContentDelta(self._pending))
         self._pending, self._scanner = "", None
         return coalesce(events)
 
@@ -60,9 +61,7 @@ class Llama3JsonToolParser(ToolParser):
         stripped = self._pending.lstrip()
         skipped = self._pending[: len(self._pending) - len(stripped)]
         if not stripped:
-            self._consumed += skipped
-            self._pending = ""
-            return False
+            return False  # only whitespace so far: what follows decides what it is
         if stripped.startswith(PYTHON_TAG) or (stripped.startswith(";") and self._mode == "calls"):
             marker = PYTHON_TAG if stripped.startswith(PYTHON_TAG) else ";"
             self._consumed += skipped + marker

@@ -83,9 +83,21 @@ def render_llama3(calls: Calls, texts: list[str], indent: int | None) -> tuple[s
     return f"{tag}{objects}{' ' + trailing if trailing else ''}", (" " + trailing if trailing else "")
 
 
+def render_mistral(calls: Calls, texts: list[str], indent: int | None) -> tuple[str, str]:
+    """Content, then the calls in one of Mistral's two dialects (array for indent=2, [ARGS] otherwise)."""
+    content = texts[0].replace("[TOOL_CALLS]", "")
+    if not calls:
+        return content, content
+    if indent:
+        body = json.dumps([{"name": n, "arguments": a} for n, a in calls], indent=indent, ensure_ascii=False)
+        return f"{content}[TOOL_CALLS] {body}", content
+    return content + "".join(f"[TOOL_CALLS]{n}[ARGS]{json.dumps(a, ensure_ascii=False)}" for n, a in calls), content
+
+
 RENDERERS: dict[str, Callable[[Calls, list[str], int | None], tuple[str, str]]] = {
     "hermes": render_hermes,
     "llama3_json": render_llama3,
+    "mistral": render_mistral,
 }
 
 
