@@ -9,8 +9,10 @@ from typing import Any, AsyncGenerator
 
 from ray import serve
 
+from serve_app.chat_completions import ChatMeta
 from serve_app.config import ModelConfig
 from serve_app.engines import create_engine
+from serve_app.engines.base import GenerationDelta
 from serve_app.model_service import ModelService
 from serve_app.model_source import prepare_model
 from serve_app.protocol.chat import ChatCompletionRequest
@@ -32,7 +34,7 @@ class LLMServer:
         self._engine = create_engine(model, model_path, tokenizer)
         logger.info("starting %s engine for model %r from %s", model.engine, model.id, model_path)
         await self._engine.start()
-        self._service = ModelService(model.id, self._engine, tokenizer)
+        self._service = ModelService(model.id, self._engine, tokenizer, model.tool_parser)
         self._batch_interval_s = stream_batch_interval_s
 
     async def generate(self, request: ChatCompletionRequest | CompletionRequest) -> bytes | OpenAIError:
@@ -48,6 +50,16 @@ class LLMServer:
             return
         async for frames in batched(plan.stream(), self._batch_interval_s):
             yield b"".join(frames)
+
+    async def generate_deltas(self, request: ChatCompletionRequest) -> AsyncGenerator[ChatMeta | OpenAIError | list[GenerationDelta], None]:
+        """For the tool-parsing deployment: the plan's `ChatMeta` (or an error), then the engine's deltas."""
+        planned = self._service.chat.plan(request)
+        if isinstance(planned, OpenAIError):
+            yield planned
+            return
+        yield planned.meta
+        async for deltas in batched(self._engine.generate(planned.generation), self._batch_interval_s):
+            yield deltas
 
     def model_info(self) -> dict[str, Any]:
         return self._service.model_info()

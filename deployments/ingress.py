@@ -8,8 +8,10 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serve_app.chat_completions import needs_tool_parsing
 from serve_app.config import ServerOptions
 from serve_app.http_api import GenerationBody, create_http_app
+from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.errors import OpenAIError
 
 
@@ -18,9 +20,10 @@ from serve_app.protocol.errors import OpenAIError
 class OpenAIIngress:
     """A `ModelBackend` over deployment handles; the FastAPI surface is built on each replica."""
 
-    def __init__(self, server: ServerOptions, engines: dict[str, DeploymentHandle]) -> None:
+    def __init__(self, server: ServerOptions, engines: dict[str, DeploymentHandle], tool_parsing: DeploymentHandle) -> None:
         self._server = server
         self._engines = engines
+        self._tool_parsing = tool_parsing
         self._model_ids = list(engines)
         self._model_info: dict[str, dict[str, Any]] = {}
 
@@ -35,11 +38,17 @@ class OpenAIIngress:
             self._model_info[model] = await self._engines[model].model_info.remote()
         return self._model_info[model]
 
+    def _route(self, request: GenerationBody) -> DeploymentHandle:
+        """Requests with tools go through tool parsing; the rest skip that hop."""
+        if isinstance(request, ChatCompletionRequest) and needs_tool_parsing(request):
+            return self._tool_parsing
+        return self._engines[request.model]
+
     async def generate(self, request: GenerationBody) -> bytes | OpenAIError:
-        return await self._engines[request.model].generate.remote(request)
+        return await self._route(request).generate.remote(request)
 
     async def generate_stream(self, request: GenerationBody) -> AsyncGenerator[bytes | OpenAIError, None]:
-        frames = self._engines[request.model].generate_stream.options(stream=True).remote(request)
+        frames = self._route(request).generate_stream.options(stream=True).remote(request)
         try:
             async for item in frames:
                 yield item

@@ -14,6 +14,7 @@ def build_app(args: dict[str, Any]) -> Application:
     config = args if isinstance(args, AppConfig) else parse_app_config(args)
     from deployments.engine import LLMServer
     from deployments.ingress import OpenAIIngress
+    from deployments.tool_parsing import ToolParsing
 
     engines = {
         model.id: LLMServer.options(name=f"LLMServer:{model.id}", **engine_deployment_options(model)).bind(
@@ -21,8 +22,11 @@ def build_app(args: dict[str, Any]) -> Application:
         )
         for model in config.models
     }
+    tool_parsing = ToolParsing.options(**_serve_options(config.server.tool_parsing)).bind(
+        engines, config.server.stream_batch_interval_s
+    )
     ingress_options = _serve_options(config.server.ingress)
-    return OpenAIIngress.options(**ingress_options).bind(config.server, engines)
+    return OpenAIIngress.options(**ingress_options).bind(config.server, engines, tool_parsing)
 
 
 def engine_deployment_options(model: ModelConfig) -> dict[str, Any]:

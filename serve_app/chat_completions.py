@@ -1,19 +1,22 @@
-"""Chat completions for one model: request -> prompt -> engine -> OpenAI response or SSE frames.
+"""Chat completions for one model: request -> prompt -> engine deltas -> OpenAI response or SSE frames.
 
-Pure logic over the `Engine` protocol (no Ray): the engine deployment wraps it, tests drive it directly.
-Output is serialized here, once; the ingress forwards the bytes untouched.
+Pure logic (no Ray). Planning needs the model's tokenizer and runs in the engine deployment; rendering
+deltas into the wire format (`render_stream`, `render_complete`) needs only the plain `ChatMeta`, so it
+runs wherever the output is last changed: the engine deployment for plain chat, the tool-parsing
+deployment when tool calls must be parsed out of the text. Output is serialized there, once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 from serve_app import sse
-from serve_app.engines.base import Engine, GenerationRequest, TokenLogprob
-from serve_app.generation import collect, context_error, sampling_options
+from serve_app.engines.base import Engine, GenerationDelta, GenerationRequest, TokenLogprob
+from serve_app.generation import context_error, sampling_options
 from serve_app.protocol.chat import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -22,39 +25,55 @@ from serve_app.protocol.chat import (
     Choice,
     ChoiceLogprobs,
     Delta,
+    FunctionCall,
+    FunctionCallDelta,
     ResponseMessage,
     StreamChoice,
     TokenLogprob as WireTokenLogprob,
+    ToolCall,
+    ToolCallDelta,
     TopLogprob,
 )
 from serve_app.protocol.common import FinishReason, Usage
 from serve_app.protocol.errors import OpenAIError, invalid_request, server_error
+from serve_app.tool_parsers import create_parser, parse_complete
+from serve_app.tool_parsers.base import ContentDelta, Event, ToolCallArguments, ToolCallStart, ToolParser
+from serve_app.tool_prompts import render_prompt
 
 SYSTEM_FINGERPRINT = "agent-serve"
+# Output constrained to one bare call object is read by the JSON-call parser, whatever the model's format.
+CONSTRAINED_CALL_PARSER = "llama3_json"
+
+
+@dataclass(frozen=True)
+class ChatMeta:
+    """What rendering needs to know about a planned request: plain data that crosses Ray."""
+
+    id: str
+    created: int
+    model: str
+    prompt_tokens: int
+    n: int
+    include_usage: bool
+    tool_parser: str | None  # None: the text is all content
 
 
 @dataclass(frozen=True)
 class PlannedChat:
-    """A validated request, rendered and ready for the engine."""
-
-    request: ChatCompletionRequest
+    meta: ChatMeta
     generation: GenerationRequest
-    created: int
 
-    @property
-    def id(self) -> str:
-        return self.generation.request_id
 
-    @property
-    def prompt_tokens(self) -> int:
-        return len(self.generation.prompt_token_ids)
+def needs_tool_parsing(request: ChatCompletionRequest) -> bool:
+    return bool(request.tools) and request.tool_choice != "none"
 
 
 class ChatCompletions:
-    def __init__(self, model_id: str, engine: Engine, tokenizer: Any) -> None:
+    def __init__(self, model_id: str, engine: Engine, tokenizer: Any, tool_parser: str = "hermes") -> None:
         self.model_id = model_id
         self.engine = engine
         self.tokenizer = tokenizer
+        self.tool_parser = tool_parser
 
     def plan(self, request: ChatCompletionRequest) -> PlannedChat | OpenAIError:
         """Validate what only the model can judge (template, context window) and render the prompt."""
@@ -66,10 +85,9 @@ class ChatCompletions:
             return error
         if (error := _unknown_named_tool(request)) is not None:
             return error
+        with_tools = needs_tool_parsing(request)
         try:
-            prompt = self.tokenizer.apply_chat_template(
-                [_template_message(m) for m in request.messages], tokenize=False, add_generation_prompt=True
-            )
+            prompt = render_prompt(self.tokenizer, request, with_tools)
         except Exception as exc:  # jinja raises TemplateError and others from inside the template
             return invalid_request(f"The model's chat template cannot render these messages: {exc}", param="messages")
         prompt_ids: list[int] = self.tokenizer.encode(prompt, add_special_tokens=False)
@@ -85,91 +103,173 @@ class ChatCompletions:
         )
         if isinstance(sampling, OpenAIError):
             return sampling
+        parser = None
+        if with_tools:
+            forced = forced_call_schema(request)
+            if forced is not None:  # R7.3: `required` / a named function, enforced while decoding
+                sampling, parser = dataclasses.replace(sampling, json_schema=forced), CONSTRAINED_CALL_PARSER
+            else:
+                parser = self.tool_parser
+                if request.parallel_tool_calls is False and parser == "hermes":
+                    # At most one call (R2.3): generation ends where the first call closes.
+                    sampling = dataclasses.replace(sampling, stop=(*sampling.stop, "</tool_call>"))
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        meta = ChatMeta(request_id, int(time.time()), self.model_id, len(prompt_ids), sampling.n,
+                        request.include_usage, parser)
         generation = GenerationRequest(
-            request_id=f"chatcmpl-{uuid.uuid4().hex}",
-            prompt_token_ids=prompt_ids,
-            sampling=sampling,
-            messages=[m.model_dump(exclude_none=True) for m in request.messages],
+            request_id, prompt_ids, sampling, [m.model_dump(exclude_none=True) for m in request.messages]
         )
-        return PlannedChat(request, generation, int(time.time()))
+        return PlannedChat(meta, generation)
 
     def _unsupported_content(self, messages: list[ChatMessage]) -> OpenAIError | None:
         for i, message in enumerate(messages):
             for j, part in enumerate(message.content if isinstance(message.content, list) else []):
-                kind = part.type
-                if kind not in ("text", "refusal"):
+                if part.type not in ("text", "refusal"):
                     return invalid_request(
                         f"Model '{self.model_id}' accepts text only; messages[{i}].content[{j}] is a "
-                        f"'{kind}' part. Send text parts, or use a model with that modality.",
+                        f"'{part.type}' part. Send text parts, or use a model with that modality.",
                         param=f"messages[{i}].content[{j}]",
                     )
         return None
 
     async def complete(self, chat: PlannedChat) -> bytes | OpenAIError:
-        """The whole answer as one `chat.completion` JSON body."""
-        try:
-            result = await collect(self.engine, chat.generation)
-        except Exception as exc:
-            return server_error(f"The engine failed while generating: {exc}")
-        response = ChatCompletion(
-            id=chat.id,
-            created=chat.created,
-            model=self.model_id,
-            choices=[
-                Choice(
-                    index=index,
-                    message=ResponseMessage(content=choice.text),
-                    finish_reason=choice.finish_reason,
-                    logprobs=_wire_logprobs(choice.logprobs),
-                )
-                for index, choice in enumerate(result.choices)
-            ],
-            usage=Usage.of(chat.prompt_tokens, result.completion_tokens),
-            system_fingerprint=SYSTEM_FINGERPRINT,
-        )
-        return response.model_dump_json().encode()
+        return await render_complete(chat.meta, self.engine.generate(chat.generation))
 
-    async def stream(self, chat: PlannedChat) -> AsyncIterator[bytes]:
-        """SSE frames: each choice's role first, content deltas, one finish_reason per choice, usage if asked."""
-        encode = _ChunkEncoder(chat, self.model_id)
-        choices = range(chat.generation.sampling.n)
-        for index in choices:
-            yield encode(index, Delta(role="assistant", content=""))
-        tokens = dict.fromkeys(choices, 0)
-        finished: dict[int, FinishReason] = {}
-        try:
-            async for delta in self.engine.generate(chat.generation):
-                tokens[delta.index] = delta.completion_tokens
-                if delta.text or delta.logprobs:
-                    yield encode(delta.index, Delta(content=delta.text), logprobs=_wire_logprobs(delta.logprobs))
-                if delta.finish_reason:
-                    finished[delta.index] = delta.finish_reason
-                    yield encode(delta.index, Delta(), delta.finish_reason)
-        except Exception as exc:
-            yield sse.error_frame(server_error(f"The engine failed while generating: {exc}"))
-            return
-        for index in choices:
-            if index not in finished:  # the engine ended without saying why: it stopped
-                yield encode(index, Delta(), "stop")
-        if chat.request.include_usage:
-            yield encode.usage(Usage.of(chat.prompt_tokens, sum(tokens.values())))
-        yield sse.DONE
+    def stream(self, chat: PlannedChat) -> AsyncIterator[bytes]:
+        return render_stream(chat.meta, self.engine.generate(chat.generation))
+
+
+def forced_call_schema(request: ChatCompletionRequest) -> dict[str, Any] | None:
+    """The JSON a forced tool choice must produce: one `{"name", "arguments"}` object of an allowed tool."""
+    choice = request.tool_choice
+    tools = [t.get("function") or {} for t in request.tools or []]
+    if isinstance(choice, dict):
+        wanted = (choice.get("function") or {}).get("name")
+        tools = [t for t in tools if t.get("name") == wanted]
+    elif choice != "required":
+        return None
+    calls = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": t["name"]}, "arguments": t.get("parameters") or {"type": "object"}},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for t in tools
+    ]
+    return calls[0] if len(calls) == 1 else {"anyOf": calls}
+
+
+class _ChoiceRenderer:
+    """One choice's text turned into content and tool-call deltas by its own parser state."""
+
+    def __init__(self, index: int, parser: ToolParser | None) -> None:
+        self.index = index
+        self.parser = parser
+        self.called = False
+        self.completion_tokens = 0
+
+    def deltas(self, text: str, final: bool) -> list[Delta]:
+        if self.parser is None:
+            return [Delta(content=text)] if text else []
+        events = self.parser.feed(text) + (self.parser.finish() if final else [])
+        return [_wire_delta(event) for event in events]
+
+    def finish_reason(self, engine_reason: FinishReason | None) -> FinishReason:
+        return "tool_calls" if self.called else engine_reason or "stop"
+
+
+def _wire_delta(event: Event) -> Delta:
+    if isinstance(event, ContentDelta):
+        return Delta(content=event.text)
+    if isinstance(event, ToolCallStart):
+        function = FunctionCallDelta(name=event.name, arguments="")
+        return Delta(tool_calls=[ToolCallDelta(index=event.index, id=event.id, type="function", function=function)])
+    return Delta(tool_calls=[ToolCallDelta(index=event.index, function=FunctionCallDelta(arguments=event.fragment))])
+
+
+async def render_stream(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]) -> AsyncIterator[bytes]:
+    """SSE frames: each choice's role first, content and tool-call deltas, one finish_reason per choice,
+    the usage chunk if asked, [DONE]."""
+    encode = _ChunkEncoder(meta)
+    choices = [
+        _ChoiceRenderer(i, create_parser(meta.tool_parser, []) if meta.tool_parser else None) for i in range(meta.n)
+    ]
+    for choice in choices:
+        yield encode(choice.index, Delta(role="assistant", content=""))
+    finished: set[int] = set()
+    try:
+        async for delta in deltas:
+            choice = choices[delta.index]
+            choice.completion_tokens = delta.completion_tokens
+            logprobs = _wire_logprobs(delta.logprobs)
+            for wire in choice.deltas(delta.text, final=delta.finish_reason is not None):
+                choice.called |= bool(wire.tool_calls)
+                yield encode(choice.index, wire, logprobs=logprobs)
+                logprobs = None  # a delta's logprobs travel once, with its first chunk
+            if logprobs is not None:
+                yield encode(choice.index, Delta(content=""), logprobs=logprobs)
+            if delta.finish_reason:
+                finished.add(delta.index)
+                yield encode(choice.index, Delta(), choice.finish_reason(delta.finish_reason))
+    except Exception as exc:
+        yield sse.error_frame(server_error(f"The engine failed while generating: {exc}"))
+        return
+    for choice in choices:
+        if choice.index not in finished:  # the engine ended without saying why: it stopped
+            for wire in choice.deltas("", final=True):
+                choice.called |= bool(wire.tool_calls)
+                yield encode(choice.index, wire)
+            yield encode(choice.index, Delta(), choice.finish_reason(None))
+    if meta.include_usage:
+        yield encode.usage(Usage.of(meta.prompt_tokens, sum(c.completion_tokens for c in choices)))
+    yield sse.DONE
+
+
+async def render_complete(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]) -> bytes | OpenAIError:
+    """The whole answer as one `chat.completion` body; tool calls parsed by the same machines as streaming."""
+    texts = [""] * meta.n
+    tokens, reasons = [0] * meta.n, ["stop"] * meta.n
+    logprobs: list[list[TokenLogprob] | None] = [None] * meta.n
+    try:
+        async for delta in deltas:
+            texts[delta.index] += delta.text
+            tokens[delta.index] = delta.completion_tokens
+            reasons[delta.index] = delta.finish_reason or reasons[delta.index]
+            if delta.logprobs is not None:
+                logprobs[delta.index] = (logprobs[delta.index] or []) + delta.logprobs
+    except Exception as exc:
+        return server_error(f"The engine failed while generating: {exc}")
+    choices = []
+    for index, text in enumerate(texts):
+        content: str | None = text
+        calls: list[ToolCall] | None = None
+        reason: FinishReason = reasons[index]  # type: ignore[assignment]
+        if meta.tool_parser:
+            parsed = parse_complete(create_parser(meta.tool_parser, []), text)
+            content = parsed.content
+            if parsed.calls:
+                calls = [ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)) for c in parsed.calls]
+                content, reason = parsed.content.strip() or None, "tool_calls"
+        message = ResponseMessage(content=content, tool_calls=calls)
+        choices.append(Choice(index=index, message=message, finish_reason=reason, logprobs=_wire_logprobs(logprobs[index])))
+    response = ChatCompletion(
+        id=meta.id, created=meta.created, model=meta.model, choices=choices,
+        usage=Usage.of(meta.prompt_tokens, sum(tokens)), system_fingerprint=SYSTEM_FINGERPRINT,
+    )
+    return response.model_dump_json().encode()
 
 
 class _ChunkEncoder:
-    def __init__(self, chat: PlannedChat, model_id: str) -> None:
-        self._chat, self._model_id = chat, model_id
+    def __init__(self, meta: ChatMeta) -> None:
+        self._meta = meta
         # With include_usage every chunk says `"usage": null` but the last; without it, no usage key (R4.4).
-        self._exclude = None if chat.request.include_usage else {"usage"}
+        self._exclude = None if meta.include_usage else {"usage"}
 
     def _frame(self, choices: list[StreamChoice], usage: Usage | None = None) -> bytes:
         chunk = ChatCompletionChunk(
-            id=self._chat.id,
-            created=self._chat.created,
-            model=self._model_id,
-            choices=choices,
-            system_fingerprint=SYSTEM_FINGERPRINT,
-            usage=usage,
+            id=self._meta.id, created=self._meta.created, model=self._meta.model, choices=choices,
+            system_fingerprint=SYSTEM_FINGERPRINT, usage=usage,
         )
         return sse.frame(chunk.model_dump_json(exclude=self._exclude))
 
@@ -208,9 +308,3 @@ def _wire_logprobs(logprobs: list[TokenLogprob] | None) -> ChoiceLogprobs | None
             for t in logprobs
         ]
     )
-
-
-def _template_message(message: ChatMessage) -> dict[str, Any]:
-    """What a chat template expects: string content, and `developer` as the system role it means."""
-    role = "system" if message.role == "developer" else message.role
-    return {"role": role, "content": message.text()}

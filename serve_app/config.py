@@ -68,9 +68,19 @@ class ModelConfig(StrictModel):
         ),
     )
     engine: Literal["vllm", "replay"] = "vllm"
+    tool_parser: str = Field("hermes", description="The model's tool-call format (see serve_app/tool_parsers).")
     engine_args: VLLMEngineArgs = VLLMEngineArgs()
     replay: ReplayEngineArgs | None = None
     deployment: DeploymentOptions = DeploymentOptions()
+
+    @field_validator("tool_parser")
+    @classmethod
+    def _known_parser(cls, name: str) -> str:
+        from serve_app.tool_parsers import parser_names
+
+        if name not in parser_names():
+            raise ValueError(f"unknown tool_parser {name!r}; known: {', '.join(parser_names())}")
+        return name
 
     @model_validator(mode="after")
     def _replay_needs_script(self) -> ModelConfig:
@@ -102,6 +112,7 @@ class ServerOptions(StrictModel):
     )
     max_request_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
     ingress: DeploymentOptions = DeploymentOptions(num_cpus=0.0, max_ongoing_requests=1024)
+    tool_parsing: DeploymentOptions = DeploymentOptions(num_cpus=0.0, max_ongoing_requests=1024)
 
     def resolved_api_keys(self) -> list[str]:
         from_env = [k.strip() for k in os.environ.get(self.api_keys_env, "").split(",") if k.strip()]

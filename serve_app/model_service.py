@@ -38,10 +38,11 @@ class Plan:
 
 
 class ModelService:
-    def __init__(self, model_id: str, engine: Engine, tokenizer: Any) -> None:
+    def __init__(self, model_id: str, engine: Engine, tokenizer: Any, tool_parser: str = "hermes") -> None:
         self.engine = engine
+        self.chat = ChatCompletions(model_id, engine, tokenizer, tool_parser)
         self._endpoints: dict[type, Endpoint] = {
-            ChatCompletionRequest: ChatCompletions(model_id, engine, tokenizer),
+            ChatCompletionRequest: self.chat,
             CompletionRequest: TextCompletions(model_id, engine, tokenizer),
         }
 

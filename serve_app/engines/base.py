@@ -26,6 +26,8 @@ class SamplingOptions:
     logit_bias: dict[int, float] = field(default_factory=dict)
     # How many alternatives to report per generated token; None = no logprobs at all.
     logprobs: int | None = None
+    # Constrained decoding: the output must be JSON valid against this schema.
+    json_schema: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -96,9 +96,11 @@ class VLLMEngine(Engine):
 
 def _sampling_params(sampling: SamplingOptions) -> Any:
     from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
-    optional = {"temperature": sampling.temperature, "top_p": sampling.top_p}
+    optional: dict[str, Any] = {"temperature": sampling.temperature, "top_p": sampling.top_p}
+    if sampling.json_schema is not None:
+        optional["structured_outputs"] = StructuredOutputsParams(json=sampling.json_schema)
     return SamplingParams(
         n=sampling.n,
         max_tokens=sampling.max_tokens,

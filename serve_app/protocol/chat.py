@@ -70,10 +70,29 @@ class ChatCompletionRequest(SamplingFields):
         return self.max_completion_tokens or self.max_tokens
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # a JSON string, "{}" for no arguments (R3.3)
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+    @model_serializer(mode="wrap")
+    def _tool_calls_only_when_present(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("tool_calls") is None:
+            data.pop("tool_calls", None)
+        return data
 
 
 class TopLogprob(BaseModel):
@@ -108,14 +127,39 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str
 
 
+class FunctionCallDelta(BaseModel):
+    name: str | None = None
+    arguments: str
+
+    @model_serializer(mode="wrap")
+    def _name_only_first(self, handler: Any) -> dict[str, Any]:
+        # Later deltas of a call carry `arguments` only, never `"name": ""` or null (R4.5).
+        data = handler(self)
+        if data.get("name") is None:
+            data.pop("name", None)
+        return data
+
+
+class ToolCallDelta(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta
+
+    @model_serializer(mode="wrap")
+    def _id_only_first(self, handler: Any) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
-    @model_serializer
-    def _only_present(self) -> dict[str, Any]:
+    @model_serializer(mode="wrap")
+    def _only_present(self, handler: Any) -> dict[str, Any]:
         # A delta names only what changed: `{"content": "x"}`, never `{"role": null, ...}`.
-        return {k: v for k, v in (("role", self.role), ("content", self.content)) if v is not None}
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class StreamChoice(BaseModel):

@@ -102,7 +102,7 @@ def test_token_cap_gives_length_with_partial_text(chat: ChatCompletions) -> None
 def test_cap_larger_than_the_context_is_clamped(chat: ChatCompletions) -> None:
     """R2.4: a cap beyond the remaining context is clamped, not refused."""
     planned = _plan(chat, max_tokens=32000)
-    assert planned.generation.sampling.max_tokens == 512 - planned.prompt_tokens
+    assert planned.generation.sampling.max_tokens == 512 - planned.meta.prompt_tokens
 
 
 def test_prompt_longer_than_the_context_is_a_400(chat: ChatCompletions) -> None:

@@ -1,0 +1,93 @@
+"""The prompt side of tool calling: tools and tool-call history into the model's prompt.
+
+Templates that know tools (Qwen, Llama 3.1+, Mistral, ...) get them through `apply_chat_template(tools=)`.
+Templates that do not (SmolLM2's ChatML) get a built-in Hermes-style tool prompt, so any model can call
+tools; assistant turns that called tools and tool results are rendered in the same format.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from serve_app.protocol.chat import ChatCompletionRequest, ChatMessage
+
+HERMES_SYSTEM = """# Tools
+
+You may call one or more functions to assist with the user query.
+
+You are provided with function signatures within <tools></tools> XML tags:
+<tools>
+{tools}
+</tools>
+
+For each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:
+<tool_call>
+{{"name": <function-name>, "arguments": <args-json-object>}}
+</tool_call>"""
+
+
+def template_supports_tools(tokenizer: Any) -> bool:
+    template = getattr(tokenizer, "chat_template", None) or ""
+    return "tools" in template
+
+
+def render_prompt(tokenizer: Any, request: ChatCompletionRequest, with_tools: bool) -> str:
+    """The prompt text for `request`: native tool support when the template has it, else our Hermes prompt."""
+    tools = request.tools if with_tools and request.tools else None
+    if tools and template_supports_tools(tokenizer):
+        messages = [_native_message(m) for m in request.messages]
+        return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+    messages = [_hermes_message(m) for m in request.messages]
+    if tools:
+        system = HERMES_SYSTEM.format(tools="\n".join(json.dumps(t, ensure_ascii=False) for t in tools))
+        if messages and messages[0]["role"] == "system":
+            messages[0] = {"role": "system", "content": messages[0]["content"] + "\n\n" + system}
+        else:
+            messages.insert(0, {"role": "system", "content": system})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _role(message: ChatMessage) -> str:
+    return "system" if message.role == "developer" else message.role
+
+
+def _native_message(message: ChatMessage) -> dict[str, Any]:
+    """Templates with tool support read `tool_calls` (arguments as objects) and `tool_call_id` themselves."""
+    rendered: dict[str, Any] = {"role": _role(message), "content": message.text()}
+    extra = message.model_extra or {}
+    if extra.get("tool_calls"):
+        rendered["tool_calls"] = [_call_with_object_arguments(c) for c in extra["tool_calls"]]
+    if extra.get("tool_call_id"):
+        rendered["tool_call_id"] = extra["tool_call_id"]
+    if message.name:
+        rendered["name"] = message.name
+    return rendered
+
+
+def _hermes_message(message: ChatMessage) -> dict[str, Any]:
+    """Tool calls and results written out as the Hermes format the model is asked to produce."""
+    extra = message.model_extra or {}
+    if message.role in ("tool", "function"):
+        return {"role": "user", "content": f"<tool_response>\n{message.text()}\n</tool_response>"}
+    text = message.text()
+    for call in extra.get("tool_calls") or []:
+        function = call.get("function") or {}
+        body = {"name": function.get("name"), "arguments": _arguments_object(function.get("arguments"))}
+        text += f"\n<tool_call>\n{json.dumps(body, ensure_ascii=False)}\n</tool_call>"
+    return {"role": _role(message), "content": text.strip("\n") if not message.text() else text}
+
+
+def _call_with_object_arguments(call: dict[str, Any]) -> dict[str, Any]:
+    function = dict(call.get("function") or {})
+    function["arguments"] = _arguments_object(function.get("arguments"))
+    return {**call, "function": function}
+
+
+def _arguments_object(arguments: Any) -> Any:
+    if isinstance(arguments, str):
+        try:
+            return json.loads(arguments or "{}")
+        except json.JSONDecodeError:
+            return arguments
+    return arguments or {}

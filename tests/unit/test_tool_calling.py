@@ -1,0 +1,131 @@
+"""Tool calling in the chat path: prompt side, parsed calls in responses and streams (R3.3, R3.4, R4.5, R4.6)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from serve_app.chat_completions import ChatCompletions, PlannedChat, forced_call_schema
+from serve_app.engines.replay import ReplayEngine
+from serve_app.protocol.chat import ChatCompletionRequest
+from serve_app.tool_prompts import render_prompt
+from tests.conftest import REPLAY_SCRIPT
+from tests.openai_spec import assert_valid
+from tests.sse_client import parse_sse
+
+TOOLS = [
+    {"type": "function", "function": {"name": "read_file", "description": "Read a file.",
+                                      "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}}},
+    {"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {}}}},
+]
+ASK = [{"role": "user", "content": "please read the file"}]
+
+
+@pytest.fixture
+def chat(tokenizer: Any) -> ChatCompletions:
+    return ChatCompletions("replay-model", ReplayEngine(tokenizer, REPLAY_SCRIPT, 4096, 0.0), tokenizer)
+
+
+def _plan(chat: ChatCompletions, **fields: Any) -> PlannedChat:
+    request = ChatCompletionRequest.model_validate({"model": "replay-model", "messages": ASK, "tools": TOOLS, **fields})
+    planned = chat.plan(request)
+    assert isinstance(planned, PlannedChat), planned
+    return planned
+
+
+def test_tools_reach_a_template_without_tool_support(tokenizer: Any) -> None:
+    """SmolLM2's template knows no tools: the built-in Hermes prompt lists them, history is written out."""
+    request = ChatCompletionRequest.model_validate({"model": "m", "tools": TOOLS, "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "read a.txt"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "read_file", "arguments": "{\"path\": \"a.txt\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "hello"},
+        {"role": "user", "content": "thanks"},
+    ]})
+    prompt = render_prompt(tokenizer, request, with_tools=True)
+    assert prompt.startswith("<|im_start|>system\nBe brief.\n\n# Tools")
+    assert json.dumps(TOOLS[0]) in prompt
+    assert '<|im_start|>assistant\n<tool_call>\n{"name": "read_file", "arguments": {"path": "a.txt"}}\n</tool_call><|im_end|>' in prompt
+    assert "<|im_start|>user\n<tool_response>\nhello\n</tool_response><|im_end|>" in prompt
+    assert "# Tools" not in render_prompt(tokenizer, request, with_tools=False)
+
+
+def test_non_streaming_tool_calls(chat: ChatCompletions) -> None:
+    """R3.3/R3.4: calls with call_ ids and JSON-string arguments, content alongside, finish tool_calls."""
+    body = json.loads(asyncio.run(chat.complete(_plan(chat))))
+    assert_valid(body, "CreateChatCompletionResponse")
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] == "Let me read it."
+    calls = choice["message"]["tool_calls"]
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == [
+        ("read_file", {"path": '/tmp/a "b".txt', "lines": [1, 20]}), ("now", {})]
+    assert len({c["id"] for c in calls}) == 2 and all(c["id"].startswith("call_") for c in calls)
+
+
+def test_streamed_tool_calls_match_the_non_streamed_ones(chat: ChatCompletions) -> None:
+    """R4.5 shapes, and R4.6: concatenated fragments equal the non-streamed arguments byte for byte."""
+    whole = json.loads(asyncio.run(chat.complete(_plan(chat))))["choices"][0]["message"]["tool_calls"]
+
+    async def frames() -> bytes:
+        return b"".join([f async for f in chat.stream(_plan(chat, stream=True))])
+
+    chunks = parse_sse(asyncio.run(frames()))
+    arguments: dict[int, str] = {}
+    seen: dict[int, dict[str, Any]] = {}
+    for chunk in chunks:
+        assert_valid(chunk, "CreateChatCompletionStreamResponse")
+        for call in chunk["choices"][0]["delta"].get("tool_calls", []):
+            if call["index"] not in seen:
+                assert call["id"].startswith("call_") and call["type"] == "function"
+                assert call["function"]["name"] and call["function"]["arguments"] == ""
+                seen[call["index"]] = call
+            else:
+                assert set(call) == {"index", "function"} and set(call["function"]) == {"arguments"}
+            arguments[call["index"]] = arguments.get(call["index"], "") + call["function"]["arguments"]
+    assert sorted(seen) == [0, 1]
+    assert [arguments[i] for i in (0, 1)] == [c["function"]["arguments"] for c in whole]
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"][0]["finish_reason"]]
+    assert finishes == ["tool_calls"]
+
+
+def test_without_tools_the_text_is_content(chat: ChatCompletions) -> None:
+    planned = chat.plan(ChatCompletionRequest.model_validate({"model": "replay-model", "messages": ASK}))
+    body = json.loads(asyncio.run(chat.complete(planned)))  # type: ignore[arg-type]
+    assert "<tool_call>" in body["choices"][0]["message"]["content"]
+    assert body["choices"][0]["finish_reason"] == "stop"
+
+
+def test_tool_choice_none_leaves_tools_out(chat: ChatCompletions) -> None:
+    planned = _plan(chat, tool_choice="none")
+    assert planned.meta.tool_parser is None
+
+
+def test_forced_tool_choice_is_a_decoding_constraint(chat: ChatCompletions) -> None:
+    """R7.3: `required` and named functions become a JSON-schema constraint on the engine's output."""
+    named = _plan(chat, tool_choice={"type": "function", "function": {"name": "read_file"}})
+    schema = named.generation.sampling.json_schema
+    assert schema is not None and schema["properties"]["name"] == {"const": "read_file"}
+    assert schema["properties"]["arguments"] == TOOLS[0]["function"]["parameters"]
+    required = _plan(chat, tool_choice="required").generation.sampling.json_schema
+    assert required is not None and [c["properties"]["name"]["const"] for c in required["anyOf"]] == ["read_file", "now"]
+    assert _plan(chat, tool_choice="auto").generation.sampling.json_schema is None
+
+
+def test_parallel_tool_calls_false_stops_after_the_first_call(chat: ChatCompletions) -> None:
+    planned = _plan(chat, parallel_tool_calls=False)
+    assert "</tool_call>" in planned.generation.sampling.stop
+    body = json.loads(asyncio.run(chat.complete(planned)))
+    assert [c["function"]["name"] for c in body["choices"][0]["message"]["tool_calls"]] == ["read_file"]
+
+
+def test_forced_call_schema_for_a_named_function() -> None:
+    request = ChatCompletionRequest.model_validate({"model": "m", "messages": ASK, "tools": TOOLS,
+                                                    "tool_choice": {"type": "function", "function": {"name": "now"}}})
+    schema = forced_call_schema(request)
+    assert schema == {"type": "object", "properties": {"name": {"const": "now"}, "arguments": {"type": "object", "properties": {}}},
+                      "required": ["name", "arguments"], "additionalProperties": False}
