@@ -176,6 +176,9 @@ class _ChoiceRenderer:
         return [_wire_delta(event) for event in events]
 
     def finish_reason(self, engine_reason: FinishReason | None) -> FinishReason:
+        # A cap that cut the output, a call included, is `length`: the client must not run a partial call.
+        if engine_reason == "length":
+            return "length"
         return "tool_calls" if self.called else engine_reason or "stop"
 
 
@@ -250,7 +253,8 @@ async def render_complete(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]
             content = parsed.content
             if parsed.calls:
                 calls = [ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)) for c in parsed.calls]
-                content, reason = parsed.content.strip() or None, "tool_calls"
+                content = parsed.content.strip() or None
+                reason = "length" if reason == "length" else "tool_calls"
         message = ResponseMessage(content=content, tool_calls=calls)
         choices.append(Choice(index=index, message=message, finish_reason=reason, logprobs=_wire_logprobs(logprobs[index])))
     response = ChatCompletion(

@@ -46,7 +46,7 @@ def test_ingress_and_engines_are_separate_deployments(running_app: RunningApp) -
     from ray import serve
 
     deployments = serve.status().applications[running_app.app_name].deployments
-    assert set(deployments) == {"OpenAIIngress", f"LLMServer:{VLLM_MODEL}", f"LLMServer:{REPLAY_MODEL}"}
+    assert set(deployments) == {"OpenAIIngress", "ToolParsing", f"LLMServer:{VLLM_MODEL}", f"LLMServer:{REPLAY_MODEL}"}
     assert all(d.status.value == "HEALTHY" for d in deployments.values())
 
 

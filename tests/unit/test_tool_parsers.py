@@ -16,6 +16,8 @@ from serve_app.tool_parsers.base import ContentDelta, Event, ParsedOutput, ToolC
 json_scalars = st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False, width=32) | st.text(max_size=12)
 json_values = st.recursive(json_scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3), max_leaves=8)
 arguments = st.dictionaries(st.text(max_size=8), json_values, max_size=4)
+# Python keyword arguments need identifier names.
+identifier_arguments = st.dictionaries(st.from_regex(r"[a-z_][a-z0-9_]{0,7}", fullmatch=True), json_values, max_size=4)
 names = st.from_regex(r"[a-z_][a-z0-9_]{0,15}", fullmatch=True)
 # Text around calls: anything, including near-markers, but never a whole opening marker.
 prose = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
@@ -94,24 +96,31 @@ def render_mistral(calls: Calls, texts: list[str], indent: int | None) -> tuple[
     return content + "".join(f"[TOOL_CALLS]{n}[ARGS]{json.dumps(a, ensure_ascii=False)}" for n, a in calls), content
 
 
+def render_pythonic(calls: Calls, texts: list[str], indent: int | None) -> tuple[str, str]:
+    """Either plain content, or a Python list of calls followed by trailing content."""
+    if not calls:
+        content = texts[0] if not texts[0].lstrip().startswith("[") else "x" + texts[0]
+        return content, content
+    rendered = ", ".join(f"{n}({', '.join(f'{k}={v!r}' for k, v in a.items())})" for n, a in calls)
+    return f"[{rendered}]{texts[-1]}", texts[-1]
+
+
 RENDERERS: dict[str, Callable[[Calls, list[str], int | None], tuple[str, str]]] = {
     "hermes": render_hermes,
     "llama3_json": render_llama3,
     "mistral": render_mistral,
+    "pythonic": render_pythonic,
 }
 
 
 @pytest.mark.parametrize("parser_name", sorted(RENDERERS))
 @settings(max_examples=300, deadline=None)
-@given(
-    data=st.data(),
-    calls=st.lists(st.tuples(names, arguments), max_size=3),
-    indent=st.sampled_from([None, 2]),
-    cuts=st.lists(st.integers(0, 400), max_size=12),
-)
+@given(data=st.data(), indent=st.sampled_from([None, 2]), cuts=st.lists(st.integers(0, 400), max_size=12))
 def test_streaming_equals_non_streaming_and_recovers_the_calls(
-    parser_name: str, data: st.DataObject, calls: list[tuple[str, dict[str, Any]]], indent: int | None, cuts: list[int]
+    parser_name: str, data: st.DataObject, indent: int | None, cuts: list[int]
 ) -> None:
+    argument_values = identifier_arguments if parser_name == "pythonic" else arguments
+    calls = data.draw(st.lists(st.tuples(names, argument_values), max_size=3))
     texts = data.draw(st.lists(prose | st.sampled_from(TRICKY), min_size=len(calls) + 1, max_size=len(calls) + 1))
     text, content = RENDERERS[parser_name](calls, texts, indent)
     whole = _check_split_invariance(parser_name, text, cuts)
