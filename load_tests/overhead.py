@@ -6,6 +6,8 @@
 2. Ray handle: the driver calls the engine deployment directly (adds Ray's hop and serialization).
 3. HTTP: vLLM's own load generator (`vllm.benchmarks.serve`) against the app's OpenAI endpoint through
    Serve's proxy and the ingress, at concurrency 1, 8 and 32.
+4. The tool-parsing hop: the same streamed request over HTTP with and without `tools` (requests with
+   tools go ingress -> ToolParsing -> engine; without, ingress -> engine).
 Prints time-to-first-token per hop at concurrency 1 (the added latency of each hop) and, for HTTP,
 requests/s, TTFT p50/p99, ITL p50 and errors per concurrency.
 """
@@ -76,6 +78,28 @@ def handle_ttft(runs: int) -> list[float]:
     return asyncio.run(run())
 
 
+def http_ttft(base_url: str, runs: int, tools: bool) -> list[float]:
+    """Time to the first content byte of a streamed chat request, one persistent connection."""
+    import httpx
+
+    body = REQUEST.model_dump(exclude_none=True)
+    if tools:
+        body["tools"] = [{"type": "function", "function": {"name": "noop", "parameters": {"type": "object"}}}]
+    samples = []
+    with httpx.Client(base_url=base_url, timeout=60) as client:
+        for _ in range(runs + 5):
+            started = time.perf_counter()
+            with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                lines = response.iter_lines()
+                for line in lines:
+                    if '"content":"' in line and '"content":""' not in line:
+                        samples.append((time.perf_counter() - started) * 1000)
+                        break
+                for _line in lines:
+                    pass
+    return samples[5:]  # the first few warm connections and caches
+
+
 def http_load(base_url: str, model_dir: Path, concurrency: int, num_prompts: int) -> dict[str, Any]:
     from vllm.benchmarks.serve import add_cli_args, main
     from vllm.utils.argparse_utils import FlexibleArgumentParser
@@ -120,17 +144,22 @@ def main() -> None:
                             "deployment": {"num_cpus": 0}}]}
         serve.run(build_app(args), name="bench", route_prefix="/")
         via_handle = handle_ttft(options.probe_runs)
+        plain_http = http_ttft(f"http://127.0.0.1:{port}", options.probe_runs, tools=False)
+        tools_http = http_ttft(f"http://127.0.0.1:{port}", options.probe_runs, tools=True)
         loads = {c: http_load(f"http://127.0.0.1:{port}", model_dir, c, options.num_prompts) for c in (1, 8, 32)}
     finally:
         serve.shutdown()
         ray.shutdown()
 
     p50 = statistics.median
-    http_ttft = loads[1]["median_ttft_ms"]
+    through_http = loads[1]["median_ttft_ms"]
     print("\n=== stack overhead, replay engine (no model compute), time to first token at concurrency 1 ===")
     print(f"  in process (no Ray, no HTTP) : {p50(in_process):7.2f} ms")
     print(f"  + Ray handle hop             : {p50(via_handle):7.2f} ms  (adds {p50(via_handle) - p50(in_process):.2f} ms)")
-    print(f"  + HTTP proxy + ingress hop   : {http_ttft:7.2f} ms  (adds {http_ttft - p50(via_handle):.2f} ms)")
+    print(f"  + HTTP proxy + ingress hop   : {through_http:7.2f} ms  (adds {through_http - p50(via_handle):.2f} ms)")
+    print("\n=== the tool-parsing hop (first content token over HTTP, concurrency 1) ===")
+    print(f"  without tools (ingress -> engine)              : {p50(plain_http):7.2f} ms")
+    print(f"  with tools (ingress -> ToolParsing -> engine)  : {p50(tools_http):7.2f} ms  (adds {p50(tools_http) - p50(plain_http):.2f} ms)")
     print("\n=== HTTP load (vllm.benchmarks.serve, 64-token answers) ===")
     print(f"  {'concurrency':>11} {'req/s':>8} {'out tok/s':>10} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'errors':>6}")
     for concurrency, r in loads.items():

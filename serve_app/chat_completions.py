@@ -194,6 +194,19 @@ def _wire_delta(event: Event) -> Delta:
 async def render_stream(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]) -> AsyncIterator[bytes]:
     """SSE frames: each choice's role first, content and tool-call deltas, one finish_reason per choice,
     the usage chunk if asked, [DONE]."""
+    frames = _render_frames(meta, deltas)
+    try:
+        # The role chunks travel with the first real frame: a frame of their own would open the batching
+        # interval just before the first token and delay it (the headers are already out by then).
+        roles = b"".join([await anext(frames) for _ in range(meta.n)])
+        yield roles + await anext(frames, b"")
+        async for frame in frames:
+            yield frame
+    finally:
+        await frames.aclose()  # a client that left stops the engine now, not at garbage collection
+
+
+async def _render_frames(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]) -> AsyncIterator[bytes]:
     encode = _ChunkEncoder(meta)
     choices = [
         _ChoiceRenderer(i, create_parser(meta.tool_parser, []) if meta.tool_parser else None) for i in range(meta.n)
