@@ -37,7 +37,7 @@ from serve_app.protocol.chat import (
 from serve_app.protocol.common import FinishReason, Usage
 from serve_app.protocol.errors import OpenAIError, invalid_request, server_error
 from serve_app.tool_parsers import create_parser, parse_complete
-from serve_app.tool_parsers.base import ContentDelta, Event, ToolCallArguments, ToolCallStart, ToolParser
+from serve_app.tool_parsers.base import ContentDelta, Event, ToolCallStart, ToolParser
 from serve_app.tool_prompts import render_prompt
 
 SYSTEM_FINGERPRINT = "agent-serve"

@@ -58,6 +58,14 @@ class ToolParser(ABC):
         self.calls_started += 1
         return event
 
+    def _json_call_scanner(self) -> JsonCallScanner:
+        """A scanner for the next call, announcing it and streaming its arguments as this parser's events."""
+        index = self.calls_started
+        return JsonCallScanner(
+            on_name=lambda name: [self._start_call(name)],
+            on_arguments=lambda fragment: [ToolCallArguments(index, fragment)],
+        )
+
 
 @dataclass
 class ParsedCall:
@@ -103,6 +111,16 @@ def coalesce(events: list[Event]) -> list[Event]:
         elif not (isinstance(event, ContentDelta) and not event.text):
             merged.append(event)
     return merged
+
+
+def split_at_marker(text: str, marker: str) -> tuple[str, str, bool]:
+    """(content before `marker`, the text after it, True) when it occurs; otherwise (the content that
+    cannot be the marker's start, the held tail that might be, False)."""
+    start = text.find(marker)
+    if start >= 0:
+        return text[:start], text[start + len(marker) :], True
+    keep = held_prefix_length(text, marker)
+    return text[: len(text) - keep], text[len(text) - keep :], False
 
 
 def held_prefix_length(text: str, marker: str) -> int:

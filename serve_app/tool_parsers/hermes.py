@@ -16,8 +16,8 @@ from serve_app.tool_parsers.base import (
     ToolCallArguments,
     ToolParser,
     coalesce,
-    held_prefix_length,
     register,
+    split_at_marker,
 )
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
@@ -41,15 +41,11 @@ class HermesToolParser(ToolParser):
                 if not self._skip_close():
                     break
             else:
-                start = self._pending.find(OPEN)
-                if start < 0:
-                    keep = held_prefix_length(self._pending, OPEN)
-                    events.append(ContentDelta(self._pending[: len(self._pending) - keep]))
-                    self._pending = self._pending[len(self._pending) - keep :]
+                content, self._pending, found = split_at_marker(self._pending, OPEN)
+                events.append(ContentDelta(content))
+                if not found:
                     break
-                events.append(ContentDelta(self._pending[:start]))
-                self._pending = self._pending[start + len(OPEN) :]
-                self._scanner = self._new_scanner()
+                self._scanner = self._json_call_scanner()
         return coalesce(events)
 
     def finish(self) -> list[Event]:
@@ -61,13 +57,6 @@ class HermesToolParser(ToolParser):
             events.append(ContentDelta(self._pending))
         self._pending = ""
         return coalesce(events)
-
-    def _new_scanner(self) -> JsonCallScanner:
-        index = self.calls_started
-        return JsonCallScanner(
-            on_name=lambda name: [self._start_call(name)],
-            on_arguments=lambda fragment: [ToolCallArguments(index, fragment)],
-        )
 
     def _scan(self) -> list[Event]:
         assert self._scanner is not None

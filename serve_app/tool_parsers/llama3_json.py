@@ -72,19 +72,12 @@ class Llama3JsonToolParser(ToolParser):
         if stripped.startswith("{"):
             self._consumed += skipped
             self._pending = stripped
-            self._mode, self._scanner = "call", self._new_scanner()
+            self._mode, self._scanner = "call", self._json_call_scanner()
             return True
         # Not a call: before any call everything is content; after calls, the rest is content.
         self._pending = (self._consumed if self.calls_started == 0 else "") + self._pending
         self._consumed, self._mode = "", "content"
         return True
-
-    def _new_scanner(self) -> JsonCallScanner:
-        index = self.calls_started
-        return JsonCallScanner(
-            on_name=lambda name: [self._start_call(name)],
-            on_arguments=lambda fragment: [ToolCallArguments(index, fragment)],
-        )
 
     def _scan(self) -> list[Event]:
         assert self._scanner is not None

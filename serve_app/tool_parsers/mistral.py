@@ -18,6 +18,7 @@ from serve_app.tool_parsers.base import (
     coalesce,
     held_prefix_length,
     register,
+    split_at_marker,
 )
 
 MARKER, ARGS = "[TOOL_CALLS]", "[ARGS]"
@@ -54,12 +55,9 @@ class MistralToolParser(ToolParser):
         return coalesce(events)
 
     def _in_text(self) -> list[Event] | None:
-        start = self._pending.find(MARKER)
-        if start < 0:
-            keep = held_prefix_length(self._pending, MARKER)
-            content, self._pending = self._pending[: len(self._pending) - keep], self._pending[len(self._pending) - keep :]
+        content, self._pending, found = split_at_marker(self._pending, MARKER)
+        if not found:
             return [ContentDelta(content)] if content else None
-        content, self._pending = self._pending[:start], self._pending[start + len(MARKER) :]
         self._mode, self._read = "marker", MARKER
         return [ContentDelta(content)]
 
@@ -86,8 +84,7 @@ class MistralToolParser(ToolParser):
             return []
         if stripped.startswith("{"):
             self._pending, self._mode = stripped, "object"
-            index = self.calls_started
-            self._scanner = JsonCallScanner(lambda name: [self._start_call(name)], lambda f: [ToolCallArguments(index, f)])
+            self._scanner = self._json_call_scanner()
             return []
         return self._give_up()
 

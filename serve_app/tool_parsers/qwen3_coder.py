@@ -28,6 +28,7 @@ from serve_app.tool_parsers.base import (
     coalesce,
     held_prefix_length,
     register,
+    split_at_marker,
 )
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
@@ -82,12 +83,9 @@ class Qwen3CoderToolParser(ToolParser):
         return coalesce(events)
 
     def _in_text(self) -> list[Event] | None:
-        start = self._pending.find(CALL_OPEN)
-        if start < 0:
-            keep = held_prefix_length(self._pending, CALL_OPEN)
-            content, self._pending = self._pending[: len(self._pending) - keep], self._pending[len(self._pending) - keep :]
+        content, self._pending, found = split_at_marker(self._pending, CALL_OPEN)
+        if not found:
             return [ContentDelta(content)] if content else None
-        content, self._pending = self._pending[:start], self._pending[start + len(CALL_OPEN) :]
         self._mode, self._read = "function", CALL_OPEN
         return [ContentDelta(content)]
 
