@@ -36,6 +36,7 @@ from serve_app.protocol.chat import (
 )
 from serve_app.protocol.common import FinishReason, Usage
 from serve_app.protocol.errors import OpenAIError, invalid_request, server_error
+from serve_app.tool_constraints import forced_call_schema, strict_hermes_tag, unenforceable_schema
 from serve_app.tool_parsers import create_parser, parse_complete
 from serve_app.tool_parsers.base import ContentDelta, Event, ToolCallStart, ToolParser
 from serve_app.tool_prompts import render_prompt
@@ -106,10 +107,14 @@ class ChatCompletions:
         parser = None
         if with_tools:
             forced = forced_call_schema(request)
+            if (error := unenforceable_schema(request, forced=forced is not None)) is not None:
+                return error
             if forced is not None:  # R7.3: `required` / a named function, enforced while decoding
                 sampling, parser = dataclasses.replace(sampling, json_schema=forced), CONSTRAINED_CALL_PARSER
             else:
                 parser = self.tool_parser
+                if parser == "hermes":
+                    sampling = dataclasses.replace(sampling, structural_tag=strict_hermes_tag(request))
                 if request.parallel_tool_calls is False and parser == "hermes":
                     # At most one call (R2.3): generation ends where the first call closes.
                     sampling = dataclasses.replace(sampling, stop=(*sampling.stop, "</tool_call>"))
@@ -137,27 +142,6 @@ class ChatCompletions:
 
     def stream(self, chat: PlannedChat) -> AsyncIterator[bytes]:
         return render_stream(chat.meta, self.engine.generate(chat.generation))
-
-
-def forced_call_schema(request: ChatCompletionRequest) -> dict[str, Any] | None:
-    """The JSON a forced tool choice must produce: one `{"name", "arguments"}` object of an allowed tool."""
-    choice = request.tool_choice
-    tools = [t.get("function") or {} for t in request.tools or []]
-    if isinstance(choice, dict):
-        wanted = (choice.get("function") or {}).get("name")
-        tools = [t for t in tools if t.get("name") == wanted]
-    elif choice != "required":
-        return None
-    calls = [
-        {
-            "type": "object",
-            "properties": {"name": {"const": t["name"]}, "arguments": t.get("parameters") or {"type": "object"}},
-            "required": ["name", "arguments"],
-            "additionalProperties": False,
-        }
-        for t in tools
-    ]
-    return calls[0] if len(calls) == 1 else {"anyOf": calls}
 
 
 class _ChoiceRenderer:

@@ -26,8 +26,10 @@ class SamplingOptions:
     logit_bias: dict[int, float] = field(default_factory=dict)
     # How many alternatives to report per generated token; None = no logprobs at all.
     logprobs: int | None = None
-    # Constrained decoding: the output must be JSON valid against this schema.
+    # Constrained decoding: the output must be JSON valid against this schema, or follow this
+    # structural tag (free text, constrained from a trigger string on; vLLM/xgrammar's JSON format).
     json_schema: dict[str, Any] | None = None
+    structural_tag: str | None = None
 
 
 @dataclass(frozen=True)

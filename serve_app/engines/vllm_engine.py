@@ -101,6 +101,8 @@ def _sampling_params(sampling: SamplingOptions) -> Any:
     optional: dict[str, Any] = {"temperature": sampling.temperature, "top_p": sampling.top_p}
     if sampling.json_schema is not None:
         optional["structured_outputs"] = StructuredOutputsParams(json=sampling.json_schema)
+    elif sampling.structural_tag is not None:
+        optional["structured_outputs"] = StructuredOutputsParams(structural_tag=sampling.structural_tag)
     return SamplingParams(
         n=sampling.n,
         max_tokens=sampling.max_tokens,

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from serve_app.chat_completions import ChatCompletions, PlannedChat, forced_call_schema
+from serve_app.chat_completions import ChatCompletions, PlannedChat
+from serve_app.tool_constraints import forced_call_schema
 from serve_app.engines.replay import ReplayEngine
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.tool_prompts import render_prompt
@@ -129,3 +130,42 @@ def test_forced_call_schema_for_a_named_function() -> None:
     schema = forced_call_schema(request)
     assert schema == {"type": "object", "properties": {"name": {"const": "now"}, "arguments": {"type": "object", "properties": {}}},
                       "required": ["name", "arguments"], "additionalProperties": False}
+
+
+def test_strict_tools_under_auto_are_constrained_after_the_marker(chat: ChatCompletions) -> None:
+    """R7.3: `strict: true` tools get a structural tag triggered by `<tool_call>`; others stay well-formed."""
+    strict = [{**TOOLS[0], "function": {**TOOLS[0]["function"], "strict": True}}, TOOLS[1]]
+    tag = json.loads(_plan(chat, tools=strict).generation.sampling.structural_tag)
+    assert tag["triggers"] == ["<tool_call>"]
+    assert [s["begin"] for s in tag["structures"]] == [
+        '<tool_call>\n{"name": "read_file", "arguments": ', '<tool_call>\n{"name": "now", "arguments": ']
+    assert tag["structures"][0]["schema"] == TOOLS[0]["function"]["parameters"]
+    assert tag["structures"][1]["schema"] == {"type": "object"}
+    assert _plan(chat).generation.sampling.structural_tag is None  # no strict tool: the model is free
+
+
+@pytest.mark.parametrize(
+    ("keyword", "schema"),
+    [
+        ("not", {"type": "object", "properties": {"a": {"not": {"type": "null"}}}}),
+        ("if", {"type": "object", "if": {"required": ["a"]}, "then": {"required": ["b"]}}),
+        ("allOf", {"allOf": [{"type": "object"}, {"required": ["a"]}]}),
+        ("patternProperties", {"type": "object", "patternProperties": {"^x": {"type": "string"}}}),
+        ("uniqueItems", {"type": "object", "properties": {"a": {"type": "array", "uniqueItems": True}}}),
+        ("multipleOf", {"type": "object", "properties": {"n": {"type": "integer", "multipleOf": 3}}}),
+        ("dependentRequired", {"type": "object", "dependentRequired": {"a": ["b"]}}),
+        ("contains", {"type": "object", "properties": {"a": {"type": "array", "contains": {"const": 1}}}}),
+    ],
+)
+def test_unenforceable_schemas_are_a_400_naming_the_keyword(chat: ChatCompletions, keyword: str, schema: dict[str, Any]) -> None:
+    """R7.2/R7.3: before generation, for forced choices and strict tools; free `auto` calls are not checked."""
+    tool = {"type": "function", "function": {"name": "f", "parameters": schema}}
+    for fields in ({"tool_choice": "required"}, {"tool_choice": {"type": "function", "function": {"name": "f"}}},
+                   {"tools": [{"type": "function", "function": {"name": "f", "parameters": schema, "strict": True}}]}):
+        request = ChatCompletionRequest.model_validate({"model": "m", "messages": ASK, "tools": [tool], **fields})
+        error = chat.plan(request)
+        assert not isinstance(error, PlannedChat)
+        assert error.status_code == 400 and error.param == "tools[0].function.parameters"
+        assert f"'{keyword}'" in error.message
+    auto = ChatCompletionRequest.model_validate({"model": "m", "messages": ASK, "tools": [tool]})
+    assert isinstance(chat.plan(auto), PlannedChat)

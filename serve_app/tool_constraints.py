@@ -1,0 +1,72 @@
+"""Tool calls enforced while decoding (R7.3): what the engine's grammar must allow for a request's tools.
+
+- `tool_choice: "required"` or a named function: the whole answer is one call object of an allowed
+  function, `{"name": ..., "arguments": <its parameters schema>}` (read back by the JSON-call parser).
+- Tools declared `strict: true` under `auto` (Hermes format): the model writes freely until it opens
+  `<tool_call>`; from there the call must be one of the tools, strict ones with schema-valid arguments.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from serve_app.protocol.chat import ChatCompletionRequest
+from serve_app.protocol.errors import OpenAIError, invalid_request
+from serve_app.schema_support import explain, unsupported_keyword
+
+ANY_OBJECT: dict[str, Any] = {"type": "object"}
+
+
+def _functions(request: ChatCompletionRequest) -> list[dict[str, Any]]:
+    return [t.get("function") or {} for t in request.tools or []]
+
+
+def unenforceable_schema(request: ChatCompletionRequest, forced: bool) -> OpenAIError | None:
+    """A 400 naming the keyword, when a schema that must be enforced uses what the grammar cannot do."""
+    for i, function in enumerate(_functions(request)):
+        if not (forced or function.get("strict")):
+            continue
+        found = unsupported_keyword(function.get("parameters") or {})
+        if found is not None:
+            param = f"tools[{i}].function.parameters"
+            return invalid_request(explain(*found, f"{param} ({function.get('name')})"), param=param)
+    return None
+
+
+def forced_call_schema(request: ChatCompletionRequest) -> dict[str, Any] | None:
+    """The JSON a forced tool choice must produce: one `{"name", "arguments"}` object of an allowed tool."""
+    choice = request.tool_choice
+    functions = _functions(request)
+    if isinstance(choice, dict):
+        wanted = (choice.get("function") or {}).get("name")
+        functions = [f for f in functions if f.get("name") == wanted]
+    elif choice != "required":
+        return None
+    calls = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": f["name"]}, "arguments": f.get("parameters") or ANY_OBJECT},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for f in functions
+    ]
+    return calls[0] if len(calls) == 1 else {"anyOf": calls}
+
+
+def strict_hermes_tag(request: ChatCompletionRequest) -> str | None:
+    """A structural tag (vLLM/xgrammar) constraining Hermes calls once `<tool_call>` appears, when any
+    tool is strict. Non-strict tools stay allowed, as well-formed JSON objects."""
+    functions = _functions(request)
+    if not any(f.get("strict") for f in functions):
+        return None
+    structures = [
+        {
+            "begin": f'<tool_call>\n{{"name": {json.dumps(f["name"])}, "arguments": ',
+            "schema": (f.get("parameters") or ANY_OBJECT) if f.get("strict") else ANY_OBJECT,
+            "end": "}\n</tool_call>",
+        }
+        for f in functions
+    ]
+    return json.dumps({"type": "structural_tag", "structures": structures, "triggers": ["<tool_call>"]})
