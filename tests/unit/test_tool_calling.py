@@ -169,3 +169,30 @@ def test_unenforceable_schemas_are_a_400_naming_the_keyword(chat: ChatCompletion
         assert f"'{keyword}'" in error.message
     auto = ChatCompletionRequest.model_validate({"model": "m", "messages": ASK, "tools": [tool]})
     assert isinstance(chat.plan(auto), PlannedChat)
+
+
+def test_strict_tag_grammar_admits_text_and_valid_calls_only() -> None:
+    """The structural tag, compiled by the engine's own grammar backend (xgrammar): free text and valid
+    calls pass; a strict tool's invalid arguments and undeclared tools cannot be generated."""
+    import xgrammar as xgr
+    from xgrammar.testing import _is_grammar_accept_string
+
+    from serve_app.tool_constraints import strict_hermes_tag
+
+    weather = {"type": "function", "function": {"name": "get_weather", "strict": True, "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "London"]}, "days": {"type": "integer"}},
+        "required": ["city", "days"], "additionalProperties": False}}}
+    request = ChatCompletionRequest.model_validate({"model": "m", "messages": ASK, "tools": [weather, TOOLS[1]]})
+    tag = json.loads(strict_hermes_tag(request) or "{}")
+    items = [xgr.StructuralTagItem(begin=s["begin"], schema=json.dumps(s["schema"]), end=s["end"]) for s in tag["structures"]]
+    grammar = xgr.Grammar.from_structural_tag(items, tag["triggers"])
+
+    def call(name: str, arguments: str) -> str:
+        return f'<tool_call>\n{{"name": "{name}", "arguments": {arguments}}}\n</tool_call>'
+
+    assert _is_grammar_accept_string(grammar, "Sure.\n" + call("get_weather", '{"city": "Paris", "days": 3}'))
+    assert _is_grammar_accept_string(grammar, "A plain answer.")
+    assert _is_grammar_accept_string(grammar, call("now", '{"any": [1]}'))  # non-strict: any object
+    assert not _is_grammar_accept_string(grammar, call("get_weather", '{"city": "Rome", "days": 3}'))
+    assert not _is_grammar_accept_string(grammar, call("get_weather", '{"city": "Paris"}'))
+    assert not _is_grammar_accept_string(grammar, call("delete_all", "{}"))
