@@ -36,10 +36,10 @@ from serve_app.protocol.chat import (
 )
 from serve_app.protocol.common import FinishReason, Usage
 from serve_app.protocol.errors import OpenAIError, invalid_request, server_error
-from serve_app.tool_constraints import forced_call_schema, strict_hermes_tag, unenforceable_schema
+from serve_app.tool_constraints import forced_call_schema, strict_tools_tag, unenforceable_schema
 from serve_app.tool_parsers import create_parser, parse_complete
 from serve_app.tool_parsers.base import ContentDelta, Event, ToolCallStart, ToolParser
-from serve_app.tool_prompts import render_prompt
+from serve_app.tool_prompts import render_prompt, template_supports_tools
 
 SYSTEM_FINGERPRINT = "agent-serve"
 # Output constrained to one bare call object is read by the JSON-call parser, whatever the model's format.
@@ -112,9 +112,12 @@ class ChatCompletions:
             if forced is not None:  # R7.3: `required` / a named function, enforced while decoding
                 sampling, parser = dataclasses.replace(sampling, json_schema=forced), CONSTRAINED_CALL_PARSER
             else:
-                parser = self.tool_parser
-                if parser == "hermes":
-                    sampling = dataclasses.replace(sampling, structural_tag=strict_hermes_tag(request))
+                # Without tool support in the template the model is prompted in Hermes format (tool_prompts).
+                parser = self.tool_parser if template_supports_tools(self.tokenizer) else "hermes"
+                tag = strict_tools_tag(request, parser)
+                if isinstance(tag, OpenAIError):
+                    return tag
+                sampling = dataclasses.replace(sampling, structural_tag=tag)
                 if request.parallel_tool_calls is False and parser == "hermes":
                     # At most one call (R2.3): generation ends where the first call closes.
                     sampling = dataclasses.replace(sampling, stop=(*sampling.stop, "</tool_call>"))

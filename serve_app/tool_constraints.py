@@ -2,13 +2,13 @@
 
 - `tool_choice: "required"` or a named function: the whole answer is one call object of an allowed
   function, `{"name": ..., "arguments": <its parameters schema>}` (read back by the JSON-call parser).
-- Tools declared `strict: true` under `auto` (Hermes format): the model writes freely until it opens
-  `<tool_call>`; from there the call must be one of the tools, strict ones with schema-valid arguments.
+- Tools declared `strict: true` under `auto`: the model writes freely until it opens a call in its
+  format; from there the call must be one of the tools, strict ones with schema-valid arguments. The
+  grammar comes from xgrammar's built-in structural tags for each model format.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from serve_app.protocol.chat import ChatCompletionRequest
@@ -55,18 +55,28 @@ def forced_call_schema(request: ChatCompletionRequest) -> dict[str, Any] | None:
     return calls[0] if len(calls) == 1 else {"anyOf": calls}
 
 
-def strict_hermes_tag(request: ChatCompletionRequest) -> str | None:
-    """A structural tag (vLLM/xgrammar) constraining Hermes calls once `<tool_call>` appears, when any
-    tool is strict. Non-strict tools stay allowed, as well-formed JSON objects."""
+# Our tool-call formats -> xgrammar's built-in structural tags for the same syntax.
+XGRAMMAR_FORMATS = {"hermes": "qwen_3", "llama3_json": "llama", "qwen3_coder": "qwen_3_coder"}
+
+
+def strict_tools_tag(request: ChatCompletionRequest, tool_parser: str) -> str | OpenAIError | None:
+    """A structural tag (xgrammar JSON, for vLLM) holding calls to the declared tools once the model opens
+    one, when any tool is strict. Non-strict tools stay allowed, as well-formed JSON objects."""
     functions = _functions(request)
     if not any(f.get("strict") for f in functions):
         return None
-    structures = [
-        {
-            "begin": f'<tool_call>\n{{"name": {json.dumps(f["name"])}, "arguments": ',
-            "schema": (f.get("parameters") or ANY_OBJECT) if f.get("strict") else ANY_OBJECT,
-            "end": "}\n</tool_call>",
-        }
+    if tool_parser not in XGRAMMAR_FORMATS:
+        return invalid_request(
+            f"Tools with strict: true cannot be enforced under tool_choice 'auto' for this model's tool format "
+            f"'{tool_parser}'. Use tool_choice 'required' or a named function (enforced for every format), or "
+            f"drop strict.",
+            param="tools",
+        )
+    import xgrammar
+
+    tools = [
+        {"type": "function", "function": {"name": f["name"], "parameters": (f.get("parameters") or ANY_OBJECT) if f.get("strict") else ANY_OBJECT}}
         for f in functions
     ]
-    return json.dumps({"type": "structural_tag", "structures": structures, "triggers": ["<tool_call>"]})
+    tag = xgrammar.get_model_structural_tag(XGRAMMAR_FORMATS[tool_parser], tools=tools, tool_choice="auto", reasoning="disabled")
+    return tag.model_dump_json()

@@ -132,16 +132,32 @@ def test_forced_call_schema_for_a_named_function() -> None:
                       "required": ["name", "arguments"], "additionalProperties": False}
 
 
-def test_strict_tools_under_auto_are_constrained_after_the_marker(chat: ChatCompletions) -> None:
-    """R7.3: `strict: true` tools get a structural tag triggered by `<tool_call>`; others stay well-formed."""
+def test_strict_tools_under_auto_get_a_structural_tag(chat: ChatCompletions) -> None:
+    """R7.3: with a `strict: true` tool the engine gets a structural tag for the model's format; else none."""
     strict = [{**TOOLS[0], "function": {**TOOLS[0]["function"], "strict": True}}, TOOLS[1]]
     tag = json.loads(_plan(chat, tools=strict).generation.sampling.structural_tag)
-    assert tag["triggers"] == ["<tool_call>"]
-    assert [s["begin"] for s in tag["structures"]] == [
-        '<tool_call>\n{"name": "read_file", "arguments": ', '<tool_call>\n{"name": "now", "arguments": ']
-    assert tag["structures"][0]["schema"] == TOOLS[0]["function"]["parameters"]
-    assert tag["structures"][1]["schema"] == {"type": "object"}
+    assert tag["format"]["triggers"] == ["<tool_call>"]
     assert _plan(chat).generation.sampling.structural_tag is None  # no strict tool: the model is free
+
+
+def test_strict_tools_in_a_format_without_a_grammar_are_refused() -> None:
+    from serve_app.protocol.errors import OpenAIError
+    from serve_app.tool_constraints import strict_tools_tag
+
+    strict = [{**TOOLS[0], "function": {**TOOLS[0]["function"], "strict": True}}]
+    request = ChatCompletionRequest.model_validate({"model": "m", "messages": ASK, "tools": strict})
+    for parser in ("mistral", "pythonic"):
+        error = strict_tools_tag(request, parser)
+        assert isinstance(error, OpenAIError) and error.status_code == 400 and parser in error.message
+    assert isinstance(strict_tools_tag(request, "llama3_json"), str)
+
+
+def test_a_template_without_tools_is_prompted_and_parsed_as_hermes(tokenizer: Any) -> None:
+    """Whatever format the model is configured with, our built-in tool prompt asks for Hermes calls."""
+    chat = ChatCompletions("m", ReplayEngine(tokenizer, REPLAY_SCRIPT, 4096, 0.0), tokenizer, tool_parser="mistral")
+    strict = [{**TOOLS[0], "function": {**TOOLS[0]["function"], "strict": True}}]
+    planned = chat.plan(ChatCompletionRequest.model_validate({"model": "m", "messages": ASK, "tools": strict}))
+    assert isinstance(planned, PlannedChat) and planned.meta.tool_parser == "hermes"
 
 
 @pytest.mark.parametrize(
@@ -177,15 +193,15 @@ def test_strict_tag_grammar_admits_text_and_valid_calls_only() -> None:
     import xgrammar as xgr
     from xgrammar.testing import _is_grammar_accept_string
 
-    from serve_app.tool_constraints import strict_hermes_tag
+    from serve_app.tool_constraints import strict_tools_tag
 
     weather = {"type": "function", "function": {"name": "get_weather", "strict": True, "parameters": {
         "type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "London"]}, "days": {"type": "integer"}},
         "required": ["city", "days"], "additionalProperties": False}}}
     request = ChatCompletionRequest.model_validate({"model": "m", "messages": ASK, "tools": [weather, TOOLS[1]]})
-    tag = json.loads(strict_hermes_tag(request) or "{}")
-    items = [xgr.StructuralTagItem(begin=s["begin"], schema=json.dumps(s["schema"]), end=s["end"]) for s in tag["structures"]]
-    grammar = xgr.Grammar.from_structural_tag(items, tag["triggers"])
+    tag = strict_tools_tag(request, "hermes")
+    assert isinstance(tag, str)
+    grammar = xgr.Grammar.from_structural_tag(tag)
 
     def call(name: str, arguments: str) -> str:
         return f'<tool_call>\n{{"name": "{name}", "arguments": {arguments}}}\n</tool_call>'
