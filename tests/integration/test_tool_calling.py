@@ -111,3 +111,22 @@ def test_forced_calls_from_the_real_model_always_validate(http: httpx.Client, mo
             failures.append((i, call["arguments"], str(exc)[:200]))
     assert not failures, failures
     assert len(truncated) <= 2, f"calls cut by the 400-token cap: {truncated}"
+
+
+def test_strict_tools_under_auto_reach_the_engine_as_a_grammar(http: httpx.Client) -> None:
+    """vLLM compiles the structural tag for a strict tool (a bad tag would fail the request); any call the
+    model makes validates. (The grammar itself is checked string by string in the unit tests.)"""
+    tool = {"type": "function", "function": {"name": "get_weather", "strict": True, "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "London"]}, "days": {"type": "integer"}},
+        "required": ["city", "days"], "additionalProperties": False}}}
+    for stream in (False, True):
+        body = {"model": VLLM_MODEL, "tools": [tool], "max_tokens": 60, "seed": 1,
+                "messages": [{"role": "user", "content": "Weather in Paris for 3 days? Use get_weather."}]}
+        if stream:
+            calls, _ = _stream_calls(http, body)
+        else:
+            response = http.post("/chat/completions", json=body)
+            assert response.status_code == 200, response.text
+            calls = [c["function"] for c in response.json()["choices"][0]["message"].get("tool_calls") or []]
+        for call in calls:
+            jsonschema.validate(json.loads(call["arguments"]), tool["function"]["parameters"])
