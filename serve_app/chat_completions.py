@@ -57,6 +57,13 @@ class ChatMeta:
     n: int
     include_usage: bool
     tool_parser: str | None  # None: the text is all content
+    tools: list[dict[str, Any]]  # parsers of XML formats type raw values by the tools' schemas
+    parallel_tool_calls: bool
+
+    def new_parser(self) -> ToolParser | None:
+        if self.tool_parser is None:
+            return None
+        return create_parser(self.tool_parser, self.tools, self.parallel_tool_calls)
 
 
 @dataclass(frozen=True)
@@ -123,7 +130,7 @@ class ChatCompletions:
                     sampling = dataclasses.replace(sampling, stop=(*sampling.stop, "</tool_call>"))
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         meta = ChatMeta(request_id, int(time.time()), self.model_id, len(prompt_ids), sampling.n,
-                        request.include_usage, parser)
+                        request.include_usage, parser, request.tools or [], request.parallel_tool_calls is not False)
         generation = GenerationRequest(
             request_id, prompt_ids, sampling, [m.model_dump(exclude_none=True) for m in request.messages]
         )
@@ -195,9 +202,7 @@ async def render_stream(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]) 
 
 async def _render_frames(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]) -> AsyncIterator[bytes]:
     encode = _ChunkEncoder(meta)
-    choices = [
-        _ChoiceRenderer(i, create_parser(meta.tool_parser, []) if meta.tool_parser else None) for i in range(meta.n)
-    ]
+    choices = [_ChoiceRenderer(i, meta.new_parser()) for i in range(meta.n)]
     for choice in choices:
         yield encode(choice.index, Delta(role="assistant", content=""))
     finished: set[int] = set()
@@ -248,8 +253,9 @@ async def render_complete(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]
         content: str | None = text
         calls: list[ToolCall] | None = None
         reason: FinishReason = reasons[index]  # type: ignore[assignment]
-        if meta.tool_parser:
-            parsed = parse_complete(create_parser(meta.tool_parser, []), text)
+        parser = meta.new_parser()
+        if parser is not None:
+            parsed = parse_complete(parser, text)
             content = parsed.content
             if parsed.calls:
                 calls = [ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)) for c in parsed.calls]

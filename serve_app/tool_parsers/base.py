@@ -269,12 +269,31 @@ def register(name: str) -> Callable[[type[ToolParser]], type[ToolParser]]:
     return add
 
 
-def create_parser(name: str, tools: list[dict[str, Any]]) -> ToolParser:
+class FirstCallOnly(ToolParser):
+    """`parallel_tool_calls: false` (R2.3): the first call is kept, later ones are not emitted."""
+
+    def __init__(self, inner: ToolParser) -> None:
+        super().__init__(inner.tools)
+        self._inner = inner
+
+    def feed(self, text: str) -> list[Event]:
+        return self._first_only(self._inner.feed(text))
+
+    def finish(self) -> list[Event]:
+        return self._first_only(self._inner.finish())
+
+    @staticmethod
+    def _first_only(events: list[Event]) -> list[Event]:
+        return [e for e in events if isinstance(e, ContentDelta) or e.index == 0]
+
+
+def create_parser(name: str, tools: list[dict[str, Any]], parallel_calls: bool = True) -> ToolParser:
     from serve_app import tool_parsers  # noqa: F401  (imports every format, filling the registry)
 
     if name not in _REGISTRY:
         raise KeyError(f"unknown tool parser {name!r}; known: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](tools)
+    parser = _REGISTRY[name](tools)
+    return parser if parallel_calls else FirstCallOnly(parser)
 
 
 def parser_names() -> list[str]:

@@ -181,3 +181,17 @@ def test_arguments_stream_before_the_call_ends() -> None:
     assert isinstance(events[0], ToolCallStart) and events[0].name == "write"
     assert "".join(e.fragment for e in events if isinstance(e, ToolCallArguments)) == '{"content": "hello wor'
     assert not any(isinstance(e, ContentDelta) for e in events)
+
+
+@pytest.mark.parametrize(
+    ("parser_name", "text"),
+    [
+        ("hermes", '<tool_call>{"name": "a", "arguments": {}}</tool_call><tool_call>{"name": "b", "arguments": {"x": 1}}</tool_call>'),
+        ("llama3_json", '{"name": "a", "parameters": {}}; {"name": "b", "parameters": {"x": 1}}'),
+        ("pythonic", "[a(), b(x=1)]"),
+    ],
+)
+def test_parallel_tool_calls_false_keeps_only_the_first_call(parser_name: str, text: str) -> None:
+    """R2.3 for every format: at most one call per turn."""
+    output = parse_complete(create_parser(parser_name, [], parallel_calls=False), text)
+    assert [(c.name, c.arguments) for c in output.calls] == [("a", "{}")]
