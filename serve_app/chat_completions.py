@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator
 
 from serve_app import sse
 from serve_app.engines.base import Engine, GenerationDelta, GenerationRequest, TokenLogprob
-from serve_app.generation import context_error, sampling_options
+from serve_app.generation import collect, context_error, sampling_options
 from serve_app.protocol.chat import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -236,36 +236,28 @@ async def _render_frames(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta])
 
 async def render_complete(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]) -> bytes | OpenAIError:
     """The whole answer as one `chat.completion` body; tool calls parsed by the same machines as streaming."""
-    texts = [""] * meta.n
-    tokens, reasons = [0] * meta.n, ["stop"] * meta.n
-    logprobs: list[list[TokenLogprob] | None] = [None] * meta.n
     try:
-        async for delta in deltas:
-            texts[delta.index] += delta.text
-            tokens[delta.index] = delta.completion_tokens
-            reasons[delta.index] = delta.finish_reason or reasons[delta.index]
-            if delta.logprobs is not None:
-                logprobs[delta.index] = (logprobs[delta.index] or []) + delta.logprobs
+        result = await collect(deltas, meta.n)
     except Exception as exc:
         return server_error(f"The engine failed while generating: {exc}")
     choices = []
-    for index, text in enumerate(texts):
-        content: str | None = text
+    for index, choice in enumerate(result.choices):
+        content: str | None = choice.text
         calls: list[ToolCall] | None = None
-        reason: FinishReason = reasons[index]  # type: ignore[assignment]
+        reason = choice.finish_reason
         parser = meta.new_parser()
         if parser is not None:
-            parsed = parse_complete(parser, text)
+            parsed = parse_complete(parser, choice.text)
             content = parsed.content
             if parsed.calls:
                 calls = [ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)) for c in parsed.calls]
                 content = parsed.content.strip() or None
                 reason = "length" if reason == "length" else "tool_calls"
         message = ResponseMessage(content=content, tool_calls=calls)
-        choices.append(Choice(index=index, message=message, finish_reason=reason, logprobs=_wire_logprobs(logprobs[index])))
+        choices.append(Choice(index=index, message=message, finish_reason=reason, logprobs=_wire_logprobs(choice.logprobs)))
     response = ChatCompletion(
         id=meta.id, created=meta.created, model=meta.model, choices=choices,
-        usage=Usage.of(meta.prompt_tokens, sum(tokens)), system_fingerprint=SYSTEM_FINGERPRINT,
+        usage=Usage.of(meta.prompt_tokens, result.completion_tokens), system_fingerprint=SYSTEM_FINGERPRINT,
     )
     return response.model_dump_json().encode()
 

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import AsyncIterator
 
-from serve_app.engines.base import Engine, FinishReason, GenerationRequest, SamplingOptions, TokenLogprob
+from serve_app.engines.base import (
+    Engine,
+    FinishReason,
+    GenerationDelta,
+    GenerationRequest,
+    SamplingOptions,
+    TokenLogprob,
+)
 from serve_app.protocol.common import SamplingFields
 from serve_app.protocol.errors import OpenAIError, invalid_request
 
@@ -66,18 +74,18 @@ class GenerationResult:
         return sum(c.completion_tokens for c in self.choices)
 
 
-async def collect(engine: Engine, request: GenerationRequest) -> GenerationResult:
-    """Run a request to the end; the choices in index order."""
-    choices = [ChoiceResult(logprobs=[] if request.sampling.logprobs is not None else None) for _ in range(request.sampling.n)]
-    async for delta in engine.generate(request):
+async def collect(deltas: AsyncIterator[GenerationDelta], n: int) -> GenerationResult:
+    """Run a generation to the end; its n choices in index order."""
+    choices = [ChoiceResult() for _ in range(n)]
+    async for delta in deltas:
         choice = choices[delta.index]
         choice.text += delta.text
         choice.completion_tokens = delta.completion_tokens
         choice.finish_reason = delta.finish_reason or choice.finish_reason
-        if delta.logprobs and choice.logprobs is not None:
-            choice.logprobs.extend(delta.logprobs)
+        if delta.logprobs is not None:
+            choice.logprobs = (choice.logprobs or []) + delta.logprobs
     return GenerationResult(choices)
 
 
 async def collect_all(engine: Engine, requests: list[GenerationRequest]) -> list[GenerationResult]:
-    return list(await asyncio.gather(*(collect(engine, r) for r in requests)))
+    return list(await asyncio.gather(*(collect(engine.generate(r), r.sampling.n) for r in requests)))
