@@ -275,13 +275,14 @@ def test_r2_sampling_logprobs_have_openais_shape(http: httpx.Client) -> None:
 def test_r2_sampling_n_choices_streamed_with_their_indexes(http: httpx.Client) -> None:
     body = _chat(http, model=VLLM_MODEL, messages=HI, n=2, max_tokens=8, temperature=1.0, seed=3)
     assert [c["index"] for c in body["choices"]] == [0, 1]
-    chunks = _chat_stream(http, model=VLLM_MODEL, messages=HI, n=3, max_tokens=8, stream_options={"include_usage": True})
+    story = [{"role": "user", "content": "Write a long story about a dragon."}]
+    chunks = _chat_stream(http, model=VLLM_MODEL, messages=story, n=3, max_tokens=8, stream_options={"include_usage": True})
     for index in range(3):
         mine = [c["choices"][0] for c in chunks if c["choices"] and c["choices"][0]["index"] == index]
         assert mine[0]["delta"]["role"] == "assistant"
-        assert [c["finish_reason"] for c in mine if c["finish_reason"]] == ["length"]
-        assert mine[-1]["finish_reason"] == "length"
-    assert chunks[-1]["usage"]["completion_tokens"] == 24
+        finishes = [c["finish_reason"] for c in mine if c["finish_reason"]]
+        assert len(finishes) == 1 and finishes[0] in ("stop", "length") and mine[-1]["finish_reason"] == finishes[0]
+    assert 3 <= chunks[-1]["usage"]["completion_tokens"] <= 24  # sampled choices may end before the cap
 
 
 # --- R3: non-streaming response -------------------------------------------------------------------
