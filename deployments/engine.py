@@ -18,7 +18,7 @@ from serve_app.model_source import prepare_model
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.completions import CompletionRequest
 from serve_app.protocol.errors import OpenAIError
-from serve_app.streaming import batched
+from serve_app.streaming import accepted_then_batched, batched
 
 logger = logging.getLogger("ray.serve")
 
@@ -48,8 +48,8 @@ class LLMServer:
         if isinstance(plan, OpenAIError):
             yield plan
             return
-        async for frames in batched(plan.stream(), self._batch_interval_s):
-            yield b"".join(frames)
+        async for frames in accepted_then_batched(plan.stream(), self._batch_interval_s):
+            yield frames
 
     async def generate_deltas(self, request: ChatCompletionRequest) -> AsyncGenerator[ChatMeta | OpenAIError | list[GenerationDelta], None]:
         """For the tool-parsing deployment: the plan's `ChatMeta` (or an error), then the engine's deltas."""

@@ -16,7 +16,7 @@ from serve_app.chat_completions import ChatMeta, render_complete, render_stream
 from serve_app.engines.base import GenerationDelta
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.errors import OpenAIError
-from serve_app.streaming import batched
+from serve_app.streaming import accepted_then_batched
 
 
 @serve.deployment
@@ -40,8 +40,8 @@ class ToolParsing:
         if isinstance(meta, OpenAIError):
             yield meta
             return
-        async for frames in batched(render_stream(meta, _deltas(stream)), self._batch_interval_s):
-            yield b"".join(frames)
+        async for frames in accepted_then_batched(render_stream(meta, _deltas(stream)), self._batch_interval_s):
+            yield frames
 
 
 async def _deltas(stream: DeploymentResponseGenerator) -> AsyncIterator[GenerationDelta]:

@@ -186,14 +186,12 @@ def _wire_delta(event: Event) -> Delta:
 
 
 async def render_stream(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]) -> AsyncIterator[bytes]:
-    """SSE frames: each choice's role first, content and tool-call deltas, one finish_reason per choice,
+    """SSE frames: first the role chunks of all choices together (the request is accepted: the status and
+    headers can go out before any token), then content and tool-call deltas, one finish_reason per choice,
     the usage chunk if asked, [DONE]."""
     frames = _render_frames(meta, deltas)
     try:
-        # The role chunks travel with the first real frame: a frame of their own would open the batching
-        # interval just before the first token and delay it (the headers are already out by then).
-        roles = b"".join([await anext(frames) for _ in range(meta.n)])
-        yield roles + await anext(frames, b"")
+        yield b"".join([await anext(frames) for _ in range(meta.n)])
         async for frame in frames:
             yield frame
     finally:

@@ -63,6 +63,20 @@ async def batched(source: AsyncIterator[T], interval_s: float) -> AsyncIterator[
             await pump_task
 
 
+async def accepted_then_batched(frames: AsyncIterator[bytes], interval_s: float) -> AsyncIterator[bytes]:
+    """The first frame (the role chunks: the request was accepted) alone and at once, then the rest batched.
+
+    Kept apart so that it neither waits for the first token nor opens a batching interval that would
+    hold the first token back.
+    """
+    first = await anext(frames, None)
+    if first is None:
+        return
+    yield first
+    async for batch in batched(frames, interval_s):
+        yield b"".join(batch)
+
+
 async def merged(sources: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
     """Items of several streams as they come, tagged with their stream's position; closing cancels all."""
     if len(sources) == 1:  # the common case needs no tasks
