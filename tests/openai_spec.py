@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 from jsonschema import Draft202012Validator
@@ -28,40 +28,39 @@ def reference_dir() -> Path:
     )
 
 
-def _nullable_to_anyof(node: Any) -> Any:
-    """The spec mixes OpenAPI 3.0's `nullable: true` into 3.1 schemas; JSON Schema spells it anyOf-null."""
+def rewrite_schema(node: Any, rewrite: Callable[[dict[str, Any]], Any]) -> Any:
+    """Apply `rewrite` to every object of a schema document, innermost first."""
     if isinstance(node, list):
-        return [_nullable_to_anyof(item) for item in node]
+        return [rewrite_schema(item, rewrite) for item in node]
     if not isinstance(node, dict):
         return node
-    converted = {key: _nullable_to_anyof(value) for key, value in node.items()}
-    if converted.pop("nullable", False):
-        return {"anyOf": [converted, {"type": "null"}]}
-    return converted
+    return rewrite({key: rewrite_schema(value, rewrite) for key, value in node.items()})
+
+
+def _nullable_to_anyof(schema: dict[str, Any]) -> Any:
+    """The spec mixes OpenAPI 3.0's `nullable: true` into 3.1 schemas; JSON Schema spells it anyOf-null."""
+    if schema.pop("nullable", False):
+        return {"anyOf": [schema, {"type": "null"}]}
+    return schema
+
+
+def closed(schema: dict[str, Any]) -> dict[str, Any]:
+    """An object schema that lists its properties admits no others (R3.6: only fields OpenAI defines)."""
+    if "properties" in schema and "additionalProperties" not in schema and "allOf" not in schema:
+        return {**schema, "additionalProperties": False}
+    return schema
 
 
 @functools.cache
 def _components() -> dict[str, Any]:
     with open(reference_dir() / "openai-openapi" / "openapi.yaml") as f:
         document = yaml.load(f, Loader=yaml.CSafeLoader)
-    return _nullable_to_anyof(document["components"])
-
-
-def _closed(node: Any) -> Any:
-    """Every object schema that lists its properties admits no others: R3.6, only fields OpenAI defines."""
-    if isinstance(node, list):
-        return [_closed(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    closed = {key: _closed(value) for key, value in node.items()}
-    if "properties" in closed and "additionalProperties" not in closed and "allOf" not in closed:
-        closed["additionalProperties"] = False
-    return closed
+    return rewrite_schema(document["components"], _nullable_to_anyof)
 
 
 @functools.cache
-def validator(schema_name: str, closed: bool = True) -> Draft202012Validator:
-    components = _closed(_components()) if closed else _components()
+def validator(schema_name: str, closed_objects: bool = True) -> Draft202012Validator:
+    components = rewrite_schema(_components(), closed) if closed_objects else _components()
     if schema_name not in components["schemas"]:
         raise KeyError(f"no schema {schema_name!r} in OpenAI's spec")
     return Draft202012Validator({"components": components, "$ref": f"#/components/schemas/{schema_name}"})

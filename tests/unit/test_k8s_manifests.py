@@ -13,27 +13,20 @@ from ray.serve.schema import ServeDeploySchema
 from serve_app.builder import build_app
 from serve_app.config import parse_app_config
 from tests.conftest import ROOT
-from tests.openai_spec import reference_dir
+from tests.openai_spec import closed, reference_dir, rewrite_schema
 
 MANIFESTS = sorted((ROOT / "k8s").glob("*.yaml"))
 
 
-def _strict(node: Any) -> Any:
+def _strict(schema: dict[str, Any]) -> dict[str, Any]:
     """Like `kubectl apply --validate=strict`: unknown fields are errors, except where the CRD keeps them."""
-    if isinstance(node, list):
-        return [_strict(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    strict = {key: _strict(value) for key, value in node.items()}
-    if "properties" in strict and "additionalProperties" not in strict and not strict.get("x-kubernetes-preserve-unknown-fields"):
-        strict["additionalProperties"] = False
-    return strict
+    return schema if schema.get("x-kubernetes-preserve-unknown-fields") else closed(schema)
 
 
 def _rayservice_validator() -> Draft202012Validator:
     crd = yaml.safe_load((reference_dir() / "kuberay" / "ray.io_rayservices.yaml").read_text())
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
-    return Draft202012Validator(_strict(version["schema"]["openAPIV3Schema"]))
+    return Draft202012Validator(rewrite_schema(version["schema"]["openAPIV3Schema"], _strict))
 
 
 def test_there_are_manifests() -> None:
