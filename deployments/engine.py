@@ -34,7 +34,7 @@ class LLMServer:
         self._engine = create_engine(model, model_path, tokenizer)
         logger.info("starting %s engine for model %r from %s", model.engine, model.id, model_path)
         await self._engine.start()
-        self._service = ModelService(model.id, self._engine, tokenizer, model.tool_parser)
+        self._service = ModelService(model.id, self._engine, tokenizer, model.tool_parser, model.reasoning_parser)
         self._batch_interval_s = stream_batch_interval_s
 
     async def generate(self, request: ChatCompletionRequest | CompletionRequest) -> bytes | OpenAIError:

@@ -16,7 +16,8 @@ from typing import Any, AsyncIterator
 
 from serve_app import sse
 from serve_app.engines.base import Engine, GenerationDelta, GenerationRequest, TokenLogprob
-from serve_app.generation import collect, context_error, sampling_options
+from serve_app.engines.base import FinishReason as EngineFinishReason
+from serve_app.generation import context_error, sampling_options
 from serve_app.protocol.chat import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -34,11 +35,12 @@ from serve_app.protocol.chat import (
     ToolCallDelta,
     TopLogprob,
 )
+from serve_app.output_parsing import ChoiceOutput, create_output_parser
 from serve_app.protocol.common import FinishReason, Usage
 from serve_app.protocol.errors import OpenAIError, invalid_request, server_error
+from serve_app.reasoning import EFFORTS, ReasoningFormat, starts_in_reasoning, template_kwargs
 from serve_app.tool_constraints import forced_call_schema, strict_tools_tag, unenforceable_schema
-from serve_app.tool_parsers import create_parser, parse_complete
-from serve_app.tool_parsers.base import ContentDelta, Event, ToolCallStart, ToolParser
+from serve_app.tool_parsers.base import ContentDelta, Event, ParsedOutput, ReasoningDelta, TextParser, ToolCallStart
 from serve_app.tool_prompts import render_prompt, template_supports_tools
 
 SYSTEM_FINGERPRINT = "agent-serve"
@@ -56,14 +58,19 @@ class ChatMeta:
     prompt_tokens: int
     n: int
     include_usage: bool
-    tool_parser: str | None  # None: the text is all content
+    tool_parser: str | None  # None: no tool calls to read
     tools: list[dict[str, Any]]  # parsers of XML formats type raw values by the tools' schemas
     parallel_tool_calls: bool
+    reasoning_parser: ReasoningFormat | None = None
+    starts_in_reasoning: bool = False  # the prompt opened the reasoning block
 
-    def new_parser(self) -> ToolParser | None:
-        if self.tool_parser is None:
-            return None
-        return create_parser(self.tool_parser, self.tools, self.parallel_tool_calls)
+    def new_output(self) -> ChoiceOutput:
+        return ChoiceOutput(self.new_parser())
+
+    def new_parser(self) -> TextParser | None:
+        return create_output_parser(
+            self.reasoning_parser, self.tool_parser, self.tools, self.parallel_tool_calls, self.starts_in_reasoning
+        )
 
 
 @dataclass(frozen=True)
@@ -77,11 +84,19 @@ def needs_tool_parsing(request: ChatCompletionRequest) -> bool:
 
 
 class ChatCompletions:
-    def __init__(self, model_id: str, engine: Engine, tokenizer: Any, tool_parser: str = "hermes") -> None:
+    def __init__(
+        self,
+        model_id: str,
+        engine: Engine,
+        tokenizer: Any,
+        tool_parser: str = "hermes",
+        reasoning_parser: ReasoningFormat | None = None,
+    ) -> None:
         self.model_id = model_id
         self.engine = engine
         self.tokenizer = tokenizer
         self.tool_parser = tool_parser
+        self.reasoning_parser = reasoning_parser
 
     def plan(self, request: ChatCompletionRequest) -> PlannedChat | OpenAIError:
         """Validate what only the model can judge (template, context window) and render the prompt."""
@@ -93,9 +108,16 @@ class ChatCompletions:
             return error
         if (error := _unknown_named_tool(request)) is not None:
             return error
+        if request.reasoning_effort is not None and request.reasoning_effort not in EFFORTS:
+            return invalid_request(
+                f"reasoning_effort must be one of {', '.join(EFFORTS)}; got {request.reasoning_effort!r}.",
+                param="reasoning_effort",
+            )
         with_tools = needs_tool_parsing(request)
         try:
-            prompt = render_prompt(self.tokenizer, request, with_tools)
+            prompt = render_prompt(
+                self.tokenizer, request, with_tools, template_kwargs(self.reasoning_parser, request.reasoning_effort)
+            )
         except Exception as exc:  # jinja raises TemplateError and others from inside the template
             return invalid_request(f"The model's chat template cannot render these messages: {exc}", param="messages")
         prompt_ids: list[int] = self.tokenizer.encode(prompt, add_special_tokens=False)
@@ -111,6 +133,8 @@ class ChatCompletions:
         )
         if isinstance(sampling, OpenAIError):
             return sampling
+        if self.reasoning_parser == "harmony":  # its markup is special tokens: the parser must see them
+            sampling = dataclasses.replace(sampling, skip_special_tokens=False)
         parser = None
         if with_tools:
             forced = forced_call_schema(request)
@@ -121,7 +145,7 @@ class ChatCompletions:
             else:
                 # Without tool support in the template the model is prompted in Hermes format (tool_prompts).
                 parser = self.tool_parser if template_supports_tools(self.tokenizer) else "hermes"
-                tag = strict_tools_tag(request, parser)
+                tag = strict_tools_tag(request, parser, reasoning=self.reasoning_parser is not None)
                 if isinstance(tag, OpenAIError):
                     return tag
                 sampling = dataclasses.replace(sampling, structural_tag=tag)
@@ -130,7 +154,8 @@ class ChatCompletions:
                     sampling = dataclasses.replace(sampling, stop=(*sampling.stop, "</tool_call>"))
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         meta = ChatMeta(request_id, int(time.time()), self.model_id, len(prompt_ids), sampling.n,
-                        request.include_usage, parser, request.tools or [], request.parallel_tool_calls is not False)
+                        request.include_usage, parser, request.tools or [], request.parallel_tool_calls is not False,
+                        self.reasoning_parser, starts_in_reasoning(self.reasoning_parser, prompt))
         generation = GenerationRequest(
             request_id, prompt_ids, sampling, [m.model_dump(exclude_none=True) for m in request.messages]
         )
@@ -154,31 +179,11 @@ class ChatCompletions:
         return render_stream(chat.meta, self.engine.generate(chat.generation))
 
 
-class _ChoiceRenderer:
-    """One choice's text turned into content and tool-call deltas by its own parser state."""
-
-    def __init__(self, index: int, parser: ToolParser | None) -> None:
-        self.index = index
-        self.parser = parser
-        self.called = False
-        self.completion_tokens = 0
-
-    def deltas(self, text: str, final: bool) -> list[Delta]:
-        if self.parser is None:
-            return [Delta(content=text)] if text else []
-        events = self.parser.feed(text) + (self.parser.finish() if final else [])
-        return [_wire_delta(event) for event in events]
-
-    def finish_reason(self, engine_reason: FinishReason | None) -> FinishReason:
-        # A cap that cut the output, a call included, is `length`: the client must not run a partial call.
-        if engine_reason == "length":
-            return "length"
-        return "tool_calls" if self.called else engine_reason or "stop"
-
-
 def _wire_delta(event: Event) -> Delta:
     if isinstance(event, ContentDelta):
         return Delta(content=event.text)
+    if isinstance(event, ReasoningDelta):  # R6.1: both names, same text
+        return Delta(reasoning_content=event.text, reasoning=event.text)
     if isinstance(event, ToolCallStart):
         function = FunctionCallDelta(name=event.name, arguments="")
         return Delta(tool_calls=[ToolCallDelta(index=event.index, id=event.id, type="function", function=function)])
@@ -187,8 +192,8 @@ def _wire_delta(event: Event) -> Delta:
 
 async def render_stream(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]) -> AsyncIterator[bytes]:
     """SSE frames: first the role chunks of all choices together (the request is accepted: the status and
-    headers can go out before any token), then content and tool-call deltas, one finish_reason per choice,
-    the usage chunk if asked, [DONE]."""
+    headers can go out before any token), then reasoning, content and tool-call deltas, one finish_reason
+    per choice, the usage chunk if asked, [DONE]."""
     frames = _render_frames(meta, deltas)
     try:
         yield b"".join([await anext(frames) for _ in range(meta.n)])
@@ -200,64 +205,76 @@ async def render_stream(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]) 
 
 async def _render_frames(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]) -> AsyncIterator[bytes]:
     encode = _ChunkEncoder(meta)
-    choices = [_ChoiceRenderer(i, meta.new_parser()) for i in range(meta.n)]
-    for choice in choices:
-        yield encode(choice.index, Delta(role="assistant", content=""))
+    choices = [meta.new_output() for _ in range(meta.n)]
+    for index in range(meta.n):
+        yield encode(index, Delta(role="assistant", content=""))
     finished: set[int] = set()
     try:
         async for delta in deltas:
             choice = choices[delta.index]
-            choice.completion_tokens = delta.completion_tokens
+            events = choice.feed(delta.text, delta.completion_tokens)
+            if delta.finish_reason:
+                events += choice.finish(delta.finish_reason)
             logprobs = _wire_logprobs(delta.logprobs)
-            for wire in choice.deltas(delta.text, final=delta.finish_reason is not None):
-                choice.called |= bool(wire.tool_calls)
-                yield encode(choice.index, wire, logprobs=logprobs)
+            for event in events:
+                yield encode(delta.index, _wire_delta(event), logprobs=logprobs)
                 logprobs = None  # a delta's logprobs travel once, with its first chunk
             if logprobs is not None:
-                yield encode(choice.index, Delta(content=""), logprobs=logprobs)
+                yield encode(delta.index, Delta(content=""), logprobs=logprobs)
             if delta.finish_reason:
                 finished.add(delta.index)
-                yield encode(choice.index, Delta(), choice.finish_reason(delta.finish_reason))
+                yield encode(delta.index, Delta(), choice.finish_reason(delta.finish_reason))
     except Exception as exc:
         yield sse.error_frame(server_error(f"The engine failed while generating: {exc}"))
         return
-    for choice in choices:
-        if choice.index not in finished:  # the engine ended without saying why: it stopped
-            for wire in choice.deltas("", final=True):
-                choice.called |= bool(wire.tool_calls)
-                yield encode(choice.index, wire)
-            yield encode(choice.index, Delta(), choice.finish_reason(None))
+    for index, choice in enumerate(choices):
+        if index not in finished:  # the engine ended without saying why: it stopped
+            for event in choice.finish(None):
+                yield encode(index, _wire_delta(event))
+            yield encode(index, Delta(), choice.finish_reason(None))
     if meta.include_usage:
-        yield encode.usage(Usage.of(meta.prompt_tokens, sum(c.completion_tokens for c in choices)))
+        yield encode.usage(_usage(meta, choices))
     yield sse.DONE
 
 
 async def render_complete(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]) -> bytes | OpenAIError:
-    """The whole answer as one `chat.completion` body; tool calls parsed by the same machines as streaming."""
+    """The whole answer as one `chat.completion` body, read by the same per-choice machines as streaming."""
+    choices = [meta.new_output() for _ in range(meta.n)]
+    outputs = [ParsedOutput() for _ in range(meta.n)]
+    reasons: list[EngineFinishReason | None] = [None] * meta.n
+    logprobs: list[list[TokenLogprob] | None] = [None] * meta.n
     try:
-        result = await collect(deltas, meta.n)
+        async for delta in deltas:
+            outputs[delta.index].apply(choices[delta.index].feed(delta.text, delta.completion_tokens))
+            reasons[delta.index] = delta.finish_reason or reasons[delta.index]
+            if delta.logprobs is not None:
+                logprobs[delta.index] = (logprobs[delta.index] or []) + delta.logprobs
     except Exception as exc:
         return server_error(f"The engine failed while generating: {exc}")
-    choices = []
-    for index, choice in enumerate(result.choices):
-        content: str | None = choice.text
-        calls: list[ToolCall] | None = None
-        reason = choice.finish_reason
-        parser = meta.new_parser()
-        if parser is not None:
-            parsed = parse_complete(parser, choice.text)
-            content = parsed.content
-            if parsed.calls:
-                calls = [ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)) for c in parsed.calls]
-                content = parsed.content.strip() or None
-                reason = "length" if reason == "length" else "tool_calls"
-        message = ResponseMessage(content=content, tool_calls=calls)
-        choices.append(Choice(index=index, message=message, finish_reason=reason, logprobs=_wire_logprobs(choice.logprobs)))
+    wire_choices = []
+    for index, (choice, output) in enumerate(zip(choices, outputs)):
+        output.apply(choice.finish(reasons[index]))
+        calls = [ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments or "{}")) for c in output.calls]
+        # R3.2: content is null only beside tool calls; whitespace-only output is "".
+        content = (output.content.strip() or None) if calls else (output.content if output.content.strip() else "")
+        reasoning = output.reasoning or None
+        message = ResponseMessage(content=content, tool_calls=calls or None, reasoning_content=reasoning, reasoning=reasoning)
+        wire_choices.append(
+            Choice(index=index, message=message, finish_reason=choice.finish_reason(reasons[index]), logprobs=_wire_logprobs(logprobs[index]))
+        )
     response = ChatCompletion(
-        id=meta.id, created=meta.created, model=meta.model, choices=choices,
-        usage=Usage.of(meta.prompt_tokens, result.completion_tokens), system_fingerprint=SYSTEM_FINGERPRINT,
+        id=meta.id, created=meta.created, model=meta.model, choices=wire_choices,
+        usage=_usage(meta, choices), system_fingerprint=SYSTEM_FINGERPRINT,
     )
     return response.model_dump_json().encode()
+
+
+def _usage(meta: ChatMeta, choices: list[ChoiceOutput]) -> Usage:
+    return Usage.of(
+        meta.prompt_tokens,
+        sum(c.completion_tokens for c in choices),
+        reasoning_tokens=sum(c.reasoning_tokens for c in choices),
+    )
 
 
 class _ChunkEncoder:

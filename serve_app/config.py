@@ -69,6 +69,9 @@ class ModelConfig(StrictModel):
     )
     engine: Literal["vllm", "replay"] = "vllm"
     tool_parser: str = Field("hermes", description="The model's tool-call format (see serve_app/tool_parsers).")
+    reasoning_parser: Literal["think", "harmony"] | None = Field(
+        None, description="The model's reasoning format: `think` (<think>...</think>) or `harmony` (gpt-oss)."
+    )
     engine_args: VLLMEngineArgs = VLLMEngineArgs()
     replay: ReplayEngineArgs | None = None
     deployment: DeploymentOptions = DeploymentOptions()
@@ -81,6 +84,15 @@ class ModelConfig(StrictModel):
         if name not in parser_names():
             raise ValueError(f"unknown tool_parser {name!r}; known: {', '.join(parser_names())}")
         return name
+
+    @model_validator(mode="after")
+    def _harmony_is_one_format(self) -> ModelConfig:
+        if (self.reasoning_parser == "harmony") != (self.tool_parser == "harmony"):
+            raise ValueError(
+                f"model {self.id!r}: harmony (gpt-oss) carries reasoning and tool calls in one format; "
+                "set both `tool_parser: harmony` and `reasoning_parser: harmony`"
+            )
+        return self
 
     @model_validator(mode="after")
     def _replay_needs_script(self) -> ModelConfig:

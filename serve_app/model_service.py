@@ -11,6 +11,7 @@ from serve_app.engines.base import Engine
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.completions import CompletionRequest
 from serve_app.protocol.errors import OpenAIError
+from serve_app.reasoning import ReasoningFormat
 
 
 class Endpoint(Protocol):
@@ -38,9 +39,16 @@ class Plan:
 
 
 class ModelService:
-    def __init__(self, model_id: str, engine: Engine, tokenizer: Any, tool_parser: str = "hermes") -> None:
+    def __init__(
+        self,
+        model_id: str,
+        engine: Engine,
+        tokenizer: Any,
+        tool_parser: str = "hermes",
+        reasoning_parser: ReasoningFormat | None = None,
+    ) -> None:
         self.engine = engine
-        self.chat = ChatCompletions(model_id, engine, tokenizer, tool_parser)
+        self.chat = ChatCompletions(model_id, engine, tokenizer, tool_parser, reasoning_parser)
         self._endpoints: dict[type, Endpoint] = {
             ChatCompletionRequest: self.chat,
             CompletionRequest: TextCompletions(model_id, engine, tokenizer),

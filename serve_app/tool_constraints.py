@@ -56,12 +56,13 @@ def forced_call_schema(request: ChatCompletionRequest) -> dict[str, Any] | None:
 
 
 # Our tool-call formats -> xgrammar's built-in structural tags for the same syntax.
-XGRAMMAR_FORMATS = {"hermes": "qwen_3", "llama3_json": "llama", "qwen3_coder": "qwen_3_coder"}
+XGRAMMAR_FORMATS = {"hermes": "qwen_3", "llama3_json": "llama", "qwen3_coder": "qwen_3_coder", "harmony": "harmony"}
 
 
-def strict_tools_tag(request: ChatCompletionRequest, tool_parser: str) -> str | OpenAIError | None:
+def strict_tools_tag(request: ChatCompletionRequest, tool_parser: str, reasoning: bool = False) -> str | OpenAIError | None:
     """A structural tag (xgrammar JSON, for vLLM) holding calls to the declared tools once the model opens
-    one, when any tool is strict. Non-strict tools stay allowed, as well-formed JSON objects."""
+    one, when any tool is strict. Non-strict tools stay allowed, as well-formed JSON objects. Models that
+    reason get their reasoning block allowed before the calls."""
     functions = _functions(request)
     if not any(f.get("strict") for f in functions):
         return None
@@ -78,5 +79,5 @@ def strict_tools_tag(request: ChatCompletionRequest, tool_parser: str) -> str | 
         {"type": "function", "function": {"name": f["name"], "parameters": (f.get("parameters") or ANY_OBJECT) if f.get("strict") else ANY_OBJECT}}
         for f in functions
     ]
-    tag = xgrammar.get_model_structural_tag(XGRAMMAR_FORMATS[tool_parser], tools=tools, tool_choice="auto", reasoning="disabled")
+    tag = xgrammar.get_model_structural_tag(XGRAMMAR_FORMATS[tool_parser], tools=tools, tool_choice="auto", reasoning="enabled" if reasoning else "disabled")
     return tag.model_dump_json()

@@ -32,12 +32,16 @@ def template_supports_tools(tokenizer: Any) -> bool:
     return "tools" in template
 
 
-def render_prompt(tokenizer: Any, request: ChatCompletionRequest, with_tools: bool) -> str:
-    """The prompt text for `request`: native tool support when the template has it, else our Hermes prompt."""
+def render_prompt(
+    tokenizer: Any, request: ChatCompletionRequest, with_tools: bool, template_kwargs: dict[str, Any] | None = None
+) -> str:
+    """The prompt text for `request`: native tool support when the template has it, else our Hermes prompt.
+    `template_kwargs` are the template's own switches (such as reasoning on/off)."""
     tools = request.tools if with_tools and request.tools else None
+    kwargs = template_kwargs or {}
     if tools and template_supports_tools(tokenizer):
         messages = [_native_message(m) for m in request.messages]
-        return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True, **kwargs)
     messages = [_hermes_message(m) for m in request.messages]
     if tools:
         system = HERMES_SYSTEM.format(tools="\n".join(json.dumps(t, ensure_ascii=False) for t in tools))
@@ -45,7 +49,7 @@ def render_prompt(tokenizer: Any, request: ChatCompletionRequest, with_tools: bo
             messages[0] = {"role": "system", "content": messages[0]["content"] + "\n\n" + system}
         else:
             messages.insert(0, {"role": "system", "content": system})
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
 
 
 def _role(message: ChatMessage) -> str:

@@ -58,9 +58,22 @@ def _components() -> dict[str, Any]:
     return rewrite_schema(document["components"], _nullable_to_anyof)
 
 
+# R6.1 is the one sanctioned addition to OpenAI's shapes: reasoning under both names clients read.
+REASONING_FIELDS = {"reasoning_content": {"type": "string"}, "reasoning": {"type": "string"}}
+REASONING_SCHEMAS = ("ChatCompletionResponseMessage", "ChatCompletionStreamResponseDelta")
+
+
+def _with_reasoning(components: dict[str, Any]) -> dict[str, Any]:
+    schemas = dict(components["schemas"])
+    for name in REASONING_SCHEMAS:
+        schemas[name] = {**schemas[name], "properties": {**schemas[name]["properties"], **REASONING_FIELDS}}
+    return {**components, "schemas": schemas}
+
+
 @functools.cache
 def validator(schema_name: str, closed_objects: bool = True) -> Draft202012Validator:
-    components = rewrite_schema(_components(), closed) if closed_objects else _components()
+    components = _with_reasoning(_components())
+    components = rewrite_schema(components, closed) if closed_objects else components
     if schema_name not in components["schemas"]:
         raise KeyError(f"no schema {schema_name!r} in OpenAI's spec")
     return Draft202012Validator({"components": components, "$ref": f"#/components/schemas/{schema_name}"})

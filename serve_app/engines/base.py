@@ -30,6 +30,8 @@ class SamplingOptions:
     # structural tag (free text, constrained from a trigger string on; vLLM/xgrammar's JSON format).
     json_schema: dict[str, Any] | None = None
     structural_tag: str | None = None
+    # Formats whose markup is special tokens (harmony) need them in the text.
+    skip_special_tokens: bool = True
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from serve_app.config import VLLMEngineArgs
+from serve_app.reasoning import VLLM_REASONING_PARSERS
 from serve_app.engines.base import (
     Engine,
     GenerationDelta,
@@ -23,10 +24,13 @@ from serve_app.engines.base import (
 
 
 class VLLMEngine(Engine):
-    def __init__(self, model_path: Path, args: VLLMEngineArgs, served_model_name: str) -> None:
+    def __init__(
+        self, model_path: Path, args: VLLMEngineArgs, served_model_name: str, reasoning_parser: str | None = None
+    ) -> None:
         self._model_path = model_path
         self._args = args
         self._served_model_name = served_model_name
+        self._reasoning_parser = reasoning_parser
         self._llm: Any = None
 
     def engine_args(self) -> dict[str, Any]:
@@ -49,6 +53,8 @@ class VLLMEngine(Engine):
         kwargs.update({k: v for k, v in optional.items() if v is not None})
         if args.world_size > 1:
             kwargs["distributed_executor_backend"] = "ray"
+        if self._reasoning_parser is not None:  # JSON constraints then start after the reasoning ends
+            kwargs["reasoning_parser"] = VLLM_REASONING_PARSERS[self._reasoning_parser]
         kwargs.update(args.extra)
         return kwargs
 
@@ -112,6 +118,7 @@ def _sampling_params(sampling: SamplingOptions) -> Any:
         frequency_penalty=sampling.frequency_penalty,
         logit_bias=sampling.logit_bias or None,
         logprobs=sampling.logprobs,
+        skip_special_tokens=sampling.skip_special_tokens,
         output_kind=RequestOutputKind.DELTA,
         **{k: v for k, v in optional.items() if v is not None},
     )

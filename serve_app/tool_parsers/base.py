@@ -1,7 +1,8 @@
 """Tool-call parsing as incremental state machines over model text (no Ray, no tokenizer).
 
-A parser is fed the model's text deltas and returns events: content to show, a tool call starting (with
-its id and name), fragments of a call's JSON arguments. Non-streaming parsing is the same machine fed
+A parser is fed the model's text deltas and returns events: content to show, reasoning (formats that
+carry it, such as harmony), a tool call starting (with its id and name), fragments of a call's JSON
+arguments. Non-streaming parsing is the same machine fed
 the whole text at once, so the two can never disagree (R4.6). Text before, between and after calls is
 content; a call whose header is malformed is handed back as content, never lost.
 """
@@ -12,11 +13,16 @@ import json
 import secrets
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 
 @dataclass(frozen=True)
 class ContentDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class ReasoningDelta:
     text: str
 
 
@@ -33,7 +39,15 @@ class ToolCallArguments:
     fragment: str
 
 
-Event = ContentDelta | ToolCallStart | ToolCallArguments
+Event = ContentDelta | ReasoningDelta | ToolCallStart | ToolCallArguments
+
+
+class TextParser(Protocol):
+    """Anything that turns model text into events: tool parsers, reasoning parsers, their pipeline."""
+
+    def feed(self, text: str) -> list[Event]: ...
+
+    def finish(self) -> list[Event]: ...
 
 
 def new_call_id() -> str:
@@ -77,19 +91,22 @@ class ParsedCall:
 @dataclass
 class ParsedOutput:
     content: str = ""
+    reasoning: str = ""
     calls: list[ParsedCall] = field(default_factory=list)
 
     def apply(self, events: list[Event]) -> None:
         for event in events:
             if isinstance(event, ContentDelta):
                 self.content += event.text
+            elif isinstance(event, ReasoningDelta):
+                self.reasoning += event.text
             elif isinstance(event, ToolCallStart):
                 self.calls.append(ParsedCall(event.id, event.name, ""))
             else:
                 self.calls[event.index].arguments += event.fragment
 
 
-def parse_complete(parser: ToolParser, text: str) -> ParsedOutput:
+def parse_complete(parser: TextParser, text: str) -> ParsedOutput:
     """Non-streaming: the same state machine, fed the whole text once."""
     output = ParsedOutput()
     output.apply(parser.feed(text))
@@ -100,17 +117,23 @@ def parse_complete(parser: ToolParser, text: str) -> ParsedOutput:
 
 
 def coalesce(events: list[Event]) -> list[Event]:
-    """Merge neighbouring content deltas and neighbouring argument fragments of the same call."""
+    """Merge neighbouring text deltas of one kind and neighbouring argument fragments of the same call."""
     merged: list[Event] = []
     for event in events:
         last = merged[-1] if merged else None
-        if isinstance(event, ContentDelta) and isinstance(last, ContentDelta):
-            merged[-1] = ContentDelta(last.text + event.text)
+        if isinstance(event, (ContentDelta, ReasoningDelta)) and type(last) is type(event):
+            merged[-1] = type(event)(last.text + event.text)  # type: ignore[union-attr]
         elif isinstance(event, ToolCallArguments) and isinstance(last, ToolCallArguments) and last.index == event.index:
             merged[-1] = ToolCallArguments(event.index, last.fragment + event.fragment)
-        elif not (isinstance(event, ContentDelta) and not event.text):
+        elif not _empty(event):
             merged.append(event)
     return merged
+
+
+def _empty(event: Event) -> bool:
+    if isinstance(event, (ContentDelta, ReasoningDelta)):
+        return not event.text
+    return isinstance(event, ToolCallArguments) and not event.fragment
 
 
 def split_at_marker(text: str, marker: str) -> tuple[str, str, bool]:
@@ -284,7 +307,7 @@ class FirstCallOnly(ToolParser):
 
     @staticmethod
     def _first_only(events: list[Event]) -> list[Event]:
-        return [e for e in events if isinstance(e, ContentDelta) or e.index == 0]
+        return [e for e in events if isinstance(e, (ContentDelta, ReasoningDelta)) or e.index == 0]
 
 
 def create_parser(name: str, tools: list[dict[str, Any]], parallel_calls: bool = True) -> ToolParser:

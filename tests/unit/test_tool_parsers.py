@@ -56,6 +56,7 @@ def _check_split_invariance(parser_name: str, text: str, cuts: list[int], tools:
     streamed, events = _feed_in_chunks(parser_name, text, cuts, tools or [])
     _assert_r4_5(events)
     assert streamed.content == whole.content
+    assert streamed.reasoning == whole.reasoning
     assert [(c.name, c.arguments) for c in streamed.calls] == [(c.name, c.arguments) for c in whole.calls]
     return whole
 
@@ -115,6 +116,17 @@ def render_qwen3_coder(calls: Calls, texts: list[str], indent: int | None) -> tu
     return "".join(parts), "".join(texts[: len(calls) + 1])
 
 
+def render_harmony(calls: Calls, texts: list[str], indent: int | None) -> tuple[str, str]:
+    """Reasoning (analysis), a preamble when indented, the calls, a final answer: rendered by openai-harmony."""
+    from tests import harmony_fixtures as h
+
+    texts = [t for t in texts if "<|" not in t] + [""] * 2
+    messages = [h.analysis(texts[0])] + ([h.preamble("Calling.")] if indent else [])
+    messages += [h.call(n, json.dumps(a, indent=indent, ensure_ascii=False)) for n, a in calls]
+    messages.append(h.final(texts[1]))
+    return h.completion(*messages), ("Calling." if indent else "") + texts[1]
+
+
 def tools_for(calls: Calls) -> list[dict[str, Any]]:
     """Declared parameter types, which XML formats need to type raw values."""
     return [
@@ -125,6 +137,7 @@ def tools_for(calls: Calls) -> list[dict[str, Any]]:
 
 
 RENDERERS: dict[str, Callable[[Calls, list[str], int | None], tuple[str, str]]] = {
+    "harmony": render_harmony,
     "hermes": render_hermes,
     "llama3_json": render_llama3,
     "mistral": render_mistral,
