@@ -23,7 +23,6 @@ from serve_app.tool_parsers.base import (
     ToolCallArguments,
     ToolParser,
     coalesce,
-    held_prefix_length,
     register,
 )
 
@@ -46,6 +45,7 @@ class HarmonyParser(ToolParser):
         super().__init__(tools)
         self._buffer = ""  # a header being read, or the held tail of a body that may be an end marker
         self._body: Callable[[str], Event] | None = None  # where the current message's body goes
+        self._json = _StringTracker()  # active in a call's body, whose strings may contain markup
         self._plain = False  # the text turned out not to be harmony: all content from here on
 
     def feed(self, text: str) -> list[Event]:
@@ -89,7 +89,9 @@ class HarmonyParser(ToolParser):
         if recipient is not None and self.tools:
             start = self._start_call(recipient.group(1).removeprefix(FUNCTIONS_NAMESPACE))
             events.append(start)
+            self._json = _StringTracker(active=True)
             return lambda text: ToolCallArguments(start.index, text)
+        self._json = _StringTracker()
         channel = CHANNEL.search(header)
         if channel is not None and channel.group(1) == "analysis" and recipient is None:
             return ReasoningDelta
@@ -98,13 +100,44 @@ class HarmonyParser(ToolParser):
     def _read_body(self, events: list[Event]) -> bool:
         """Pass body text on up to its end marker; False when the rest may be the start of one."""
         assert self._body is not None
-        ends = [(i, marker) for marker in BODY_ENDS if (i := self._buffer.find(marker)) >= 0]
-        if ends:
-            end, marker = min(ends)
+        end, marker = self._find_end()
+        if marker:
             events.append(self._body(self._buffer[:end]))
             self._buffer, self._body = self._buffer[end + len(marker) :], None
             return True
-        keep = max(held_prefix_length(self._buffer, marker) for marker in BODY_ENDS)
-        events.append(self._body(self._buffer[: len(self._buffer) - keep]))
-        self._buffer = self._buffer[len(self._buffer) - keep :]
+        events.append(self._body(self._buffer[:end]))
+        self._buffer = self._buffer[end:]
         return False
+
+    def _find_end(self) -> tuple[int, str]:
+        """(where the body ends, its end marker), or (how much is body for sure, "") with the rest held.
+        In a call's JSON arguments, markup inside strings is text (`{"text": "a <|end|> b"}`)."""
+        text = self._buffer
+        for position, char in enumerate(text):
+            if char == "<" and not self._json.in_string:
+                rest = text[position:]
+                for marker in BODY_ENDS:
+                    if rest.startswith(marker):
+                        return position, marker
+                if any(marker.startswith(rest) for marker in BODY_ENDS):
+                    return position, ""
+            if self._json.active:
+                self._json.step(char)
+        return len(text), ""
+
+
+class _StringTracker:
+    """Whether a position in JSON text is inside a string (escapes honoured)."""
+
+    def __init__(self, active: bool = False) -> None:
+        self.active = active
+        self.in_string = False
+        self._escaped = False
+
+    def step(self, char: str) -> None:
+        if self._escaped:
+            self._escaped = False
+        elif self.in_string and char == "\\":
+            self._escaped = True
+        elif char == '"':
+            self.in_string = not self.in_string
