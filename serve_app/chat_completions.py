@@ -143,8 +143,10 @@ class ChatCompletions:
             if forced is not None:  # R7.3: `required` / a named function, enforced while decoding
                 sampling, parser = dataclasses.replace(sampling, json_schema=forced), CONSTRAINED_CALL_PARSER
             else:
-                # Without tool support in the template the model is prompted in Hermes format (tool_prompts).
-                parser = self.tool_parser if template_supports_tools(self.tokenizer) else "hermes"
+                # Without tool support in the template the model is prompted in Hermes format (tool_prompts);
+                # harmony models write every message, calls included, in harmony whatever the prompt says.
+                native = template_supports_tools(self.tokenizer) or self.tool_parser == "harmony"
+                parser = self.tool_parser if native else "hermes"
                 tag = strict_tools_tag(request, parser, reasoning=self.reasoning_parser is not None)
                 if isinstance(tag, OpenAIError):
                     return tag

@@ -4,14 +4,33 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import pytest
+import yaml
 
-from tests.conftest import EMBEDDED_SOURCE, REPLAY_SCRIPT, cuda_gpu_count
+from tests import harmony_fixtures as h
+from tests.conftest import EMBEDDED_SOURCE, REPLAY_SCRIPT, ROOT, cuda_gpu_count
 
 VLLM_MODEL = "smollm2-135m-instruct"
 REPLAY_MODEL = "smollm2-replay"
+# Replay engines emitting reasoning-model output through SmolLM2's tokenizer (R6).
+THINK_MODEL = "replay-think"
+HARMONY_MODEL = "replay-harmony"
+THINK_SCRIPT = ROOT / "tests" / "fixtures" / "think_script.yaml"
+
+
+def _harmony_script(directory: Path) -> Path:
+    """gpt-oss answers rendered by openai-harmony: a tool call for weather questions, else an answer."""
+    replies = [
+        {"when": {"last_message": "(?i)weather"},
+         "text": h.completion(h.analysis("The user wants the weather in Paris."), h.call("get_weather", '{"city": "Paris"}'))},
+        {"text": h.completion(h.analysis("A greeting. Reply briefly."), h.final("Hello from gpt-oss!"))},
+    ]
+    path = directory / "harmony_script.yaml"
+    path.write_text(yaml.safe_dump({"token_delay_s": 0.002, "replies": replies}))
+    return path
 
 
 @dataclass(frozen=True)
@@ -27,7 +46,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def running_app(model_dir: object) -> Iterator[RunningApp]:
+def running_app(model_dir: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
     import ray
     from ray import serve
 
@@ -50,6 +69,23 @@ def running_app(model_dir: object) -> Iterator[RunningApp]:
                 "engine": "replay",
                 "replay": {"script": str(REPLAY_SCRIPT)},
                 "deployment": {"num_cpus": 0.5},
+            },
+            {
+                "id": THINK_MODEL,
+                "source": EMBEDDED_SOURCE,
+                "engine": "replay",
+                "reasoning_parser": "think",
+                "replay": {"script": str(THINK_SCRIPT)},
+                "deployment": {"num_cpus": 0.1},
+            },
+            {
+                "id": HARMONY_MODEL,
+                "source": EMBEDDED_SOURCE,
+                "engine": "replay",
+                "reasoning_parser": "harmony",
+                "tool_parser": "harmony",
+                "replay": {"script": str(_harmony_script(tmp_path_factory.mktemp("harmony")))},
+                "deployment": {"num_cpus": 0.1},
             },
         ],
         # Short enough for tests to see keep-alives and 413s without waiting or sending megabytes.
