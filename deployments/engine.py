@@ -19,6 +19,7 @@ from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.completions import CompletionRequest
 from serve_app.protocol.errors import OpenAIError
 from serve_app.streaming import accepted_then_batched, batched
+from serve_app.structured_output import ResponseConstraint
 
 logger = logging.getLogger("ray.serve")
 
@@ -51,9 +52,12 @@ class LLMServer:
         async for frames in accepted_then_batched(plan.stream(), self._batch_interval_s):
             yield frames
 
-    async def generate_deltas(self, request: ChatCompletionRequest) -> AsyncGenerator[ChatMeta | OpenAIError | list[GenerationDelta], None]:
-        """For the tool-parsing deployment: the plan's `ChatMeta` (or an error), then the engine's deltas."""
-        planned = self._service.chat.plan(request)
+    async def generate_deltas(
+        self, request: ChatCompletionRequest, constraint: ResponseConstraint | None
+    ) -> AsyncGenerator[ChatMeta | OpenAIError | list[GenerationDelta], None]:
+        """For the post-processing deployments: the plan's `ChatMeta` (or an error), then the engine's deltas.
+        `constraint` is the response format the structured-output deployment checked and compiled."""
+        planned = self._service.chat.plan(request, constraint)
         if isinstance(planned, OpenAIError):
             yield planned
             return

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.chat_completions import needs_tool_parsing
+from serve_app.chat_completions import needs_structured_output, needs_tool_parsing
 from serve_app.config import ServerOptions
 from serve_app.http_api import GenerationBody, create_http_app
 from serve_app.protocol.chat import ChatCompletionRequest
@@ -20,10 +20,17 @@ from serve_app.protocol.errors import OpenAIError
 class OpenAIIngress:
     """A `ModelBackend` over deployment handles; the FastAPI surface is built on each replica."""
 
-    def __init__(self, server: ServerOptions, engines: dict[str, DeploymentHandle], tool_parsing: DeploymentHandle) -> None:
+    def __init__(
+        self,
+        server: ServerOptions,
+        engines: dict[str, DeploymentHandle],
+        tool_parsing: DeploymentHandle,
+        structured_output: DeploymentHandle,
+    ) -> None:
         self._server = server
         self._engines = engines
         self._tool_parsing = tool_parsing
+        self._structured_output = structured_output
         self._model_ids = list(engines)
         self._model_info: dict[str, dict[str, Any]] = {}
 
@@ -39,9 +46,13 @@ class OpenAIIngress:
         return self._model_info[model]
 
     def _route(self, request: GenerationBody) -> DeploymentHandle:
-        """Requests with tools go through tool parsing; the rest skip that hop."""
-        if isinstance(request, ChatCompletionRequest) and needs_tool_parsing(request):
-            return self._tool_parsing
+        """Post-processing only for the requests that need it: a response format goes through structured
+        output (which parses tool calls too), tools through tool parsing; the rest skip both hops."""
+        if isinstance(request, ChatCompletionRequest):
+            if needs_structured_output(request):
+                return self._structured_output
+            if needs_tool_parsing(request):
+                return self._tool_parsing
         return self._engines[request.model]
 
     async def generate(self, request: GenerationBody) -> bytes | OpenAIError:

@@ -14,6 +14,7 @@ def build_app(args: dict[str, Any]) -> Application:
     config = args if isinstance(args, AppConfig) else parse_app_config(args)
     from deployments.engine import LLMServer
     from deployments.ingress import OpenAIIngress
+    from deployments.structured_output import StructuredOutput
     from deployments.tool_parsing import ToolParsing
 
     engines = {
@@ -22,11 +23,11 @@ def build_app(args: dict[str, Any]) -> Application:
         )
         for model in config.models
     }
-    tool_parsing = ToolParsing.options(**_serve_options(config.server.tool_parsing)).bind(
-        engines, config.server.stream_batch_interval_s
-    )
+    interval = config.server.stream_batch_interval_s
+    tool_parsing = ToolParsing.options(**_serve_options(config.server.tool_parsing)).bind(engines, interval)
+    structured_output = StructuredOutput.options(**_serve_options(config.server.structured_output)).bind(engines, interval)
     ingress_options = _serve_options(config.server.ingress)
-    return OpenAIIngress.options(**ingress_options).bind(config.server, engines, tool_parsing)
+    return OpenAIIngress.options(**ingress_options).bind(config.server, engines, tool_parsing, structured_output)
 
 
 def engine_deployment_options(model: ModelConfig) -> dict[str, Any]:

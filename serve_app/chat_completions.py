@@ -39,6 +39,7 @@ from serve_app.output_parsing import ChoiceOutput, create_output_parser
 from serve_app.protocol.common import FinishReason, Usage
 from serve_app.protocol.errors import OpenAIError, invalid_request, server_error
 from serve_app.reasoning import EFFORTS, ReasoningFormat, starts_in_reasoning, template_kwargs
+from serve_app.structured_output import ResponseConstraint
 from serve_app.tool_constraints import forced_call_schema, strict_tools_tag, unenforceable_schema
 from serve_app.tool_parsers.base import ContentDelta, Event, ParsedOutput, ReasoningDelta, TextParser, ToolCallStart
 from serve_app.tool_prompts import render_prompt, template_supports_tools
@@ -63,6 +64,15 @@ class ChatMeta:
     parallel_tool_calls: bool
     reasoning_parser: ReasoningFormat | None = None
     starts_in_reasoning: bool = False  # the prompt opened the reasoning block
+    response_constraint: ResponseConstraint | None = None  # answers are post-checked against it
+
+    def violation(self, choice: ChoiceOutput, engine_reason: EngineFinishReason | None) -> OpenAIError | None:
+        """R7.1: a finished answer (not cut by the cap, not a tool call) that breaks `response_format`."""
+        constraint = self.response_constraint
+        if constraint is None or engine_reason == "length" or choice.called:
+            return None
+        reason = constraint.violation(choice.content)
+        return None if reason is None else constraint.violation_error(reason, choice.content)
 
     def new_output(self) -> ChoiceOutput:
         return ChoiceOutput(self.new_parser())
@@ -83,6 +93,11 @@ def needs_tool_parsing(request: ChatCompletionRequest) -> bool:
     return bool(request.tools) and request.tool_choice != "none"
 
 
+def needs_structured_output(request: ChatCompletionRequest) -> bool:
+    """Any `response_format` but text: checked (and a bad one refused) by the structured-output stage."""
+    return request.response_format is not None and request.response_format.get("type") != "text"
+
+
 class ChatCompletions:
     def __init__(
         self,
@@ -98,8 +113,9 @@ class ChatCompletions:
         self.tool_parser = tool_parser
         self.reasoning_parser = reasoning_parser
 
-    def plan(self, request: ChatCompletionRequest) -> PlannedChat | OpenAIError:
-        """Validate what only the model can judge (template, context window) and render the prompt."""
+    def plan(self, request: ChatCompletionRequest, constraint: ResponseConstraint | None = None) -> PlannedChat | OpenAIError:
+        """Validate what only the model can judge (template, context window) and render the prompt.
+        `constraint` is the request's checked `response_format` (structured_output.response_constraint)."""
         if request.stream_options is not None and not request.stream:
             return invalid_request("stream_options is only allowed when stream is true.", param="stream_options")
         if request.top_logprobs is not None and not request.logprobs:
@@ -136,6 +152,8 @@ class ChatCompletions:
         if self.reasoning_parser == "harmony":  # its markup is special tokens: the parser must see them
             sampling = dataclasses.replace(sampling, skip_special_tokens=False)
         parser = None
+        if constraint is not None and not with_tools:  # R7.1: enforced while decoding (after any reasoning)
+            sampling = dataclasses.replace(sampling, json_schema=constraint.schema)
         if with_tools:
             forced = forced_call_schema(request)
             if (error := unenforceable_schema(request, forced=forced is not None)) is not None:
@@ -157,7 +175,7 @@ class ChatCompletions:
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         meta = ChatMeta(request_id, int(time.time()), self.model_id, len(prompt_ids), sampling.n,
                         request.include_usage, parser, request.tools or [], request.parallel_tool_calls is not False,
-                        self.reasoning_parser, starts_in_reasoning(self.reasoning_parser, prompt))
+                        self.reasoning_parser, starts_in_reasoning(self.reasoning_parser, prompt), constraint)
         generation = GenerationRequest(
             request_id, prompt_ids, sampling, [m.model_dump(exclude_none=True) for m in request.messages]
         )
@@ -224,8 +242,11 @@ async def _render_frames(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta])
             if logprobs is not None:
                 yield encode(delta.index, Delta(content=""), logprobs=logprobs)
             if delta.finish_reason:
+                frame, failed = _closing_frame(meta, encode, delta.index, choice, delta.finish_reason)
+                yield frame
+                if failed:
+                    return
                 finished.add(delta.index)
-                yield encode(delta.index, Delta(), choice.finish_reason(delta.finish_reason))
     except Exception as exc:
         yield sse.error_frame(server_error(f"The engine failed while generating: {exc}"))
         return
@@ -233,10 +254,23 @@ async def _render_frames(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta])
         if index not in finished:  # the engine ended without saying why: it stopped
             for event in choice.finish(None):
                 yield encode(index, _wire_delta(event))
-            yield encode(index, Delta(), choice.finish_reason(None))
+            frame, failed = _closing_frame(meta, encode, index, choice, None)
+            yield frame
+            if failed:
+                return
     if meta.include_usage:
         yield encode.usage(_usage(meta, choices))
     yield sse.DONE
+
+
+def _closing_frame(
+    meta: ChatMeta, encode: _ChunkEncoder, index: int, choice: ChoiceOutput, reason: EngineFinishReason | None
+) -> tuple[bytes, bool]:
+    """The chunk with the choice's finish_reason, or (True) the error event that replaces it when the
+    answer breaks `response_format`: a finish_reason would tell the client the answer is good."""
+    if (error := meta.violation(choice, reason)) is not None:
+        return sse.error_frame(error), True
+    return encode(index, Delta(), choice.finish_reason(reason)), False
 
 
 async def render_complete(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]) -> bytes | OpenAIError:
@@ -256,6 +290,8 @@ async def render_complete(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]
     wire_choices = []
     for index, (choice, output) in enumerate(zip(choices, outputs)):
         output.apply(choice.finish(reasons[index]))
+        if (error := meta.violation(choice, reasons[index])) is not None:
+            return error
         calls = [ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments or "{}")) for c in output.calls]
         # R3.2: content is null only beside tool calls; whitespace-only output is "".
         content = (output.content.strip() or None) if calls else (output.content if output.content.strip() else "")

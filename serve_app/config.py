@@ -125,6 +125,7 @@ class ServerOptions(StrictModel):
     max_request_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
     ingress: DeploymentOptions = DeploymentOptions(num_cpus=0.0, max_ongoing_requests=1024)
     tool_parsing: DeploymentOptions = DeploymentOptions(num_cpus=0.0, max_ongoing_requests=1024)
+    structured_output: DeploymentOptions = DeploymentOptions(num_cpus=0.0, max_ongoing_requests=1024)
 
     def resolved_api_keys(self) -> list[str]:
         from_env = [k.strip() for k in os.environ.get(self.api_keys_env, "").split(",") if k.strip()]

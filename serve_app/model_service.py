@@ -12,6 +12,7 @@ from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.completions import CompletionRequest
 from serve_app.protocol.errors import OpenAIError
 from serve_app.reasoning import ReasoningFormat
+from serve_app.structured_output import response_constraint
 
 
 class Endpoint(Protocol):
@@ -55,8 +56,15 @@ class ModelService:
         }
 
     def plan(self, request: ChatCompletionRequest | CompletionRequest) -> Plan | OpenAIError:
+        """A request served whole by this model (no post-processing deployment in front of it)."""
         endpoint = self._endpoints[type(request)]
-        planned = endpoint.plan(request)
+        if isinstance(request, ChatCompletionRequest):
+            constraint = response_constraint(request.response_format)
+            if isinstance(constraint, OpenAIError):
+                return constraint
+            planned = self.chat.plan(request, constraint)
+        else:
+            planned = endpoint.plan(request)
         return planned if isinstance(planned, OpenAIError) else Plan(endpoint, planned)
 
     def model_info(self) -> dict[str, Any]:

@@ -61,8 +61,8 @@ class ChoiceOutput:
         self.called = False
         self.reasoning_tokens = 0
         self.completion_tokens = 0
+        self.content = ""
         self._reasoning = ""
-        self._visible = False  # non-whitespace content was produced
 
     def feed(self, text: str, completion_tokens: int) -> list[Event]:
         """Events for one engine delta; its tokens count as reasoning when it produced reasoning."""
@@ -77,7 +77,7 @@ class ChoiceOutput:
 
     def finish(self, engine_reason: EngineFinishReason | None) -> list[Event]:
         events = self._account(self._parser.finish() if self._parser is not None else [])
-        if self._reasoning and not self._visible and not self.called and engine_reason != "length":
+        if self._reasoning and not self.content.strip() and not self.called and engine_reason != "length":
             # R6.2: a turn that only reasoned is not an empty success; its reasoning is the answer.
             events.append(ContentDelta(self._reasoning.strip()))
         return events
@@ -93,7 +93,7 @@ class ChoiceOutput:
             if isinstance(event, ReasoningDelta):
                 self._reasoning += event.text
             elif isinstance(event, ContentDelta):
-                self._visible |= bool(event.text.strip())
+                self.content += event.text
             elif isinstance(event, ToolCallStart):
                 self.called = True
         return events

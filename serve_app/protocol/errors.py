@@ -31,5 +31,5 @@ def model_not_found(model: str) -> OpenAIError:
     )
 
 
-def server_error(message: str) -> OpenAIError:
-    return OpenAIError(500, message, "server_error", None, "internal_error")
+def server_error(message: str, code: str = "internal_error") -> OpenAIError:
+    return OpenAIError(500, message, "server_error", None, code)

@@ -18,6 +18,7 @@ REPLAY_MODEL = "smollm2-replay"
 # Replay engines emitting reasoning-model output through SmolLM2's tokenizer (R6).
 THINK_MODEL = "replay-think"
 HARMONY_MODEL = "replay-harmony"
+ALL_MODELS = [VLLM_MODEL, REPLAY_MODEL, THINK_MODEL, HARMONY_MODEL]
 THINK_SCRIPT = ROOT / "tests" / "fixtures" / "think_script.yaml"
 
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from tests.integration.conftest import HARMONY_MODEL, REPLAY_MODEL, RunningApp, THINK_MODEL, VLLM_MODEL
+from tests.integration.conftest import ALL_MODELS, REPLAY_MODEL, VLLM_MODEL, RunningApp
 from tests.openai_spec import assert_valid
 from tests.sse_client import parse_sse
 
@@ -46,7 +46,7 @@ def test_ingress_and_engines_are_separate_deployments(running_app: RunningApp) -
     from ray import serve
 
     deployments = serve.status().applications[running_app.app_name].deployments
-    assert set(deployments) == {"OpenAIIngress", "ToolParsing", f"LLMServer:{VLLM_MODEL}", f"LLMServer:{REPLAY_MODEL}"}
+    assert set(deployments) == {"OpenAIIngress", "ToolParsing", "StructuredOutput"} | {f"LLMServer:{m}" for m in ALL_MODELS}
     assert all(d.status.value == "HEALTHY" for d in deployments.values())
 
 
@@ -55,7 +55,7 @@ def test_models_are_listed(client: OpenAI, http: httpx.Client) -> None:
     body = http.get("/models").json()
     assert {card.pop("max_model_len") for card in body["data"]} == {8192}
     assert_valid(body, "ListModelsResponse")
-    assert sorted(m.id for m in client.models.list()) == sorted([VLLM_MODEL, REPLAY_MODEL, THINK_MODEL, HARMONY_MODEL])
+    assert sorted(m.id for m in client.models.list()) == sorted(ALL_MODELS)
 
 
 def test_real_model_answers_through_its_chat_template(client: OpenAI, http: httpx.Client, tokenizer: Any) -> None:

@@ -1,0 +1,56 @@
+"""What the post-processing deployments share: a chat request planned by its model's engine deployment,
+the engine's deltas streamed here, rendered into the final frames (the last place output changes, so
+the ingress forwards them untouched). Each stage owns per-request state and scales on its own."""
+
+from __future__ import annotations
+
+from typing import AsyncGenerator, AsyncIterator
+
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+
+from serve_app.chat_completions import ChatMeta, render_complete, render_stream
+from serve_app.engines.base import GenerationDelta
+from serve_app.protocol.chat import ChatCompletionRequest
+from serve_app.protocol.errors import OpenAIError
+from serve_app.streaming import accepted_then_batched
+from serve_app.structured_output import ResponseConstraint
+
+
+class OutputStage:
+    def __init__(self, engines: dict[str, DeploymentHandle], stream_batch_interval_s: float) -> None:
+        self._engines = engines
+        self._batch_interval_s = stream_batch_interval_s
+
+    def constraint(self, request: ChatCompletionRequest) -> ResponseConstraint | None | OpenAIError:
+        """What the engine must enforce for this request's `response_format`, decided before generation."""
+        return None
+
+    async def _start(self, request: ChatCompletionRequest) -> tuple[ChatMeta | OpenAIError, DeploymentResponseGenerator | None]:
+        constraint = self.constraint(request)
+        if isinstance(constraint, OpenAIError):
+            return constraint, None
+        stream = self._engines[request.model].generate_deltas.options(stream=True).remote(request, constraint)
+        return await anext(stream), stream
+
+    async def generate(self, request: ChatCompletionRequest) -> bytes | OpenAIError:
+        meta, stream = await self._start(request)
+        if isinstance(meta, OpenAIError) or stream is None:
+            return meta
+        return await render_complete(meta, _deltas(stream))
+
+    async def generate_stream(self, request: ChatCompletionRequest) -> AsyncGenerator[bytes | OpenAIError, None]:
+        meta, stream = await self._start(request)
+        if isinstance(meta, OpenAIError) or stream is None:
+            yield meta
+            return
+        async for frames in accepted_then_batched(render_stream(meta, _deltas(stream)), self._batch_interval_s):
+            yield frames
+
+
+async def _deltas(stream: DeploymentResponseGenerator) -> AsyncIterator[GenerationDelta]:
+    try:
+        async for batch in stream:
+            for delta in batch:
+                yield delta
+    finally:
+        stream.cancel()  # no-op when finished; aborts generation when the client left early

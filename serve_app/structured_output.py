@@ -1,0 +1,122 @@
+"""Structured outputs (R7.1, R7.2): `response_format` checked, compiled once per schema, post-checked.
+
+Before generation a `response_format` is validated: its shape, the schema as JSON Schema, strict mode's
+limits (a keyword the grammar cannot enforce is a 400 naming it), and compilation by the grammar backend
+the engine uses (xgrammar), so a schema the engine would choke on is refused before any token. The
+result is a plain `ResponseConstraint` handed to the engine. After generation each finished answer is
+parsed and validated against the schema; a violation is reported as an error, never as success.
+
+Compilation and validators are cached per schema (keyed by its canonical JSON, hash shown in logs):
+agents send the same schema on every turn.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from serve_app.protocol.errors import OpenAIError, invalid_request, server_error
+from serve_app.schema_support import explain, unsupported_keyword
+
+ANY_OBJECT: dict[str, Any] = {"type": "object"}
+VIOLATION_CODE = "response_format_violation"
+QUOTED_OUTPUT_CHARS = 500  # how much of an invalid answer the error quotes back
+SCHEMA_PARAM = "response_format.json_schema.schema"
+
+
+@dataclass(frozen=True)
+class ResponseConstraint:
+    """What the engine must produce (plain data, crosses Ray). `json_object` is enforced as any object."""
+
+    kind: Literal["json_object", "json_schema"]
+    schema_json: str  # canonical JSON: the cache key
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        return json.loads(self.schema_json)
+
+    @property
+    def schema_hash(self) -> str:
+        return hashlib.sha256(self.schema_json.encode()).hexdigest()[:16]
+
+    def violation(self, text: str) -> str | None:
+        """Why `text` does not satisfy the constraint, or None when it does."""
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            return f"the output is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        error = next(iter(_validator(self.schema_json).iter_errors(value)), None)
+        if error is None:
+            return None
+        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+        return f"the output does not match the schema at {where}: {error.message[:300]}"
+
+    def violation_error(self, reason: str, text: str) -> OpenAIError:
+        quoted = text if len(text) <= QUOTED_OUTPUT_CHARS else text[:QUOTED_OUTPUT_CHARS] + "..."
+        return server_error(
+            f"The model's answer does not satisfy response_format ({self.kind}): {reason}. Output: {quoted!r}",
+            code=VIOLATION_CODE,
+        )
+
+
+def response_constraint(response_format: dict[str, Any] | None) -> ResponseConstraint | None | OpenAIError:
+    """The constraint for a request's `response_format`; None for text; a 400 naming what is wrong."""
+    if response_format is None:
+        return None
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return _compiled(ANY_OBJECT, "json_object")
+    if kind != "json_schema":
+        return invalid_request(
+            f"response_format.type must be 'text', 'json_object' or 'json_schema'; got {kind!r}.",
+            param="response_format.type",
+        )
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
+        return invalid_request("response_format.json_schema needs a non-empty 'name'.", param="response_format.json_schema.name")
+    schema = spec.get("schema", ANY_OBJECT)
+    if not isinstance(schema, dict):
+        return invalid_request(f"{SCHEMA_PARAM} must be an object.", param=SCHEMA_PARAM)
+    if spec.get("strict") and (found := unsupported_keyword(schema)) is not None:
+        # Strict mode guarantees the schema or refuses it; non-strict enforces what it can and post-checks.
+        return invalid_request(explain(*found, SCHEMA_PARAM), param=SCHEMA_PARAM)
+    return _compiled(schema, "json_schema")
+
+
+def _compiled(schema: dict[str, Any], kind: Literal["json_object", "json_schema"]) -> ResponseConstraint | OpenAIError:
+    schema_json = json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    problem = _compile_problem(schema_json)
+    if problem is not None:
+        return invalid_request(f"{SCHEMA_PARAM} {problem}", param=SCHEMA_PARAM)
+    return ResponseConstraint(kind, schema_json)
+
+
+@functools.lru_cache(maxsize=1024)
+def _compile_problem(schema_json: str) -> str | None:
+    """Compile once per schema: as JSON Schema (for the post-check) and as the engine's grammar."""
+    import xgrammar
+
+    try:
+        Draft202012Validator.check_schema(json.loads(schema_json))
+    except SchemaError as exc:
+        return f"is not a valid JSON Schema: {exc.message}"
+    try:
+        xgrammar.Grammar.from_json_schema(schema_json)
+    except Exception as exc:  # xgrammar raises RuntimeError/ValueError with the reason
+        reason = re.sub(r"^\[[\d:]+\] \S+: ", "", str(exc).splitlines()[0])  # xgrammar's "[time] file:line: "
+        return f"cannot be compiled into a grammar: {reason[:300]}"
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _validator(schema_json: str) -> Draft202012Validator:
+    return Draft202012Validator(json.loads(schema_json))
