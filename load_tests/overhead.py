@@ -6,8 +6,9 @@
 2. Ray handle: the driver calls the engine deployment directly (adds Ray's hop and serialization).
 3. HTTP: vLLM's own load generator (`vllm.benchmarks.serve`) against the app's OpenAI endpoint through
    Serve's proxy and the ingress, at concurrency 1, 8 and 32.
-4. The tool-parsing hop: the same streamed request over HTTP with and without `tools` (requests with
-   tools go ingress -> ToolParsing -> engine; without, ingress -> engine).
+4. The post-processing hops: the same streamed request over HTTP plain (ingress -> engine), with `tools`
+   (ingress -> ToolParsing -> engine) and with `response_format` (ingress -> StructuredOutput -> engine;
+   the replay text is not JSON, which only matters at the end of the answer, after the measured token).
 Prints time-to-first-token per hop at concurrency 1 (the added latency of each hop) and, for HTTP,
 requests/s, TTFT p50/p99, ITL p50 and errors per concurrency.
 """
@@ -85,26 +86,32 @@ def handle_ttft(runs: int) -> list[float]:
     return asyncio.run(run())
 
 
-def http_ttft(base_url: str, runs: int, tools: bool) -> list[float]:
-    """Time to the first content byte of a streamed chat request, one persistent connection."""
+ROUTES = {
+    "plain": {},
+    "tools": {"tools": [{"type": "function", "function": {"name": "noop", "parameters": {"type": "object"}}}]},
+    "response_format": {"response_format": {"type": "json_object"}},
+}
+
+
+def http_ttft(base_url: str, runs: int) -> dict[str, list[float]]:
+    """Time to the first content byte of a streamed chat request per route, one persistent connection.
+    The routes take turns, request by request, so a noisy neighbour slows all of them alike."""
     import httpx
 
-    body = REQUEST.model_dump(exclude_none=True)
-    if tools:
-        body["tools"] = [{"type": "function", "function": {"name": "noop", "parameters": {"type": "object"}}}]
-    samples = []
+    samples: dict[str, list[float]] = {name: [] for name in ROUTES}
     with httpx.Client(base_url=base_url, timeout=60) as client:
-        for _ in range(runs + 5):
-            started = time.perf_counter()
-            with client.stream("POST", "/v1/chat/completions", json=body) as response:
-                lines = response.iter_lines()
-                for line in lines:
-                    if _has_token(line):
-                        samples.append((time.perf_counter() - started) * 1000)
-                        break
-                for _line in lines:
-                    pass
-    return samples[5:]  # the first few warm connections and caches
+        for run in range(runs + 5):
+            for name, extra in ROUTES.items():
+                started = time.perf_counter()
+                with client.stream("POST", "/v1/chat/completions", json={**REQUEST.model_dump(exclude_none=True), **extra}) as response:
+                    lines = response.iter_lines()
+                    for line in lines:
+                        if _has_token(line) and run >= 5:  # the first few warm connections and caches
+                            samples[name].append((time.perf_counter() - started) * 1000)
+                            break
+                    for _line in lines:
+                        pass
+    return samples
 
 
 def http_load(base_url: str, model_dir: Path, concurrency: int, num_prompts: int) -> dict[str, Any]:
@@ -151,8 +158,7 @@ def main() -> None:
                             "deployment": {"num_cpus": 0}}]}
         serve.run(build_app(args), name="bench", route_prefix="/")
         via_handle = handle_ttft(options.probe_runs)
-        plain_http = http_ttft(f"http://127.0.0.1:{port}", options.probe_runs, tools=False)
-        tools_http = http_ttft(f"http://127.0.0.1:{port}", options.probe_runs, tools=True)
+        routes = http_ttft(f"http://127.0.0.1:{port}", options.probe_runs)
         loads = {c: http_load(f"http://127.0.0.1:{port}", model_dir, c, options.num_prompts) for c in (1, 8, 32)}
     finally:
         serve.shutdown()
@@ -164,9 +170,12 @@ def main() -> None:
     print(f"  in process (no Ray, no HTTP) : {p50(in_process):7.2f} ms")
     print(f"  + Ray handle hop             : {p50(via_handle):7.2f} ms  (adds {p50(via_handle) - p50(in_process):.2f} ms)")
     print(f"  + HTTP proxy + ingress hop   : {through_http:7.2f} ms  (adds {through_http - p50(via_handle):.2f} ms)")
-    print("\n=== the tool-parsing hop (first content token over HTTP, concurrency 1) ===")
-    print(f"  without tools (ingress -> engine)              : {p50(plain_http):7.2f} ms")
-    print(f"  with tools (ingress -> ToolParsing -> engine)  : {p50(tools_http):7.2f} ms  (adds {p50(tools_http) - p50(plain_http):.2f} ms)")
+    print("\n=== post-processing hops (first content token over HTTP, concurrency 1) ===")
+    plain = p50(routes["plain"])
+    print(f"  {'plain (ingress -> engine)':<60} : {plain:7.2f} ms")
+    for name, stage in (("tools", "ToolParsing"), ("response_format", "StructuredOutput")):
+        label = f"with {name} (ingress -> {stage} -> engine)"
+        print(f"  {label:<60} : {p50(routes[name]):7.2f} ms  (adds {p50(routes[name]) - plain:.2f} ms)")
     print("\n=== HTTP load (vllm.benchmarks.serve, 64-token answers) ===")
     print(f"  {'concurrency':>11} {'req/s':>8} {'out tok/s':>10} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'errors':>6}")
     for concurrency, r in loads.items():

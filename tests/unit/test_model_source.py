@@ -80,3 +80,16 @@ def test_embedded_model_converts_to_a_vllm_loadable_checkpoint(model_dir: Path) 
     assert config["max_position_embeddings"] == 8192
     assert (model_dir / "model.safetensors").stat().st_size > 200e6
     assert "<|im_start|>" in (model_dir / "chat_template.jinja").read_text()
+
+
+def test_the_conversion_cache_is_keyed_by_content_not_path(tmp_path: Path) -> None:
+    """Each fresh checkout installs the package at a new path: the same weights must not convert again."""
+    from serve_app.model_source import _cache_key
+
+    first, second = tmp_path / "a" / "m.gguf", tmp_path / "b" / "m.gguf"
+    for path, content in ((first, b"weights"), (second, b"weights")):
+        path.parent.mkdir()
+        path.write_bytes(content)
+    assert _cache_key(first) == _cache_key(second)
+    second.write_bytes(b"other weights")
+    assert _cache_key(first) != _cache_key(second)
