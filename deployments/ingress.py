@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.chat_completions import needs_structured_output, needs_tool_parsing
+from serve_app.routing import needs_structured_output, needs_tool_parsing
 from serve_app.config import ServerOptions
 from serve_app.http_api import GenerationBody, create_http_app
 from serve_app.protocol.chat import ChatCompletionRequest

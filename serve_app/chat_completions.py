@@ -40,7 +40,8 @@ from serve_app.protocol.common import FinishReason, Usage
 from serve_app.protocol.errors import OpenAIError, invalid_request, server_error
 from serve_app.reasoning import EFFORTS, ReasoningFormat, starts_in_reasoning, template_kwargs
 from serve_app.structured_output import ResponseConstraint
-from serve_app.tool_constraints import forced_call_schema, strict_tools_tag, unenforceable_schema
+from serve_app.routing import needs_tool_parsing
+from serve_app.tool_constraints import forced_call_schema, strict_tools_tag
 from serve_app.tool_parsers.base import ContentDelta, Event, ParsedOutput, ReasoningDelta, TextParser, ToolCallStart
 from serve_app.tool_prompts import render_prompt, template_supports_tools
 
@@ -89,15 +90,6 @@ class PlannedChat:
     generation: GenerationRequest
 
 
-def needs_tool_parsing(request: ChatCompletionRequest) -> bool:
-    return bool(request.tools) and request.tool_choice != "none"
-
-
-def needs_structured_output(request: ChatCompletionRequest) -> bool:
-    """Any `response_format` but text: checked (and a bad one refused) by the structured-output stage."""
-    return request.response_format is not None and request.response_format.get("type") != "text"
-
-
 class ChatCompletions:
     def __init__(
         self,
@@ -115,7 +107,8 @@ class ChatCompletions:
 
     def plan(self, request: ChatCompletionRequest, constraint: ResponseConstraint | None = None) -> PlannedChat | OpenAIError:
         """Validate what only the model can judge (template, context window) and render the prompt.
-        `constraint` is the request's checked `response_format` (structured_output.response_constraint)."""
+        Schemas to enforce were checked before (structured_output.check_constraints); `constraint` is the
+        request's `response_format` as the engine must enforce it."""
         if request.stream_options is not None and not request.stream:
             return invalid_request("stream_options is only allowed when stream is true.", param="stream_options")
         if request.top_logprobs is not None and not request.logprobs:
@@ -156,8 +149,6 @@ class ChatCompletions:
             sampling = dataclasses.replace(sampling, json_schema=constraint.schema)
         if with_tools:
             forced = forced_call_schema(request)
-            if (error := unenforceable_schema(request, forced=forced is not None)) is not None:
-                return error
             if forced is not None:  # R7.3: `required` / a named function, enforced while decoding
                 sampling, parser = dataclasses.replace(sampling, json_schema=forced), CONSTRAINED_CALL_PARSER
             else:

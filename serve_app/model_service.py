@@ -12,7 +12,7 @@ from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.completions import CompletionRequest
 from serve_app.protocol.errors import OpenAIError
 from serve_app.reasoning import ReasoningFormat
-from serve_app.structured_output import response_constraint
+from serve_app.structured_output import check_constraints
 
 
 class Endpoint(Protocol):
@@ -59,7 +59,7 @@ class ModelService:
         """A request served whole by this model (no post-processing deployment in front of it)."""
         endpoint = self._endpoints[type(request)]
         if isinstance(request, ChatCompletionRequest):
-            constraint = response_constraint(request.response_format)
+            constraint = check_constraints(request)
             if isinstance(constraint, OpenAIError):
                 return constraint
             planned = self.chat.plan(request, constraint)

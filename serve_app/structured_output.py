@@ -1,4 +1,6 @@
-"""Structured outputs (R7.1, R7.2): `response_format` checked, compiled once per schema, post-checked.
+"""Structured outputs (R7.1-R7.3): schemas checked and compiled once each before generation, answers
+post-checked after it. Everything a request asks to enforce goes through here: `response_format`, and
+the tool schemas that forced or strict tool calls must follow.
 
 Before generation a `response_format` is validated: its shape, the schema as JSON Schema, strict mode's
 limits (a keyword the grammar cannot enforce is a 400 naming it), and compilation by the grammar backend
@@ -22,8 +24,11 @@ from typing import Any, Literal
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
+from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.errors import OpenAIError, invalid_request, server_error
+from serve_app.routing import needs_tool_parsing
 from serve_app.schema_support import explain, unsupported_keyword
+from serve_app.tool_constraints import enforced_schemas
 
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
 VIOLATION_CODE = "response_format_violation"
@@ -66,6 +71,18 @@ class ResponseConstraint:
         )
 
 
+def check_constraints(request: ChatCompletionRequest) -> ResponseConstraint | None | OpenAIError:
+    """Everything a chat request asks to enforce, checked before any token is generated (R7.2, R7.3): the
+    tool schemas its calls must follow, then its `response_format`, returned as the engine's constraint."""
+    if needs_tool_parsing(request):
+        for param, name, schema in enforced_schemas(request):
+            if (found := unsupported_keyword(schema)) is not None:
+                return invalid_request(explain(*found, f"{param} ({name})"), param=param)
+            if (problem := _compile_problem(_canonical(schema))) is not None:
+                return invalid_request(f"{param} ({name}) {problem}", param=param)
+    return response_constraint(request.response_format)
+
+
 def response_constraint(response_format: dict[str, Any] | None) -> ResponseConstraint | None | OpenAIError:
     """The constraint for a request's `response_format`; None for text; a 400 naming what is wrong."""
     if response_format is None:
@@ -93,11 +110,15 @@ def response_constraint(response_format: dict[str, Any] | None) -> ResponseConst
 
 
 def _compiled(schema: dict[str, Any], kind: Literal["json_object", "json_schema"]) -> ResponseConstraint | OpenAIError:
-    schema_json = json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    schema_json = _canonical(schema)
     problem = _compile_problem(schema_json)
     if problem is not None:
         return invalid_request(f"{SCHEMA_PARAM} {problem}", param=SCHEMA_PARAM)
     return ResponseConstraint(kind, schema_json)
+
+
+def _canonical(schema: dict[str, Any]) -> str:
+    return json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -13,7 +13,6 @@ from typing import Any
 
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.errors import OpenAIError, invalid_request
-from serve_app.schema_support import explain, unsupported_keyword
 
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
 
@@ -22,16 +21,20 @@ def _functions(request: ChatCompletionRequest) -> list[dict[str, Any]]:
     return [t.get("function") or {} for t in request.tools or []]
 
 
-def unenforceable_schema(request: ChatCompletionRequest, forced: bool) -> OpenAIError | None:
-    """A 400 naming the keyword, when a schema that must be enforced uses what the grammar cannot do."""
-    for i, function in enumerate(_functions(request)):
-        if not (forced or function.get("strict")):
-            continue
-        found = unsupported_keyword(function.get("parameters") or {})
-        if found is not None:
-            param = f"tools[{i}].function.parameters"
-            return invalid_request(explain(*found, f"{param} ({function.get('name')})"), param=param)
-    return None
+def tools_enforced(request: ChatCompletionRequest) -> bool:
+    """Calls must follow their schemas: a forced choice, or any tool declared strict."""
+    forced = request.tool_choice == "required" or isinstance(request.tool_choice, dict)
+    return forced or any(f.get("strict") for f in _functions(request))
+
+
+def enforced_schemas(request: ChatCompletionRequest) -> list[tuple[str, str, dict[str, Any]]]:
+    """(param, function name, schema) of every tool schema the grammar must enforce for this request."""
+    forced = forced_call_schema(request) is not None
+    return [
+        (f"tools[{i}].function.parameters", str(function.get("name")), function.get("parameters") or ANY_OBJECT)
+        for i, function in enumerate(_functions(request))
+        if forced or function.get("strict")
+    ]
 
 
 def forced_call_schema(request: ChatCompletionRequest) -> dict[str, Any] | None:

@@ -148,3 +148,29 @@ def test_r7_2_truncation_is_length_with_the_partial_text(service: ModelService) 
     body = json.loads(_complete(service, _request("weather as json", max_tokens=3)))
     assert body["choices"][0]["finish_reason"] == "length"
     assert body["choices"][0]["message"]["content"] and not body["choices"][0]["message"]["content"].endswith("}")
+
+
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
+
+@pytest.mark.parametrize(
+    ("fields", "structured", "tools"),
+    [
+        ({}, False, False),
+        ({"response_format": {"type": "text"}}, False, False),
+        ({"response_format": {"type": "json_object"}}, True, False),
+        ({"response_format": {"type": "xml"}}, True, False),  # refused there, with a 400
+        ({"tools": [TOOL]}, False, True),
+        ({"tools": [TOOL], "tool_choice": "none"}, False, False),
+        ({"tools": [TOOL], "tool_choice": "required"}, True, True),
+        ({"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "f"}}}, True, True),
+        ({"tools": [{**TOOL, "function": {**TOOL["function"], "strict": True}}]}, True, True),
+    ],
+)
+def test_routing_sends_only_what_needs_it_through_post_processing(fields: dict[str, Any], structured: bool, tools: bool) -> None:
+    """Anything to enforce goes through StructuredOutput; free tool calls through ToolParsing; the rest
+    straight to the engine."""
+    from serve_app.routing import needs_structured_output, needs_tool_parsing
+
+    request = ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "x"}], **fields})
+    assert (needs_structured_output(request), needs_tool_parsing(request)) == (structured, tools)

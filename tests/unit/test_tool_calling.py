@@ -12,6 +12,9 @@ from serve_app.chat_completions import ChatCompletions, PlannedChat
 from serve_app.tool_constraints import forced_call_schema
 from serve_app.engines.replay import ReplayEngine
 from serve_app.protocol.chat import ChatCompletionRequest
+from serve_app.protocol.errors import OpenAIError
+from serve_app.routing import needs_structured_output
+from serve_app.structured_output import check_constraints
 from serve_app.tool_prompts import render_prompt
 from tests.conftest import REPLAY_SCRIPT
 from tests.openai_spec import assert_valid
@@ -141,7 +144,6 @@ def test_strict_tools_under_auto_get_a_structural_tag(chat: ChatCompletions) -> 
 
 
 def test_strict_tools_in_a_format_without_a_grammar_are_refused() -> None:
-    from serve_app.protocol.errors import OpenAIError
     from serve_app.tool_constraints import strict_tools_tag
 
     strict = [{**TOOLS[0], "function": {**TOOLS[0]["function"], "strict": True}}]
@@ -179,12 +181,20 @@ def test_unenforceable_schemas_are_a_400_naming_the_keyword(chat: ChatCompletion
     for fields in ({"tool_choice": "required"}, {"tool_choice": {"type": "function", "function": {"name": "f"}}},
                    {"tools": [{"type": "function", "function": {"name": "f", "parameters": schema, "strict": True}}]}):
         request = ChatCompletionRequest.model_validate({"model": "m", "messages": ASK, "tools": [tool], **fields})
-        error = chat.plan(request)
-        assert not isinstance(error, PlannedChat)
+        assert needs_structured_output(request)  # the stage that checks it before generation
+        error = check_constraints(request)
+        assert isinstance(error, OpenAIError)
         assert error.status_code == 400 and error.param == "tools[0].function.parameters"
         assert f"'{keyword}'" in error.message
     auto = ChatCompletionRequest.model_validate({"model": "m", "messages": ASK, "tools": [tool]})
-    assert isinstance(chat.plan(auto), PlannedChat)
+    assert not needs_structured_output(auto) and check_constraints(auto) is None
+
+
+def test_r7_3_a_tool_schema_the_grammar_cannot_compile_is_a_400() -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"$ref": "#/$defs/missing"}}}
+    request = ChatCompletionRequest.model_validate({"model": "m", "messages": ASK, "tools": [tool], "tool_choice": "required"})
+    error = check_constraints(request)
+    assert isinstance(error, OpenAIError) and error.status_code == 400 and "cannot be compiled" in error.message
 
 
 def test_strict_tag_grammar_admits_text_and_valid_calls_only() -> None:
