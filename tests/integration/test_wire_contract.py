@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import REPLAY_MODEL, VLLM_MODEL, RunningApp
+from tests.integration.conftest import ALL_MODELS, REPLAY_MODEL, RunningApp, VLLM_MODEL
 from tests.openai_spec import assert_valid, reference_dir
 from tests.sse_client import parse_sse
 
@@ -79,7 +79,7 @@ def _completion_chunk_valid(chunk: dict[str, Any]) -> None:
 def test_r1_1_routes_answer_with_and_without_v1_and_doubled_slashes(root: httpx.Client, path: str) -> None:
     response = root.get(path)
     assert response.status_code == 200, response.text
-    assert {m["id"] for m in response.json()["data"]} == {VLLM_MODEL, REPLAY_MODEL}
+    assert {m["id"] for m in response.json()["data"]} == set(ALL_MODELS)
 
 
 def test_r1_1_chat_and_completions_without_v1(root: httpx.Client) -> None:
