@@ -202,12 +202,15 @@ def _wire_delta(event: Event) -> Delta:
 
 
 async def render_stream(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]) -> AsyncIterator[bytes]:
-    """SSE frames: first the role chunks of all choices together (the request is accepted: the status and
-    headers can go out before any token), then reasoning, content and tool-call deltas, one finish_reason
-    per choice, the usage chunk if asked, [DONE]."""
+    """SSE frames. First an empty item: the request is accepted, so the status and headers can go out
+    before any token, without a chunk (clients and load generators time the first chunk as the first
+    token). Then the role chunks of all choices together with the first token's chunk, reasoning,
+    content and tool-call deltas, one finish_reason per choice, the usage chunk if asked, [DONE]."""
     frames = _render_frames(meta, deltas)
     try:
-        yield b"".join([await anext(frames) for _ in range(meta.n)])
+        yield b""
+        roles = b"".join([await anext(frames) for _ in range(meta.n)])
+        yield roles + await anext(frames, b"")
         async for frame in frames:
             yield frame
     finally:

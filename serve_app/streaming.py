@@ -64,7 +64,7 @@ async def batched(source: AsyncIterator[T], interval_s: float) -> AsyncIterator[
 
 
 async def accepted_then_batched(frames: AsyncIterator[bytes], interval_s: float) -> AsyncIterator[bytes]:
-    """The first frame (the role chunks: the request was accepted) alone and at once, then the rest batched.
+    """The first item (the request was accepted) alone and at once, then the rest batched.
 
     Kept apart so that it neither waits for the first token nor opens a batching interval that would
     hold the first token back.
