@@ -62,9 +62,14 @@ class VLLMEngine(Engine):
         if self._args.kv_cache_space_gib is not None:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self._args.kv_cache_space_gib)
         from vllm import AsyncEngineArgs
+        from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**self.engine_args()))
+        # vLLM picks scheduler defaults (batched tokens, sequences per step) by usage context: we serve the
+        # OpenAI API, so we take the defaults `vllm serve` takes, and the same engine arguments mean the
+        # same engine.
+        args = AsyncEngineArgs(**self.engine_args())
+        self._llm = AsyncLLM.from_engine_args(args, usage_context=UsageContext.OPENAI_API_SERVER)
 
     @property
     def max_model_len(self) -> int:
