@@ -292,6 +292,41 @@ def register(name: str) -> Callable[[type[ToolParser]], type[ToolParser]]:
     return add
 
 
+class MarkupModeParser(ToolParser):
+    """A parser that moves between named modes once its opening marker appears in the text.
+
+    Each mode is a method `_in_<mode>` that consumes from `_pending` and returns events, or None when it
+    needs more text; `_read` keeps the markup consumed for a call not yet announced, to give it back as
+    content if it turns out not to be one.
+    """
+
+    OPENING: str
+    AFTER_OPENING: str  # the mode entered when the opening marker is found
+
+    def __init__(self, tools: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(tools)
+        self._pending = ""
+        self._mode = "text"
+        self._read = ""
+
+    def feed(self, text: str) -> list[Event]:
+        self._pending += text
+        events: list[Event] = []
+        while self._pending:
+            step = getattr(self, f"_in_{self._mode}")()
+            if step is None:
+                break  # need more text
+            events += step
+        return coalesce(events)
+
+    def _in_text(self) -> list[Event] | None:
+        content, self._pending, found = split_at_marker(self._pending, self.OPENING)
+        if not found:
+            return [ContentDelta(content)] if content else None
+        self._mode, self._read = self.AFTER_OPENING, self.OPENING
+        return [ContentDelta(content)]
+
+
 class FirstCallOnly(ToolParser):
     """`parallel_tool_calls: false` (R2.3): the first call is kept, later ones are not emitted."""
 

@@ -13,12 +13,11 @@ from serve_app.tool_parsers.base import (
     ContentDelta,
     Event,
     JsonCallScanner,
+    MarkupModeParser,
     ToolCallArguments,
-    ToolParser,
     coalesce,
     held_prefix_length,
     register,
-    split_at_marker,
 )
 
 MARKER, ARGS = "[TOOL_CALLS]", "[ARGS]"
@@ -26,24 +25,14 @@ NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 @register("mistral")
-class MistralToolParser(ToolParser):
+class MistralToolParser(MarkupModeParser):
+    # Modes: text, marker (dialect unknown), array, object, name, args.
+    OPENING, AFTER_OPENING = MARKER, "marker"
+
     def __init__(self, tools: list[dict[str, Any]] | None = None) -> None:
         super().__init__(tools)
-        self._pending = ""
-        self._mode = "text"  # text, marker (dialect unknown), array, object, name, args
-        self._read = ""  # text of the current call so far, given back as content if it is not one
         self._scanner: JsonCallScanner | None = None
         self._depth, self._in_string, self._escaped, self._args_started = 0, False, False, False
-
-    def feed(self, text: str) -> list[Event]:
-        self._pending += text
-        events: list[Event] = []
-        while self._pending:
-            step = getattr(self, f"_in_{self._mode}")()
-            if step is None:
-                break  # need more text
-            events += step
-        return coalesce(events)
 
     def finish(self) -> list[Event]:
         events: list[Event] = []
@@ -53,13 +42,6 @@ class MistralToolParser(ToolParser):
         events.append(ContentDelta(self._pending))
         self._pending, self._mode = "", "text"
         return coalesce(events)
-
-    def _in_text(self) -> list[Event] | None:
-        content, self._pending, found = split_at_marker(self._pending, MARKER)
-        if not found:
-            return [ContentDelta(content)] if content else None
-        self._mode, self._read = "marker", MARKER
-        return [ContentDelta(content)]
 
     def _in_marker(self) -> list[Event] | None:
         stripped = self._pending.lstrip()

@@ -23,12 +23,11 @@ from typing import Any
 from serve_app.tool_parsers.base import (
     ContentDelta,
     Event,
+    MarkupModeParser,
     ToolCallArguments,
-    ToolParser,
     coalesce,
     held_prefix_length,
     register,
-    split_at_marker,
 )
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
@@ -37,7 +36,10 @@ PARAMETER_OPEN, PARAMETER_CLOSE = "<parameter=", "</parameter>"
 
 
 @register("qwen3_coder")
-class Qwen3CoderToolParser(ToolParser):
+class Qwen3CoderToolParser(MarkupModeParser):
+    # Modes: text, function, parameters, value, close.
+    OPENING, AFTER_OPENING = CALL_OPEN, "function"
+
     def __init__(self, tools: list[dict[str, Any]] | None = None) -> None:
         super().__init__(tools)
         self._types = {
@@ -47,24 +49,11 @@ class Qwen3CoderToolParser(ToolParser):
             }
             for t in self.tools
         }
-        self._pending = ""
-        self._mode = "text"  # text, function, parameters, value, close
-        self._read = ""  # markup consumed for a call not yet announced
         self._name = ""
         self._key = ""
         self._sent = 0  # parameters sent for the current call
         self._streaming_string = False
         self._fresh_value = False  # the value's first newline (after `>`) is markup, not text
-
-    def feed(self, text: str) -> list[Event]:
-        self._pending += text
-        events: list[Event] = []
-        while self._pending:
-            step = getattr(self, f"_in_{self._mode}")()
-            if step is None:
-                break
-            events += step
-        return coalesce(events)
 
     def finish(self) -> list[Event]:
         # A cut-off call still gets well-formed arguments where the text allows it.
@@ -81,13 +70,6 @@ class Qwen3CoderToolParser(ToolParser):
         events.append(ContentDelta(self._pending if self._mode in ("text", "function") else ""))
         self._pending, self._mode = "", "text"
         return coalesce(events)
-
-    def _in_text(self) -> list[Event] | None:
-        content, self._pending, found = split_at_marker(self._pending, CALL_OPEN)
-        if not found:
-            return [ContentDelta(content)] if content else None
-        self._mode, self._read = "function", CALL_OPEN
-        return [ContentDelta(content)]
 
     def _in_function(self) -> list[Event] | None:
         stripped = self._pending.lstrip()
