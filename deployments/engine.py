@@ -9,6 +9,7 @@ from typing import Any, AsyncGenerator
 
 from ray import serve
 
+from serve_app.autoscaling import ENGINE_QUEUE_METRIC
 from serve_app.chat_completions import ChatMeta
 from serve_app.config import ModelConfig
 from serve_app.engines import create_engine
@@ -17,6 +18,7 @@ from serve_app.model_service import ModelService
 from serve_app.model_source import prepare_model
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.completions import CompletionRequest
+from serve_app.protocol.embeddings import EmbeddingRequest
 from serve_app.protocol.errors import OpenAIError
 from serve_app.streaming import accepted_then_batched, batched
 from serve_app.structured_output import ResponseConstraint
@@ -35,10 +37,12 @@ class LLMServer:
         self._engine = create_engine(model, model_path, tokenizer)
         logger.info("starting %s engine for model %r from %s", model.engine, model.id, model_path)
         await self._engine.start()
-        self._service = ModelService(model.id, self._engine, tokenizer, model.tool_parser, model.reasoning_parser)
+        self._service = ModelService(
+            model.id, self._engine, tokenizer, model.tool_parser, model.reasoning_parser, model.task
+        )
         self._batch_interval_s = stream_batch_interval_s
 
-    async def generate(self, request: ChatCompletionRequest | CompletionRequest) -> bytes | OpenAIError:
+    async def generate(self, request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest) -> bytes | OpenAIError:
         plan = self._service.plan(request)
         return plan if isinstance(plan, OpenAIError) else await plan.complete()
 
@@ -68,8 +72,9 @@ class LLMServer:
     def model_info(self) -> dict[str, Any]:
         return self._service.model_info()
 
-    def engine_stats(self) -> dict[str, int]:
-        return self._service.engine_stats()
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve calls this on each replica every `metrics_interval_s`; `engine_queue_policy` reads it."""
+        return {ENGINE_QUEUE_METRIC: self._engine.num_unfinished_requests()}
 
     async def check_health(self) -> None:
         await self._engine.check_health()

@@ -8,8 +8,8 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.routing import needs_structured_output, needs_tool_parsing
 from serve_app.config import ServerOptions
+from serve_app.routing import ModelCatalog, needs_structured_output, needs_tool_parsing
 from serve_app.http_api import GenerationBody, create_http_app
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.errors import OpenAIError
@@ -23,27 +23,25 @@ class OpenAIIngress:
     def __init__(
         self,
         server: ServerOptions,
+        catalog: ModelCatalog,
         engines: dict[str, DeploymentHandle],
         tool_parsing: DeploymentHandle,
         structured_output: DeploymentHandle,
     ) -> None:
         self._server = server
+        self.catalog = catalog
         self._engines = engines
         self._tool_parsing = tool_parsing
         self._structured_output = structured_output
-        self._model_ids = list(engines)
         self._model_info: dict[str, dict[str, Any]] = {}
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_http_app(self, self._server)
 
-    def model_ids(self) -> list[str]:
-        return self._model_ids
-
-    async def model_info(self, model: str) -> dict[str, Any]:
-        if model not in self._model_info:  # fixed for the life of the deployment: ask once
-            self._model_info[model] = await self._engines[model].model_info.remote()
-        return self._model_info[model]
+    async def model_info(self, model_id: str) -> dict[str, Any]:
+        if model_id not in self._model_info:  # fixed for the life of the deployment: ask once
+            self._model_info[model_id] = await self._engines[model_id].model_info.remote()
+        return self._model_info[model_id]
 
     def _route(self, request: GenerationBody) -> DeploymentHandle:
         """Post-processing only for the requests that need it: a response format goes through structured

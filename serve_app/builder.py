@@ -6,7 +6,11 @@ from typing import Any
 
 from ray.serve import Application
 
+from serve_app.autoscaling import engine_queue_policy
 from serve_app.config import AppConfig, DeploymentOptions, ModelConfig, parse_app_config
+from serve_app.routing import ModelCatalog
+
+ENGINE_QUEUE_POLICY = f"{engine_queue_policy.__module__}:{engine_queue_policy.__name__}"
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -27,25 +31,49 @@ def build_app(args: dict[str, Any]) -> Application:
     tool_parsing = ToolParsing.options(**_serve_options(config.server.tool_parsing)).bind(engines, interval)
     structured_output = StructuredOutput.options(**_serve_options(config.server.structured_output)).bind(engines, interval)
     ingress_options = _serve_options(config.server.ingress)
-    return OpenAIIngress.options(**ingress_options).bind(config.server, engines, tool_parsing, structured_output)
+    catalog = ModelCatalog.of(config.models)
+    return OpenAIIngress.options(**ingress_options).bind(config.server, catalog, engines, tool_parsing, structured_output)
 
 
 def engine_deployment_options(model: ModelConfig) -> dict[str, Any]:
-    options = _serve_options(model.deployment)
-    world_size = model.engine_args.world_size if model.engine == "vllm" else 1
+    options = _serve_options(model.deployment, ENGINE_QUEUE_POLICY)
+    world_size = model.engine_args.world_size  # the replay engine reserves the same shape: placement is testable
     if world_size > 1:
         # Tensor/pipeline parallel: the replica reserves one GPU bundle per worker; vLLM's Ray executor
         # places its workers in this placement group (the replica itself holds no GPU).
-        actor = options.pop("ray_actor_options")
-        options["ray_actor_options"] = {"num_cpus": actor["num_cpus"], "num_gpus": 0}
-        options["placement_group_bundles"] = [{"CPU": actor["num_cpus"], "GPU": 1}] + [{"GPU": 1}] * (world_size - 1)
-        options["placement_group_strategy"] = "PACK"
+        actor = options["ray_actor_options"]
+        gpu = {"GPU": 1} | _accelerator(model.deployment)
+        options["ray_actor_options"] = actor | {"num_gpus": 0}
+        options["placement_group_bundles"] = [{"CPU": actor["num_cpus"]} | gpu] + [gpu] * (world_size - 1)
+        options["placement_group_strategy"] = model.deployment.placement_strategy
     return options
 
 
-def _serve_options(options: DeploymentOptions) -> dict[str, Any]:
-    return {
-        "num_replicas": options.num_replicas,
-        "max_ongoing_requests": options.max_ongoing_requests,
-        "ray_actor_options": {"num_cpus": options.num_cpus, "num_gpus": options.num_gpus},
+def _serve_options(options: DeploymentOptions, autoscaling_policy: str | None = None) -> dict[str, Any]:
+    """Serve's options for a deployment; `autoscaling_policy` replaces Serve's count of ongoing requests."""
+    actor = {"num_cpus": options.num_cpus, "num_gpus": options.num_gpus}
+    if options.accelerator_type is not None:
+        actor["accelerator_type"] = options.accelerator_type
+    serve_options: dict[str, Any] = {"max_ongoing_requests": options.max_ongoing_requests, "ray_actor_options": actor}
+    scaling = options.autoscaling
+    if scaling is None:
+        return serve_options | {"num_replicas": options.num_replicas}
+    config: dict[str, Any] = {
+        "min_replicas": scaling.min_replicas,
+        "max_replicas": scaling.max_replicas,
+        "initial_replicas": scaling.initial_replicas,
+        "target_ongoing_requests": scaling.target,
+        "upscale_delay_s": scaling.upscale_delay_s,
+        "downscale_delay_s": scaling.downscale_delay_s,
+        "downscale_to_zero_delay_s": scaling.downscale_to_zero_delay_s,
+        "metrics_interval_s": scaling.metrics_interval_s,
+        "look_back_period_s": scaling.look_back_period_s,
     }
+    if autoscaling_policy is not None:
+        config["policy"] = {"policy_function": autoscaling_policy}
+    return serve_options | {"autoscaling_config": config}
+
+
+def _accelerator(options: DeploymentOptions) -> dict[str, float]:
+    """A bundle on a node of this accelerator type (Ray labels such nodes with this resource)."""
+    return {} if options.accelerator_type is None else {f"accelerator_type:{options.accelerator_type}": 0.001}

@@ -21,13 +21,63 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class AutoscalingOptions(StrictModel):
+    """Replica autoscaling. Engine deployments scale on their engine's queue (waiting + running requests,
+    reported by each replica, plus requests held before any replica took them); the ingress and the
+    post-processing deployments on their ongoing requests. See the README's autoscaling section."""
+
+    min_replicas: int = Field(1, ge=0, description="0 = scale to zero when idle; requests are held while one starts.")
+    max_replicas: int = Field(4, ge=1)
+    initial_replicas: int | None = Field(None, ge=0, description="Replicas at deploy time; default min_replicas.")
+    target: float = Field(
+        8.0, gt=0, description="Per replica: engine queue depth (engines) or ongoing requests (the others)."
+    )
+    upscale_delay_s: float = Field(5.0, ge=0, description="The load must stay above target this long to add replicas.")
+    downscale_delay_s: float = Field(120.0, ge=0, description="... below target this long to remove replicas.")
+    downscale_to_zero_delay_s: float | None = Field(
+        None, ge=0, description="From one replica to none (min_replicas 0); default downscale_delay_s."
+    )
+    metrics_interval_s: float = Field(2.0, gt=0, description="How often each replica reports its load.")
+    look_back_period_s: float = Field(10.0, gt=0, description="The window the reported load is averaged over.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingOptions:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        initial = self.initial_replicas
+        if initial is not None and not self.min_replicas <= initial <= self.max_replicas:
+            raise ValueError(f"initial_replicas ({initial}) must lie between min_replicas and max_replicas")
+        return self
+
+
+ModelTask = Literal["generate", "embed"]
+PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
+
+
 class DeploymentOptions(StrictModel):
-    """Ray Serve options for one deployment (autoscaling arrives with the distributed-serving work)."""
+    """Ray Serve options for one deployment: a fixed `num_replicas`, or `autoscaling` bounds."""
 
     num_replicas: int = Field(1, ge=1)
+    autoscaling: AutoscalingOptions | None = None
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
     max_ongoing_requests: int = Field(64, ge=1)
+    accelerator_type: str | None = Field(
+        None, description="Ray accelerator type the replica (and its GPU bundles) must run on, e.g. H100, A10G."
+    )
+    placement_strategy: PlacementStrategy = Field(
+        "PACK",
+        description=(
+            "Tensor/pipeline-parallel engines: how the GPU bundles spread over nodes. PACK fills one node "
+            "first and spans nodes only when it must; STRICT_PACK never spans; SPREAD/STRICT_SPREAD spread."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _replicas_one_way(self) -> DeploymentOptions:
+        if self.autoscaling is not None and "num_replicas" in self.model_fields_set:
+            raise ValueError("set either num_replicas or autoscaling, not both")
+        return self
 
 
 class VLLMEngineArgs(StrictModel):
@@ -60,6 +110,12 @@ class ReplayEngineArgs(StrictModel):
 
 class ModelConfig(StrictModel):
     id: str = Field(min_length=1, description="The name clients send as `model`.")
+    aliases: list[str] = Field(
+        default_factory=list, description="More names for the same model (listed by /v1/models too)."
+    )
+    task: ModelTask = Field(
+        "generate", description="`generate`: chat and text completions; `embed`: /v1/embeddings (vLLM pooling)."
+    )
     source: str = Field(
         min_length=1,
         description=(
@@ -93,6 +149,16 @@ class ModelConfig(StrictModel):
                 "set both `tool_parser: harmony` and `reasoning_parser: harmony`"
             )
         return self
+
+    @model_validator(mode="after")
+    def _embeddings_come_from_vllm(self) -> ModelConfig:
+        if self.task == "embed" and self.engine != "vllm":
+            raise ValueError(f"model {self.id!r}: task 'embed' needs engine 'vllm' (the replay engine only generates)")
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        return [self.id, *self.aliases]
 
     @model_validator(mode="after")
     def _replay_needs_script(self) -> ModelConfig:
@@ -139,11 +205,11 @@ class AppConfig(StrictModel):
 
     @field_validator("models")
     @classmethod
-    def _unique_ids(cls, models: list[ModelConfig]) -> list[ModelConfig]:
-        ids = [m.id for m in models]
-        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    def _unique_names(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        names = [name for m in models for name in m.names]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"model ids must be unique; repeated: {', '.join(duplicates)}")
+            raise ValueError(f"model ids and aliases must be unique; repeated: {', '.join(duplicates)}")
         return models
 
 

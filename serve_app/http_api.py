@@ -23,25 +23,29 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app import sse
-from serve_app.config import ServerOptions
+from serve_app.config import ModelTask, ServerOptions
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.completions import CompletionRequest
+from serve_app.protocol.embeddings import EmbeddingRequest
 from serve_app.protocol.errors import OpenAIError, invalid_request, model_not_found
+from serve_app.routing import ModelCatalog
 
 logger = logging.getLogger("agent_serve.http")
 
 OWNED_BY = "agent-serve"
-GenerationBody = ChatCompletionRequest | CompletionRequest
+GenerationBody = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
 
 
 class ModelBackend(Protocol):
-    def model_ids(self) -> list[str]: ...
+    catalog: ModelCatalog
 
-    async def model_info(self, model: str) -> dict[str, Any]:
+    async def model_info(self, model_id: str) -> dict[str, Any]:
         """Extra facts about a model for `/v1/models` (its context length)."""
         ...
 
-    async def generate(self, request: GenerationBody) -> bytes | OpenAIError: ...
+    async def generate(self, request: GenerationBody) -> bytes | OpenAIError:
+        """The whole response body (or an error) for a request whose `model` is a model id."""
+        ...
 
     def generate_stream(self, request: GenerationBody) -> AsyncGenerator[bytes | OpenAIError, None]:
         """First item: an error (nothing was sent yet) or the first frames; then only frames."""
@@ -94,40 +98,51 @@ def create_http_app(backend: ModelBackend, options: ServerOptions) -> FastAPI:
                 )
         return await call_next(request)
 
-    async def model_card(model: str) -> dict[str, Any]:
-        card = {"id": model, "object": "model", "created": started, "owned_by": OWNED_BY}
-        return card | await backend.model_info(model)
+    catalog = backend.catalog
+
+    async def model_card(name: str, model_id: str) -> dict[str, Any]:
+        card = {"id": name, "object": "model", "created": started, "owned_by": OWNED_BY}
+        return card | await backend.model_info(model_id)
 
     @app.get("/v1/models")
     async def list_models() -> JSONResponse:
-        cards = await asyncio.gather(*(model_card(m) for m in backend.model_ids()))
+        names = catalog.names()
+        cards = await asyncio.gather(*(model_card(name, catalog.model_id(name) or name) for name in names))
         return JSONResponse({"object": "list", "data": list(cards)})
 
     @app.get("/v1/models/{model:path}")
     async def retrieve_model(model: str) -> Response:
-        if model not in backend.model_ids():
+        model_id = catalog.model_id(model)
+        if model_id is None:
             return error_response(model_not_found(model))
-        return JSONResponse(await model_card(model))
+        return JSONResponse(await model_card(model, model_id))
 
-    async def serve_generation(body: GenerationBody) -> Response:
-        if body.model not in backend.model_ids():
-            return error_response(model_not_found(body.model))
+    async def serve(body: GenerationBody, task: ModelTask) -> Response:
+        model_id = catalog.resolve(body.model, task)
+        if isinstance(model_id, OpenAIError):
+            return error_response(model_id)
         if unknown := sorted(body.model_extra or {}):
             if options.strict_request_fields:
                 return error_response(invalid_request(f"Unrecognized request argument: {unknown[0]}", param=unknown[0]))
             logger.info("ignoring unknown request fields: %s", ", ".join(unknown))
-        if not body.stream:
+        # An alias is answered as the model it stands for (as OpenAI answers `gpt-4o` with its dated id).
+        body = body if body.model == model_id else body.model_copy(update={"model": model_id})
+        if isinstance(body, EmbeddingRequest) or not body.stream:
             result = await backend.generate(body)
             return error_response(result) if isinstance(result, OpenAIError) else Response(result, media_type="application/json")
         return await _stream_response(backend.generate_stream(body), options.keep_alive_interval_s)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest) -> Response:
-        return await serve_generation(body)
+        return await serve(body, "generate")
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest) -> Response:
-        return await serve_generation(body)
+        return await serve(body, "generate")
+
+    @app.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingRequest) -> Response:
+        return await serve(body, "embed")
 
     app.add_middleware(
         CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"], expose_headers=["x-request-id"]

@@ -1,27 +1,33 @@
-"""One model's endpoints (chat and text completions) over one engine: what an engine deployment serves."""
+"""One model's endpoints over one engine (chat and text completions, or embeddings): what an engine
+deployment serves. Which model serves which endpoint is decided before a request gets here (`routing`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Protocol
+from typing import Any, AsyncIterator, Protocol, cast
 
 from serve_app.chat_completions import ChatCompletions
 from serve_app.completions import TextCompletions
-from serve_app.engines.base import Engine
+from serve_app.config import ModelTask
+from serve_app.embeddings import Embeddings
+from serve_app.engines.base import EmbeddingEngine, Engine
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.completions import CompletionRequest
+from serve_app.protocol.embeddings import EmbeddingRequest
 from serve_app.protocol.errors import OpenAIError
 from serve_app.reasoning import ReasoningFormat
 from serve_app.structured_output import check_constraints
 
 
 class Endpoint(Protocol):
-    """Both endpoints work in the same three steps, so the service treats them alike."""
+    """Every endpoint plans a request, then runs it whole; the generating ones can also stream it."""
 
     def plan(self, request: Any) -> Any: ...
 
     async def complete(self, planned: Any) -> bytes | OpenAIError: ...
 
+
+class StreamingEndpoint(Endpoint, Protocol):
     def stream(self, planned: Any) -> AsyncIterator[bytes]: ...
 
 
@@ -36,7 +42,7 @@ class Plan:
         return await self.endpoint.complete(self.planned)
 
     def stream(self) -> AsyncIterator[bytes]:
-        return self.endpoint.stream(self.planned)
+        return cast(StreamingEndpoint, self.endpoint).stream(self.planned)  # embedding requests never stream
 
 
 class ModelService:
@@ -47,15 +53,17 @@ class ModelService:
         tokenizer: Any,
         tool_parser: str = "hermes",
         reasoning_parser: ReasoningFormat | None = None,
+        task: ModelTask = "generate",
     ) -> None:
         self.engine = engine
+        self._endpoints: dict[type, Endpoint]
+        if task == "embed":
+            self._endpoints = {EmbeddingRequest: Embeddings(model_id, cast(EmbeddingEngine, engine), tokenizer)}
+            return
         self.chat = ChatCompletions(model_id, engine, tokenizer, tool_parser, reasoning_parser)
-        self._endpoints: dict[type, Endpoint] = {
-            ChatCompletionRequest: self.chat,
-            CompletionRequest: TextCompletions(model_id, engine, tokenizer),
-        }
+        self._endpoints = {ChatCompletionRequest: self.chat, CompletionRequest: TextCompletions(model_id, engine, tokenizer)}
 
-    def plan(self, request: ChatCompletionRequest | CompletionRequest) -> Plan | OpenAIError:
+    def plan(self, request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest) -> Plan | OpenAIError:
         """A request served whole by this model (no post-processing deployment in front of it)."""
         endpoint = self._endpoints[type(request)]
         if isinstance(request, ChatCompletionRequest):
@@ -69,7 +77,3 @@ class ModelService:
 
     def model_info(self) -> dict[str, Any]:
         return {"max_model_len": self.engine.max_model_len}
-
-    def engine_stats(self) -> dict[str, int]:
-        """The engine's queue depth (waiting + running requests)."""
-        return {"num_unfinished_requests": self.engine.num_unfinished_requests()}

@@ -9,17 +9,15 @@ from serve_app.engines.base import Engine
 from serve_app.http_api import GenerationBody
 from serve_app.model_service import ModelService
 from serve_app.protocol.errors import OpenAIError
+from serve_app.routing import ModelCatalog
 
 
 class InProcessBackend:
     def __init__(self, model_id: str, engine: Engine, tokenizer: Any) -> None:
-        self._model_id = model_id
+        self.catalog = ModelCatalog({model_id: "generate"}, {})
         self.service = ModelService(model_id, engine, tokenizer)
 
-    def model_ids(self) -> list[str]:
-        return [self._model_id]
-
-    async def model_info(self, model: str) -> dict[str, Any]:
+    async def model_info(self, model_id: str) -> dict[str, Any]:
         return self.service.model_info()
 
     async def generate(self, request: GenerationBody) -> bytes | OpenAIError:

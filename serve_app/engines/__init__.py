@@ -17,4 +17,6 @@ def create_engine(model: ModelConfig, model_path: Path, tokenizer: Any) -> Engin
         return ReplayEngine(tokenizer, model.replay.script, model.replay.max_model_len, model.replay.token_delay_s)
     from serve_app.engines.vllm_engine import VLLMEngine
 
-    return VLLMEngine(model_path, model.engine_args, served_model_name=model.id, reasoning_parser=model.reasoning_parser)
+    return VLLMEngine(
+        model_path, model.engine_args, served_model_name=model.id, reasoning_parser=model.reasoning_parser, task=model.task
+    )

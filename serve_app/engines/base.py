@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Literal
+from typing import Any, AsyncIterator, Literal, Protocol
 
 FinishReason = Literal["stop", "length"]
 
@@ -95,6 +95,25 @@ class Engine(ABC):
 
     async def shutdown(self) -> None:
         return None
+
+
+@dataclass(frozen=True)
+class EmbeddingShape:
+    size: int  # the model's own number of dimensions
+    # Matryoshka models give valid embeddings of fewer dimensions (OpenAI's `dimensions`); some list the sizes.
+    matryoshka: bool = False
+    allowed_dimensions: tuple[int, ...] | None = None
+
+
+class EmbeddingEngine(Protocol):
+    """An engine running an embedding (pooling) model: token ids in, one vector per prompt out."""
+
+    @property
+    def max_model_len(self) -> int: ...
+
+    def embedding_shape(self) -> EmbeddingShape: ...
+
+    async def embed(self, request_id: str, prompts: list[list[int]], dimensions: int | None) -> list[list[float]]: ...
 
 
 def token_bytes(text: str) -> list[int]:

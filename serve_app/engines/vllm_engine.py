@@ -6,13 +6,15 @@ which places its workers in the placement group the Serve replica was started in
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from serve_app.config import VLLMEngineArgs
+from serve_app.config import ModelTask, VLLMEngineArgs
 from serve_app.reasoning import VLLM_REASONING_PARSERS
 from serve_app.engines.base import (
+    EmbeddingShape,
     Engine,
     GenerationDelta,
     GenerationRequest,
@@ -25,10 +27,16 @@ from serve_app.engines.base import (
 
 class VLLMEngine(Engine):
     def __init__(
-        self, model_path: Path, args: VLLMEngineArgs, served_model_name: str, reasoning_parser: str | None = None
+        self,
+        model_path: Path,
+        args: VLLMEngineArgs,
+        served_model_name: str,
+        reasoning_parser: str | None = None,
+        task: ModelTask = "generate",
     ) -> None:
         self._model_path = model_path
         self._args = args
+        self._task = task
         self._served_model_name = served_model_name
         self._reasoning_parser = reasoning_parser
         self._llm: Any = None
@@ -53,6 +61,8 @@ class VLLMEngine(Engine):
         kwargs.update({k: v for k, v in optional.items() if v is not None})
         if args.world_size > 1:
             kwargs["distributed_executor_backend"] = "ray"
+        if self._task == "embed":
+            kwargs["runner"] = "pooling"
         if self._reasoning_parser is not None:  # JSON constraints then start after the reasoning ends
             kwargs["reasoning_parser"] = VLLM_REASONING_PARSERS[self._reasoning_parser]
         kwargs.update(args.extra)
@@ -96,6 +106,24 @@ class VLLMEngine(Engine):
                     index=choice.index,
                     logprobs=_token_logprobs(choice.token_ids, choice.logprobs, request.sampling.logprobs),
                 )
+
+    def embedding_shape(self) -> EmbeddingShape:
+        config = self._llm.model_config
+        allowed = config.matryoshka_dimensions
+        return EmbeddingShape(int(config.embedding_size), bool(config.is_matryoshka), tuple(allowed) if allowed else None)
+
+    async def embed(self, request_id: str, prompts: list[list[int]], dimensions: int | None) -> list[list[float]]:
+        from vllm import PoolingParams
+        from vllm.inputs import TokensPrompt
+
+        async def one(index: int, token_ids: list[int]) -> list[float]:
+            params = PoolingParams(task="embed", dimensions=dimensions)
+            async for output in self._llm.encode(TokensPrompt(prompt_token_ids=token_ids), params, f"{request_id}-{index}"):
+                if output.finished:
+                    return output.outputs.data.tolist()
+            raise RuntimeError("the engine finished without an embedding")
+
+        return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts))))
 
     async def check_health(self) -> None:
         await self._llm.check_health()

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from serve_app.autoscaling import ENGINE_QUEUE_METRIC
 from tests.integration.conftest import ALL_MODELS, REPLAY_MODEL, RunningApp, VLLM_MODEL
 from tests.openai_spec import assert_valid, reference_dir
 from tests.sse_client import parse_sse
@@ -349,16 +350,20 @@ def test_r4_8_client_disconnect_aborts_generation(running_app: RunningApp) -> No
     from ray import serve
 
     engine = serve.get_deployment_handle(f"LLMServer:{VLLM_MODEL}", app_name=running_app.app_name)
+
+    def queue_depth() -> float:
+        return engine.record_autoscaling_stats.remote().result()[ENGINE_QUEUE_METRIC]
+
     body = {"model": VLLM_MODEL, "stream": True, "max_tokens": 2000, "messages": [{"role": "user", "content": "Write a long essay."}]}
     with httpx.stream("POST", f"{running_app.base_url}/chat/completions", json=body, timeout=60) as response:
         lines = response.iter_lines()
         for _ in range(6):
             next(lines)
-        assert engine.engine_stats.remote().result()["num_unfinished_requests"] == 1
+        assert queue_depth() == 1
     deadline = time.monotonic() + 20
-    while engine.engine_stats.remote().result()["num_unfinished_requests"] and time.monotonic() < deadline:
+    while queue_depth() and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert engine.engine_stats.remote().result()["num_unfinished_requests"] == 0
+    assert queue_depth() == 0
 
 
 # --- R5: errors -----------------------------------------------------------------------------------
