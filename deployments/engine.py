@@ -80,4 +80,5 @@ class LLMServer:
         await self._engine.check_health()
 
     async def __del__(self) -> None:
-        await self._engine.shutdown()
+        if hasattr(self, "_engine"):  # not when scaled down (or deleted) while still starting
+            await self._engine.shutdown()

@@ -23,6 +23,7 @@ class PlannedEmbedding:
     request: EmbeddingRequest
     id: str
     prompts: list[list[int]]
+    dimensions: int | None  # None: the model's own size
 
 
 class Embeddings:
@@ -58,7 +59,8 @@ class Embeddings:
                     code="context_length_exceeded",
                 )
             prompts.append(ids)
-        return PlannedEmbedding(request, f"embd-{uuid.uuid4().hex}", prompts)
+        shorter = request.dimensions if request.dimensions != self.engine.embedding_shape().size else None
+        return PlannedEmbedding(request, f"embd-{uuid.uuid4().hex}", prompts, shorter)
 
     def _dimensions_error(self, dimensions: int | None) -> OpenAIError | None:
         shape = self.engine.embedding_shape()
@@ -78,7 +80,7 @@ class Embeddings:
 
     async def complete(self, planned: PlannedEmbedding) -> bytes | OpenAIError:
         try:
-            vectors = await self.engine.embed(planned.id, planned.prompts, planned.request.dimensions)
+            vectors = await self.engine.embed(planned.id, planned.prompts, planned.dimensions)
         except Exception as exc:
             return server_error(f"The engine failed while embedding: {exc}")
         encode = _base64 if planned.request.encoding_format == "base64" else list

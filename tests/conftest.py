@@ -23,6 +23,12 @@ def cuda_gpu_count() -> int:
         return 0
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """One Ray per process: the multi-node cluster tests start and stop theirs before the integration
+    tests start the session's (which lives until the end)."""
+    items.sort(key=lambda item: item.get_closest_marker("distributed") is None)
+
+
 @pytest.fixture(scope="session")
 def model_dir() -> Path:
     """The embedded default model, prepared once (shared with `make serve` through the cache)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 import yaml
@@ -19,6 +19,10 @@ REPLAY_MODEL = "smollm2-replay"
 THINK_MODEL = "replay-think"
 HARMONY_MODEL = "replay-harmony"
 ALL_MODELS = [VLLM_MODEL, REPLAY_MODEL, THINK_MODEL, HARMONY_MODEL]
+# all-MiniLM-L6-v2 on vLLM's pooling runner, as configs/multi-model.yaml serves it, with the same alias.
+EMBEDDING_MODEL = "all-minilm-l6-v2"
+EMBEDDING_ALIAS = "text-embedding-minilm"
+VLLM_ALIAS = "smollm2"
 THINK_SCRIPT = ROOT / "tests" / "fixtures" / "think_script.yaml"
 
 
@@ -32,6 +36,18 @@ def _harmony_script(directory: Path) -> Path:
     path = directory / "harmony_script.yaml"
     path.write_text(yaml.safe_dump({"token_delay_s": 0.002, "replies": replies}))
     return path
+
+
+def _shipped_embedding_model(on_gpu: bool) -> dict[str, Any]:
+    """The embedding model as the multi-model config ships it (but for its share of the CPUs and GPU)."""
+    document = yaml.safe_load((ROOT / "configs" / "multi-model.yaml").read_text())
+    (model,) = [m for m in document["applications"][0]["args"]["models"] if m["id"] == EMBEDDING_MODEL]
+    model["deployment"] |= {"num_cpus": 0.1}  # the session app's other models hold most of CI's 2 CPUs
+    if on_gpu:
+        model["engine_args"] |= {"gpu_memory_utilization": 0.1}
+        model["engine_args"].pop("kv_cache_space_gib", None)
+        model["deployment"] |= {"num_gpus": 0.1}
+    return model
 
 
 @dataclass(frozen=True)
@@ -60,6 +76,7 @@ def running_app(model_dir: object, tmp_path_factory: pytest.TempPathFactory) -> 
         "models": [
             {
                 "id": VLLM_MODEL,
+                "aliases": [VLLM_ALIAS],
                 "source": EMBEDDED_SOURCE,
                 "engine_args": engine_args,
                 "deployment": {"num_cpus": 1, "num_gpus": 0.5 if on_gpu else 0},
@@ -88,6 +105,7 @@ def running_app(model_dir: object, tmp_path_factory: pytest.TempPathFactory) -> 
                 "replay": {"script": str(_harmony_script(tmp_path_factory.mktemp("harmony")))},
                 "deployment": {"num_cpus": 0.1},
             },
+            _shipped_embedding_model(on_gpu),
         ],
         # Short enough for tests to see keep-alives and 413s without waiting or sending megabytes.
         "server": {"keep_alive_interval_s": 1.0, "max_request_body_bytes": 1_000_000},

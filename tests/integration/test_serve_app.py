@@ -9,7 +9,9 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from tests.integration.conftest import ALL_MODELS, REPLAY_MODEL, VLLM_MODEL, RunningApp
+from tests.integration.conftest import (
+    ALL_MODELS, EMBEDDING_ALIAS, EMBEDDING_MODEL, REPLAY_MODEL, VLLM_ALIAS, VLLM_MODEL, RunningApp,
+)
 from tests.openai_spec import assert_valid
 from tests.sse_client import parse_sse
 
@@ -46,16 +48,27 @@ def test_ingress_and_engines_are_separate_deployments(running_app: RunningApp) -
     from ray import serve
 
     deployments = serve.status().applications[running_app.app_name].deployments
-    assert set(deployments) == {"OpenAIIngress", "ToolParsing", "StructuredOutput"} | {f"LLMServer:{m}" for m in ALL_MODELS}
+    engines = {f"LLMServer:{m}" for m in [*ALL_MODELS, EMBEDDING_MODEL]}
+    assert set(deployments) == {"OpenAIIngress", "ToolParsing", "StructuredOutput"} | engines
     assert all(d.status.value == "HEALTHY" for d in deployments.values())
 
 
 def test_models_are_listed(client: OpenAI, http: httpx.Client) -> None:
     """R1.5."""
     body = http.get("/models").json()
-    assert {card.pop("max_model_len") for card in body["data"]} == {8192}
+    context = {card["id"]: card.pop("max_model_len") for card in body["data"]}
+    assert context == {name: 8192 for name in [*ALL_MODELS, VLLM_ALIAS]} | {EMBEDDING_MODEL: 256, EMBEDDING_ALIAS: 256}
     assert_valid(body, "ListModelsResponse")
-    assert sorted(m.id for m in client.models.list()) == sorted(ALL_MODELS)
+    assert sorted(m.id for m in client.models.list()) == sorted(context)
+
+
+def test_an_alias_is_answered_as_its_model(client: OpenAI) -> None:
+    """Several names, one engine deployment: the response names the model the alias stands for."""
+    assert client.models.retrieve(VLLM_ALIAS).id == VLLM_ALIAS
+    reply = client.chat.completions.create(model=VLLM_ALIAS, messages=QUESTION, max_tokens=3)
+    assert reply.model == VLLM_MODEL and reply.usage.completion_tokens == 3
+    chunks = list(client.chat.completions.create(model=VLLM_ALIAS, messages=QUESTION, max_tokens=3, stream=True))
+    assert {c.model for c in chunks} == {VLLM_MODEL}
 
 
 def test_real_model_answers_through_its_chat_template(client: OpenAI, http: httpx.Client, tokenizer: Any) -> None:

@@ -15,7 +15,9 @@ import httpx
 import pytest
 
 from serve_app.autoscaling import ENGINE_QUEUE_METRIC
-from tests.integration.conftest import ALL_MODELS, REPLAY_MODEL, RunningApp, VLLM_MODEL
+from tests.integration.conftest import (
+    ALL_MODELS, EMBEDDING_ALIAS, EMBEDDING_MODEL, REPLAY_MODEL, RunningApp, VLLM_MODEL,
+)
 from tests.openai_spec import assert_valid, reference_dir
 from tests.sse_client import parse_sse
 
@@ -80,12 +82,13 @@ def _completion_chunk_valid(chunk: dict[str, Any]) -> None:
 def test_r1_1_routes_answer_with_and_without_v1_and_doubled_slashes(root: httpx.Client, path: str) -> None:
     response = root.get(path)
     assert response.status_code == 200, response.text
-    assert {m["id"] for m in response.json()["data"]} == set(ALL_MODELS)
+    assert {m["id"] for m in response.json()["data"]} >= {*ALL_MODELS, EMBEDDING_MODEL}
 
 
-def test_r1_1_chat_and_completions_without_v1(root: httpx.Client) -> None:
+def test_r1_1_chat_completions_and_embeddings_without_v1(root: httpx.Client) -> None:
     assert root.post("/chat/completions", json={"model": REPLAY_MODEL, "messages": HI}).status_code == 200
     assert root.post("//v1//completions", json={"model": REPLAY_MODEL, "prompt": "hi"}).status_code == 200
+    assert root.post("/embeddings", json={"model": EMBEDDING_MODEL, "input": "hi"}).status_code == 200
 
 
 def test_r1_1_retrieve_one_model(http: httpx.Client) -> None:
@@ -135,7 +138,10 @@ def test_r1_5_models_list_and_every_id_is_accepted(http: httpx.Client) -> None:
         assert card.pop("max_model_len") > 0
     assert_valid(body, "ListModelsResponse")
     for card in body["data"]:
-        _chat(http, model=card["id"], messages=HI, max_tokens=2)
+        if card["id"] in (EMBEDDING_MODEL, EMBEDDING_ALIAS):  # served on /v1/embeddings
+            assert http.post("/embeddings", json={"model": card["id"], "input": "hi"}).status_code == 200
+        else:
+            _chat(http, model=card["id"], messages=HI, max_tokens=2)
     assert _error(http.post("/chat/completions", json={"model": "gpt-4o", "messages": HI}), 404)["code"] == "model_not_found"
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import pytest
+from ray.serve.config import AutoscalingConfig
 from ray.serve.schema import ServeDeploySchema
 
-from serve_app.builder import engine_deployment_options
-from serve_app.config import ConfigError, load_serve_config, parse_app_config
+from serve_app.builder import _serve_options, build_app, engine_deployment_options
+from serve_app.config import ConfigError, ModelConfig, load_serve_config, parse_app_config
 from tests.conftest import ROOT
 
 MINIMAL = {"models": [{"id": "m", "source": "org/model"}]}
@@ -47,18 +51,78 @@ def test_shipped_configs_are_valid_serve_configs(name: str) -> None:
     ServeDeploySchema.model_validate(document)
     for app in document["applications"]:
         assert app["import_path"] == "serve_app:build_app"
-        parse_app_config(app["args"])
+        build_app(parse_app_config(app["args"]))  # raises on anything the builder cannot wire
 
 
-def test_tensor_parallel_reserves_one_gpu_bundle_per_worker() -> None:
-    document = load_serve_config(ROOT / "configs" / "gpu-tp.yaml")
-    model = parse_app_config(document["applications"][0]["args"]).models[0]
+def _shipped_model(config: str, index: int = 0) -> ModelConfig:
+    return parse_app_config(load_serve_config(ROOT / "configs" / config)["applications"][0]["args"]).models[index]
+
+
+def test_tensor_parallel_reserves_one_gpu_bundle_per_worker_on_one_node() -> None:
+    model = _shipped_model("gpu-single-node.yaml")
     options = engine_deployment_options(model)
     assert model.engine_args.tensor_parallel_size == 2
     assert options["placement_group_bundles"] == [{"CPU": 1.0, "GPU": 1}, {"GPU": 1}]
+    assert options["placement_group_strategy"] == "STRICT_PACK"
     assert options["ray_actor_options"]["num_gpus"] == 0
+
+
+def test_multi_node_tensor_parallel_asks_for_its_accelerator_in_every_bundle() -> None:
+    options = engine_deployment_options(_shipped_model("gpu-multi-node-tp.yaml"))
+    gpu = {"GPU": 1, "accelerator_type:H100": 0.001}
+    assert options["placement_group_bundles"] == [{"CPU": 2.0} | gpu] + [gpu] * 7
+    assert options["placement_group_strategy"] == "PACK"
+    assert options["ray_actor_options"]["accelerator_type"] == "H100"
 
 
 def test_single_worker_engine_needs_no_placement_group() -> None:
     options = engine_deployment_options(parse_app_config(MINIMAL).models[0])
     assert "placement_group_bundles" not in options
+    assert options["num_replicas"] == 1 and "autoscaling_config" not in options
+
+
+def test_engines_autoscale_on_their_queue_the_others_on_ongoing_requests() -> None:
+    from serve_app.autoscaling import engine_queue_policy
+
+    model = _shipped_model("multi-model.yaml")
+    config = engine_deployment_options(model)["autoscaling_config"]
+    assert "num_replicas" not in engine_deployment_options(model)
+    assert config["policy"] == {"policy_function": "serve_app.autoscaling:engine_queue_policy"}
+    assert (config["min_replicas"], config["max_replicas"], config["target_ongoing_requests"]) == (1, 2, 16)
+    assert engine_queue_policy.__name__ in config["policy"]["policy_function"]
+    AutoscalingConfig.model_validate(config)  # Serve accepts it, policy import path included
+
+    server = parse_app_config(load_serve_config(ROOT / "configs" / "multi-model.yaml")["applications"][0]["args"]).server
+    ingress = _serve_options(server.ingress)["autoscaling_config"]
+    assert "policy" not in ingress and ingress["target_ongoing_requests"] == 256
+
+
+@pytest.mark.parametrize(
+    ("deployment", "message"),
+    [
+        ({"num_replicas": 2, "autoscaling": {}}, "either num_replicas or autoscaling"),
+        ({"autoscaling": {"min_replicas": 3, "max_replicas": 2}}, "min_replicas (3) is above max_replicas (2)"),
+        ({"autoscaling": {"min_replicas": 1, "max_replicas": 2, "initial_replicas": 5}}, "initial_replicas (5)"),
+        ({"placement_strategy": "SCATTER"}, "placement_strategy"),
+    ],
+)
+def test_bad_deployment_options_are_refused(deployment: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_app_config({"models": [{"id": "m", "source": "org/model", "deployment": deployment}]})
+
+
+def test_scale_to_zero_is_allowed() -> None:
+    options = parse_app_config({"models": [{"id": "m", "source": "o/m", "deployment": {"autoscaling": {"min_replicas": 0}}}]})
+    assert options.models[0].deployment.autoscaling.min_replicas == 0  # type: ignore[union-attr]
+
+
+def test_aliases_share_the_namespace_of_ids() -> None:
+    models = [{"id": "a", "source": "o/a", "aliases": ["fast"]}, {"id": "b", "source": "o/b", "aliases": ["a"]}]
+    with pytest.raises(ConfigError, match="ids and aliases must be unique; repeated: a"):
+        parse_app_config({"models": models})
+
+
+def test_embeddings_need_the_vllm_engine() -> None:
+    model = {"id": "e", "source": "o/e", "task": "embed", "engine": "replay", "replay": {"script": "s.yaml"}}
+    with pytest.raises(ConfigError, match="task 'embed' needs engine 'vllm'"):
+        parse_app_config({"models": [model]})

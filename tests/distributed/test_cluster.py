@@ -1,0 +1,222 @@
+"""Distributed serving on Ray's own multi-node test cluster (`ray.cluster_utils.Cluster`): a head with no
+GPUs and two simulated GPU nodes, each its own raylet with its own resources, all on this machine.
+
+The engine here is the replay engine (no GPU needed), which reserves the same placement group a
+tensor-parallel vLLM engine would, and reports its queue to the autoscaler the same way.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import socket
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import EMBEDDED_SOURCE
+from tests.sse_client import parse_sse
+
+pytestmark = pytest.mark.distributed
+
+APP = "openai"
+TOKEN_DELAY_S = 0.05
+SLOW_TEXT = " ".join(f"word{i}" for i in range(60))  # 170 tokens: 8.5 s
+QUICK_TEXT = "Hello from the cluster."
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(model_dir: Path) -> Iterator[str]:
+    """Head: CPUs only. gpu-h100 and gpu-l4: 2 (simulated) GPUs each, labelled with their accelerator type."""
+    import ray
+    from ray import serve
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "num_gpus": 0, "include_dashboard": False})
+    for accelerator in ("H100", "L4"):
+        cluster.add_node(num_cpus=2, num_gpus=2, resources={f"accelerator_type:{accelerator}": 1})
+    port = _free_port()
+    ray.init(address=cluster.address, namespace="agent-serve-distributed")
+    try:
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def slow_script(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("scripts") / "slow.yaml"
+    replies = [
+        {"when": {"last_message": "straggle"}, "text": SLOW_TEXT, "first_token_delay_s": 8},
+        # Long enough for new replicas to start (~10 s on a busy 2-core machine) while the burst runs.
+        {"when": {"last_message": "slow"}, "text": SLOW_TEXT, "first_token_delay_s": 12},
+        {"text": QUICK_TEXT},
+    ]
+    path.write_text(yaml.safe_dump({"token_delay_s": TOKEN_DELAY_S, "replies": replies}))
+    return path
+
+
+def _deploy(model: dict[str, Any], server: dict[str, Any] | None = None) -> None:
+    from ray import serve
+
+    from serve_app import build_app
+
+    serve.run(build_app({"models": [model], "server": server or {}}), name=APP, route_prefix="/")
+
+
+def _replay_model(script: Path, **fields: Any) -> dict[str, Any]:
+    return {"id": "replay", "source": EMBEDDED_SOURCE, "engine": "replay", "replay": {"script": str(script)}} | fields
+
+
+def _replicas(*states: str) -> int:
+    from ray import serve
+
+    deployment = serve.status().applications[APP].deployments["LLMServer:replay"]
+    return sum(deployment.replica_states.get(state, 0) for state in states)
+
+
+def _running_replicas() -> int:
+    return _replicas("RUNNING")
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def _engine_placement_groups() -> list[dict[str, Any]]:
+    """Placement groups holding GPU bundles, with the node each bundle landed on."""
+    import ray
+
+    groups = ray.util.placement_group_table().values()
+    return [g for g in groups if g["state"] == "CREATED" and any("GPU" in b for b in g["bundles"].values())]
+
+
+def _node_accelerators() -> dict[str, str]:
+    import ray
+
+    return {
+        node["NodeID"]: next((r.split(":", 1)[1] for r in node["Resources"] if r.startswith("accelerator_type:")), "none")
+        for node in ray.nodes()
+        if node["Alive"]
+    }
+
+
+def _chat(base_url: str, message: str) -> str:
+    """The streamed answer's text."""
+    body = {"model": "replay", "stream": True, "messages": [{"role": "user", "content": message}]}
+    response = httpx.post(f"{base_url}/chat/completions", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    return _content(parse_sse(response.content))
+
+
+def _content(chunks: list[Any]) -> str:
+    return "".join(
+        c["choices"][0]["delta"].get("content") or "" for c in chunks if isinstance(c, dict) and c.get("choices")
+    )
+
+
+@pytest.mark.parametrize(
+    ("world_size", "strategy", "accelerator", "expected_nodes"),
+    [
+        (2, "STRICT_SPREAD", None, {"H100", "L4"}),  # one worker per node, as asked
+        (4, "PACK", None, {"H100", "L4"}),  # 4 GPUs: no single node has them, so the group spans both
+        (2, "PACK", "L4", {"L4"}),  # packed onto one node of the requested accelerator type
+    ],
+)
+def test_engine_placement_group_spans_nodes_when_asked(
+    cluster: str, slow_script: Path, world_size: int, strategy: str, accelerator: str | None, expected_nodes: set[str]
+) -> None:
+    deployment = {"num_cpus": 0.5, "placement_strategy": strategy, "accelerator_type": accelerator}
+    _deploy(_replay_model(slow_script, engine_args={"tensor_parallel_size": world_size}, deployment=deployment))
+    try:
+        (group,) = _engine_placement_groups()
+        accelerators = _node_accelerators()
+        bundle_nodes = [accelerators[node] for node in group["bundles_to_node_id"].values()]
+        assert len(bundle_nodes) == world_size
+        assert set(bundle_nodes) == expected_nodes
+        assert group["strategy"] == strategy
+        assert _chat(cluster, "Hi") == QUICK_TEXT  # the replica in the group serves
+    finally:
+        from ray import serve
+
+        serve.delete(APP)
+        _wait_for(lambda: not _engine_placement_groups(), 60, "the placement group to be released")
+
+
+def test_engine_replicas_scale_with_queue_depth_and_back_when_idle(cluster: str, slow_script: Path) -> None:
+    """A burst of slow requests: the engine queue (reported by each replica) drives the replica count up;
+    idle, it comes back down, and a request still streaming while a replica is removed completes."""
+    autoscaling = {
+        "min_replicas": 1, "max_replicas": 3, "target": 2, "upscale_delay_s": 0.5, "downscale_delay_s": 2,
+        "metrics_interval_s": 0.5, "look_back_period_s": 1,
+    }
+    _deploy(_replay_model(slow_script, deployment={"num_cpus": 0.5, "autoscaling": autoscaling}))
+    try:
+        assert _running_replicas() == 1
+        peak = 0
+        with concurrent.futures.ThreadPoolExecutor(max_workers=9) as pool:
+            burst = [pool.submit(_chat, cluster, "slow") for _ in range(8)]
+            # 8 queued on one replica, target 2 per replica: the autoscaler asks for its maximum.
+            _wait_for(lambda: _replicas("STARTING", "UPDATING", "RUNNING") == 3, 30, "a scale-up decision")
+            while not all(f.done() for f in burst):
+                peak = max(peak, _running_replicas())
+                time.sleep(0.2)
+            # One more long request, still streaming when the idle replicas go away.
+            straggler = pool.submit(_chat, cluster, "straggle")
+            _wait_for(lambda: _running_replicas() == 1, 60, "the deployment to scale back down to 1 replica")
+            assert not straggler.done(), "the straggler finished before scale-down: the test proves nothing"
+            assert straggler.result() == SLOW_TEXT
+        assert peak >= 2, f"the new replicas never ran (peak {peak} running)"
+        assert all(future.result() == SLOW_TEXT for future in burst)
+    finally:
+        from ray import serve
+
+        serve.delete(APP)
+
+
+def test_scale_to_zero_holds_requests_and_keeps_the_stream_alive(cluster: str, slow_script: Path) -> None:
+    """min_replicas 0: the idle deployment goes to zero; a request then waits for a replica to start,
+    with the response headers and SSE keep-alives sent meanwhile (R4.1, R4.7), and completes."""
+    autoscaling = {
+        "min_replicas": 0, "max_replicas": 1, "target": 2, "downscale_delay_s": 1, "downscale_to_zero_delay_s": 1,
+        "metrics_interval_s": 0.5, "look_back_period_s": 1,
+    }
+    _deploy(
+        _replay_model(slow_script, deployment={"num_cpus": 0.5, "autoscaling": autoscaling}),
+        server={"keep_alive_interval_s": 0.2},
+    )
+    try:
+        _wait_for(lambda: _running_replicas() == 0, 60, "the deployment to scale to zero")
+        body = {"model": "replay", "stream": True, "messages": [{"role": "user", "content": "wake up"}]}
+        started = time.monotonic()
+        with httpx.stream("POST", f"{cluster}/chat/completions", json=body, timeout=120) as response:
+            assert response.status_code == 200
+            lines = list(response.iter_lines())
+        keep_alives = [line for line in lines if line.startswith(":")]
+        first_data = next(i for i, line in enumerate(lines) if line.startswith("data:"))
+        assert keep_alives and lines.index(keep_alives[0]) < first_data, "no keep-alive while the replica started"
+        chunks = [json.loads(line[5:]) for line in lines if line.startswith("data:") and line != "data: [DONE]"]
+        assert _content(chunks) == QUICK_TEXT
+        assert [line for line in lines if line.startswith("data:")][-1] == "data: [DONE]"
+        assert _running_replicas() == 1, f"scaled up from zero in {time.monotonic() - started:.1f} s"
+    finally:
+        from ray import serve
+
+        serve.delete(APP)
