@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 import pytest
 from ray.serve.config import AutoscalingConfig
@@ -52,6 +58,20 @@ def test_shipped_configs_are_valid_serve_configs(name: str) -> None:
     for app in document["applications"]:
         assert app["import_path"] == "serve_app:build_app"
         build_app(parse_app_config(app["args"]))  # raises on anything the builder cannot wire
+
+
+def test_serve_build_writes_a_deployable_config(tmp_path: Path) -> None:
+    """`serve build` needs an application object: `serve_app.app:app` is the config's application."""
+    output = tmp_path / "built.yaml"
+    env = os.environ | {"AGENT_SERVE_CONFIG": "configs/multi-model.yaml"}
+    subprocess.run([sys.executable, "-m", "ray.serve.scripts", "build", "serve_app.app:app", "-o", str(output)],
+                   cwd=ROOT, env=env, check=True, capture_output=True)
+    document = ServeDeploySchema.model_validate(yaml.safe_load(output.read_text()))
+    (app,) = document.applications
+    assert app.import_path == "serve_app.app:app"
+    assert {d.name for d in app.deployments} == {
+        "LLMServer:smollm2-135m-instruct", "LLMServer:all-minilm-l6-v2", "ToolParsing", "StructuredOutput", "OpenAIIngress"
+    }
 
 
 def _shipped_model(config: str, index: int = 0) -> ModelConfig:

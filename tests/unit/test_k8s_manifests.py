@@ -48,3 +48,20 @@ def test_embedded_serve_config_builds_the_application(path: Path) -> None:
     for app in serve_config["applications"]:
         assert app["import_path"] == "serve_app:build_app"
         build_app(parse_app_config(app["args"]))  # raises on anything the builder cannot wire
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_manifest_runs_a_shared_endpoint_the_way_a_team_needs(path: Path) -> None:
+    """Head without replicas, bounded autoscaling worker groups, Prometheus scraping, keys from a Secret."""
+    cluster = yaml.safe_load(path.read_text())["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    assert cluster["enableInTreeAutoscaling"] is True
+    pods = [head["template"]] + [group["template"] for group in cluster["workerGroupSpecs"]]
+    for group in cluster["workerGroupSpecs"]:
+        assert 1 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    for pod in pods:
+        assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+        (container,) = pod["spec"]["containers"]
+        keys = next(e for e in container["env"] if e["name"] == "AGENT_SERVE_API_KEYS")
+        assert keys["valueFrom"]["secretKeyRef"]["name"] == "agent-serve-api-keys"
