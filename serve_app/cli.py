@@ -137,14 +137,19 @@ def _print_banner(http_options: dict[str, Any], apps: dict[str, AppConfig], elap
     host = http_options["host"]
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{http_options['port']}/v1"
     app = next(iter(apps.values()))
-    model_ids = [m.id for app in apps.values() for m in app.models]
-    body = json.dumps({"model": model_ids[0], "messages": [{"role": "user", "content": "Say hello in one sentence."}]})
+    models = [m for config in apps.values() for m in config.models]
+    first = models[0]
+    if first.task == "embed":
+        path, body = "embeddings", {"model": first.id, "input": "Hello, world."}
+    else:
+        path, body = "chat/completions", {"model": first.id, "messages": [{"role": "user", "content": "Say hello in one sentence."}]}
     auth = " -H 'Authorization: Bearer <your key>'" if app.server.resolved_api_keys() else ""
+    names = [f"{m.id} ({', '.join(m.aliases)})" if m.aliases else m.id for m in models]
     _say(
         f"\nagent-serve is ready ({elapsed:.0f} s)\n"
         f"  base URL : {base}\n"
-        f"  model    : {', '.join(model_ids)}\n"
-        f"  try      : curl {base}/chat/completions -H 'Content-Type: application/json'{auth} -d {shlex.quote(body)}\n"
+        f"  model    : {', '.join(names)}\n"
+        f"  try      : curl {base}/{path} -H 'Content-Type: application/json'{auth} -d {shlex.quote(json.dumps(body))}\n"
         f"Press Ctrl-C to stop.\n"
     )
 

@@ -7,6 +7,17 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
+# Prompts of text completions and inputs of embeddings: a string, strings, token ids, or lists of them.
+TextOrTokens = str | list[str] | list[int] | list[list[int]]
+
+
+def one_per_input(given: TextOrTokens) -> list[str | list[int]]:
+    """One entry per input: text, or token ids (a flat list of ints is a single input)."""
+    if isinstance(given, str):
+        return [given]
+    if given and all(isinstance(i, int) for i in given):
+        return [given]  # type: ignore[list-item]
+    return list(given)  # type: ignore[arg-type]
 
 
 class StreamOptions(BaseModel):

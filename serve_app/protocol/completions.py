@@ -6,13 +6,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from serve_app.protocol.common import FinishReason, SamplingFields, Usage
-
-Prompt = str | list[str] | list[int] | list[list[int]]
+from serve_app.protocol.common import FinishReason, SamplingFields, TextOrTokens, Usage, one_per_input
 
 
 class CompletionRequest(SamplingFields):
-    prompt: Prompt
+    prompt: TextOrTokens
     max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for this endpoint
     echo: bool | None = False
     logprobs: int | None = Field(None, ge=0, le=20)
@@ -20,13 +18,7 @@ class CompletionRequest(SamplingFields):
     best_of: int | None = Field(None, ge=1)
 
     def prompts(self) -> list[str | list[int]]:
-        """One entry per prompt: text, or token ids."""
-        prompt = self.prompt
-        if isinstance(prompt, str):
-            return [prompt]
-        if prompt and all(isinstance(p, int) for p in prompt):
-            return [prompt]  # type: ignore[list-item]
-        return list(prompt)  # type: ignore[arg-type]
+        return one_per_input(self.prompt)
 
 
 class CompletionLogprobs(BaseModel):

@@ -6,9 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# A string, strings, token ids, or lists of token ids; OpenAI caps the list at 2048 entries.
-EmbeddingInput = str | list[str] | list[int] | list[list[int]]
-MAX_INPUTS = 2048
+from serve_app.protocol.common import TextOrTokens, one_per_input
+
+MAX_INPUTS = 2048  # OpenAI's cap on inputs per request
 
 
 class EmbeddingRequest(BaseModel):
@@ -16,20 +16,14 @@ class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str
-    input: EmbeddingInput
+    input: TextOrTokens
     # The official SDKs ask for base64 unless told otherwise (and decode it); the API's default is float.
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
     user: str | None = None
 
     def inputs(self) -> list[str | list[int]]:
-        """One entry per input: text, or token ids."""
-        given = self.input
-        if isinstance(given, str):
-            return [given]
-        if given and all(isinstance(i, int) for i in given):
-            return [given]  # type: ignore[list-item]
-        return list(given)  # type: ignore[arg-type]
+        return one_per_input(self.input)
 
 
 class Embedding(BaseModel):

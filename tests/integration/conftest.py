@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import httpx
 import pytest
 import yaml
+from openai import OpenAI
 
 from tests import harmony_fixtures as h
 from tests.conftest import EMBEDDED_SOURCE, REPLAY_SCRIPT, ROOT, cuda_gpu_count
@@ -119,3 +121,14 @@ def running_app(model_dir: object, tmp_path_factory: pytest.TempPathFactory) -> 
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def client(running_app: RunningApp) -> OpenAI:
+    """The official SDK, without retries (a retry would hide the first answer)."""
+    return OpenAI(base_url=running_app.base_url, api_key="unused-without-keys", max_retries=0, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def http(running_app: RunningApp) -> httpx.Client:
+    return httpx.Client(base_url=running_app.base_url, timeout=300)

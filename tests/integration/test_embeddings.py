@@ -22,16 +22,6 @@ PARAPHRASES = ("A man is playing a guitar.", "Someone is strumming a guitar.")
 UNRELATED = ("The stock market fell sharply today.", "How do I bake sourdough bread?")
 
 
-@pytest.fixture(scope="module")
-def client(running_app: RunningApp) -> OpenAI:
-    return OpenAI(base_url=running_app.base_url, api_key="unused", max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def http(running_app: RunningApp) -> httpx.Client:
-    return httpx.Client(base_url=running_app.base_url, timeout=120)
-
-
 def _cosine(a: list[float], b: list[float]) -> float:
     return sum(x * y for x, y in zip(a, b)) / (math.hypot(*a) * math.hypot(*b))
 

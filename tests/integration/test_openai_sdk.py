@@ -23,11 +23,6 @@ COUNT = [{"role": "user", "content": "count"}]
 COUNTED = "one two three four five six seven eight nine ten"
 
 
-@pytest.fixture(scope="module")
-def client(running_app: RunningApp) -> OpenAI:
-    return OpenAI(base_url=running_app.base_url, api_key="unused", max_retries=0, timeout=120)
-
-
 def test_sync_create_and_stream(client: OpenAI) -> None:
     reply = client.chat.completions.create(model=REPLAY_MODEL, messages=COUNT)
     assert reply.choices[0].message.content == COUNTED and reply.usage.completion_tokens == 10

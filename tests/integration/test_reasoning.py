@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import HARMONY_MODEL, REPLAY_MODEL, THINK_MODEL, VLLM_MODEL, RunningApp
+from tests.integration.conftest import HARMONY_MODEL, REPLAY_MODEL, THINK_MODEL, VLLM_MODEL
 from tests.openai_spec import assert_valid
 from tests.sse_client import parse_sse
 
@@ -18,11 +18,6 @@ WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "paramet
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 READ_TOOL = {"type": "function", "function": {"name": "read_file", "parameters": {
     "type": "object", "properties": {"path": {"type": "string"}}}}}
-
-
-@pytest.fixture(scope="module")
-def http(running_app: RunningApp) -> httpx.Client:
-    return httpx.Client(base_url=running_app.base_url, timeout=120)
 
 
 def _chat(http: httpx.Client, model: str, text: str, **body: Any) -> dict[str, Any]:

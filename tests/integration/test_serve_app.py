@@ -20,16 +20,6 @@ pytestmark = pytest.mark.integration
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-@pytest.fixture(scope="module")
-def client(running_app: RunningApp) -> OpenAI:
-    return OpenAI(base_url=running_app.base_url, api_key="not-needed", max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def http(running_app: RunningApp) -> httpx.Client:
-    return httpx.Client(base_url=running_app.base_url, timeout=120)
-
-
 def _raw_stream(http: httpx.Client, body: dict[str, Any]) -> list[dict[str, Any]]:
     response = http.post("/chat/completions", json={**body, "stream": True})
     assert response.status_code == 200, response.text

@@ -53,11 +53,6 @@ SCHEMAS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-@pytest.fixture(scope="module")
-def http(running_app: RunningApp) -> httpx.Client:
-    return httpx.Client(base_url=running_app.base_url, timeout=300)
-
-
 def _answer(http: httpx.Client, body: dict[str, Any], stream: bool) -> tuple[str, str]:
     """(content, finish_reason), every body and chunk validated against OpenAI's spec."""
     response = http.post("/chat/completions", json={**body, "stream": stream})

@@ -10,7 +10,7 @@ import httpx
 import jsonschema
 import pytest
 
-from tests.integration.conftest import REPLAY_MODEL, VLLM_MODEL, RunningApp
+from tests.integration.conftest import REPLAY_MODEL, VLLM_MODEL
 from tests.openai_spec import assert_valid
 from tests.sse_client import parse_sse
 
@@ -44,11 +44,6 @@ SCHEMAS: list[dict[str, Any]] = [
     {"type": "object", "properties": {"branch": {"type": "string"}, "force": {"type": "boolean"}, "remote": {"type": "string", "enum": ["origin", "upstream"]}}, "required": ["branch", "remote"]},
     {"type": "object", "properties": {}},
 ]
-
-
-@pytest.fixture(scope="module")
-def http(running_app: RunningApp) -> httpx.Client:
-    return httpx.Client(base_url=running_app.base_url, timeout=300)
 
 
 def _stream_calls(http: httpx.Client, body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:

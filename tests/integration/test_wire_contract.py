@@ -27,11 +27,6 @@ HI = [{"role": "user", "content": "Hi there"}]
 
 
 @pytest.fixture(scope="module")
-def http(running_app: RunningApp) -> httpx.Client:
-    return httpx.Client(base_url=running_app.base_url, timeout=120)
-
-
-@pytest.fixture(scope="module")
 def root(running_app: RunningApp) -> httpx.Client:
     return httpx.Client(base_url=running_app.base_url.removesuffix("/v1"), timeout=120)
 
