@@ -39,6 +39,10 @@ class OpenAIIngress:
         return create_http_app(self, self._server)
 
     async def model_info(self, model_id: str) -> dict[str, Any]:
+        if (length := self.catalog.context_lengths.get(model_id)) is not None:
+            return {"max_model_len": length}
+        if model_id in self.catalog.may_scale_to_zero:
+            return {}  # asking would start a replica and wait for it: listing must stay instant (R1.5)
         if model_id not in self._model_info:  # fixed for the life of the deployment: ask once
             self._model_info[model_id] = await self._engines[model_id].model_info.remote()
         return self._model_info[model_id]

@@ -1,18 +1,27 @@
-"""A ready `Application` for `serve build serve_app.app:app`, which needs an application object rather
-than a builder: the application of the Serve config named by `AGENT_SERVE_CONFIG` (default
-`configs/local.yaml`, relative to the working directory as `serve run` paths are), built on import.
+"""Built applications of the shipped configs, for `serve build`, which needs an application object
+rather than a builder with arguments: `serve_app.app:<config>` is the application of
+`configs/<config>.yaml` (dashes as underscores), e.g.
 
-    AGENT_SERVE_CONFIG=configs/multi-model.yaml serve build serve_app.app:app -o my-serve-config.yaml
+    serve build serve_app.app:multi_model -o my-serve-config.yaml   # then edit and `serve deploy` it
+
+The generated file names this import path; the cluster imports it the same way, from the project as
+installed there (`pip install -e`, as the images do, keeps configs/ next to the code).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from ray.serve import Application
 
 from serve_app.builder import build_app
 from serve_app.config import load_serve_config
 
-CONFIG = Path(os.environ.get("AGENT_SERVE_CONFIG", "configs/local.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
-app = build_app(load_serve_config(CONFIG)["applications"][0]["args"])
+
+def __getattr__(name: str) -> Application:
+    path = CONFIG_DIR / f"{name.replace('_', '-')}.yaml"
+    if name.startswith("__") or not path.is_file():
+        raise AttributeError(f"{__name__} has no application {name!r}: no config {path}")
+    return build_app(load_serve_config(path)["applications"][0]["args"])

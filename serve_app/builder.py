@@ -54,7 +54,11 @@ def _serve_options(options: DeploymentOptions, autoscaling_policy: str | None = 
     actor = {"num_cpus": options.num_cpus, "num_gpus": options.num_gpus}
     if options.accelerator_type is not None:
         actor["accelerator_type"] = options.accelerator_type
-    serve_options: dict[str, Any] = {"max_ongoing_requests": options.max_ongoing_requests, "ray_actor_options": actor}
+    serve_options: dict[str, Any] = {
+        "max_ongoing_requests": options.max_ongoing_requests,
+        "graceful_shutdown_timeout_s": options.graceful_shutdown_timeout_s,
+        "ray_actor_options": actor,
+    }
     scaling = options.autoscaling
     if scaling is None:
         return serve_options | {"num_replicas": options.num_replicas}

@@ -62,6 +62,9 @@ class DeploymentOptions(StrictModel):
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
     max_ongoing_requests: int = Field(64, ge=1)
+    graceful_shutdown_timeout_s: float = Field(
+        600.0, ge=0, description="A replica being removed finishes its requests for up to this long (long streams)."
+    )
     accelerator_type: str | None = Field(
         None, description="Ray accelerator type the replica (and its GPU bundles) must run on, e.g. H100, A10G."
     )
@@ -159,6 +162,11 @@ class ModelConfig(StrictModel):
     @property
     def names(self) -> list[str]:
         return [self.id, *self.aliases]
+
+    @property
+    def configured_context_length(self) -> int | None:
+        """The context window this config sets (None: the model's own, known once the engine has loaded it)."""
+        return self.replay.max_model_len if self.replay is not None else self.engine_args.max_model_len
 
     @model_validator(mode="after")
     def _replay_needs_script(self) -> ModelConfig:

@@ -6,7 +6,7 @@ straight to their model's engine deployment and pay for no extra hop.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from serve_app.config import ModelTask
@@ -25,11 +25,22 @@ class ModelCatalog:
     """The names clients may send as `model` (ids and aliases) and what each model serves."""
 
     tasks: dict[str, ModelTask]  # model id -> its task
-    aliases: dict[str, str]  # alias -> model id
+    aliases: dict[str, str] = field(default_factory=dict)  # alias -> model id
+    # Context windows the config states, so `/v1/models` need not ask an engine for them.
+    context_lengths: dict[str, int] = field(default_factory=dict)
+    # Models that may have no replica: never asked by `/v1/models`, which would start one and wait for it.
+    may_scale_to_zero: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, models: list[ModelConfig]) -> ModelCatalog:
-        return cls({m.id: m.task for m in models}, {alias: m.id for m in models for alias in m.aliases})
+        return cls(
+            tasks={m.id: m.task for m in models},
+            aliases={alias: m.id for m in models for alias in m.aliases},
+            context_lengths={m.id: length for m in models if (length := m.configured_context_length) is not None},
+            may_scale_to_zero=frozenset(
+                m.id for m in models if m.deployment.autoscaling and m.deployment.autoscaling.min_replicas == 0
+            ),
+        )
 
     def names(self) -> list[str]:
         """What `/v1/models` lists: every id, then every alias."""

@@ -74,12 +74,17 @@ class VLLMEngine(Engine):
         from vllm import AsyncEngineArgs
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
+        from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
         # vLLM picks scheduler defaults (batched tokens, sequences per step) by usage context: we serve the
         # OpenAI API, so we take the defaults `vllm serve` takes, and the same engine arguments mean the
         # same engine.
         args = AsyncEngineArgs(**self.engine_args())
-        self._llm = AsyncLLM.from_engine_args(args, usage_context=UsageContext.OPENAI_API_SERVER)
+        # vLLM's metrics (queue, KV cache use, token latencies) through Ray's metrics agent, which the
+        # cluster's Prometheus scrapes with Serve's (vLLM's own exporter would be a registry nobody serves).
+        self._llm = AsyncLLM.from_engine_args(
+            args, usage_context=UsageContext.OPENAI_API_SERVER, stat_loggers=[RayPrometheusStatLogger]
+        )
 
     @property
     def max_model_len(self) -> int:

@@ -61,14 +61,14 @@ def test_shipped_configs_are_valid_serve_configs(name: str) -> None:
 
 
 def test_serve_build_writes_a_deployable_config(tmp_path: Path) -> None:
-    """`serve build` needs an application object: `serve_app.app:app` is the config's application."""
+    """`serve build` needs an application object: `serve_app.app:<config>` is a shipped config's
+    application, importable from any working directory (as on the cluster, whose jobs start elsewhere)."""
     output = tmp_path / "built.yaml"
-    env = os.environ | {"AGENT_SERVE_CONFIG": "configs/multi-model.yaml"}
-    subprocess.run([sys.executable, "-m", "ray.serve.scripts", "build", "serve_app.app:app", "-o", str(output)],
-                   cwd=ROOT, env=env, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "ray.serve.scripts", "build", "serve_app.app:multi_model", "-o", str(output)],
+                   cwd=tmp_path, env=os.environ | {"PYTHONPATH": str(ROOT)}, check=True, capture_output=True)
     document = ServeDeploySchema.model_validate(yaml.safe_load(output.read_text()))
     (app,) = document.applications
-    assert app.import_path == "serve_app.app:app"
+    assert app.import_path == "serve_app.app:multi_model" and not app.args
     assert {d.name for d in app.deployments} == {
         "LLMServer:smollm2-135m-instruct", "LLMServer:all-minilm-l6-v2", "ToolParsing", "StructuredOutput", "OpenAIIngress"
     }
@@ -87,8 +87,8 @@ def test_tensor_parallel_reserves_one_gpu_bundle_per_worker_on_one_node() -> Non
     assert options["ray_actor_options"]["num_gpus"] == 0
 
 
-def test_multi_node_tensor_parallel_asks_for_its_accelerator_in_every_bundle() -> None:
-    options = engine_deployment_options(_shipped_model("gpu-multi-node-tp.yaml"))
+def test_multi_node_engine_asks_for_its_accelerator_in_every_bundle() -> None:
+    options = engine_deployment_options(_shipped_model("gpu-multi-node.yaml"))  # TP 4 x PP 2
     gpu = {"GPU": 1, "accelerator_type:H100": 0.001}
     assert options["placement_group_bundles"] == [{"CPU": 2.0} | gpu] + [gpu] * 7
     assert options["placement_group_strategy"] == "PACK"
