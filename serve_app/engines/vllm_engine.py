@@ -80,11 +80,10 @@ class VLLMEngine(Engine):
         # OpenAI API, so we take the defaults `vllm serve` takes, and the same engine arguments mean the
         # same engine.
         args = AsyncEngineArgs(**self.engine_args())
-        # vLLM's metrics (queue, KV cache use, token latencies) through Ray's metrics agent, which the
-        # cluster's Prometheus scrapes with Serve's (vLLM's own exporter would be a registry nobody serves).
-        self._llm = AsyncLLM.from_engine_args(
-            args, usage_context=UsageContext.OPENAI_API_SERVER, stat_loggers=[RayPrometheusStatLogger]
-        )
+        # Opt-in: vLLM's metrics (queue, KV cache use, token latencies) through Ray's metrics agent, which
+        # the cluster's Prometheus scrapes with Serve's. Recording them through Ray costs CPU per token.
+        loggers = [RayPrometheusStatLogger] if self._args.ray_metrics else None
+        self._llm = AsyncLLM.from_engine_args(args, usage_context=UsageContext.OPENAI_API_SERVER, stat_loggers=loggers)
 
     @property
     def max_model_len(self) -> int:
