@@ -9,10 +9,10 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import ServerOptions
-from serve_app.routing import ModelCatalog, needs_structured_output, needs_tool_parsing
 from serve_app.http_api import GenerationBody, create_http_app
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.errors import OpenAIError
+from serve_app.routing import ModelCatalog, needs_structured_output, needs_tool_parsing
 
 
 @serve.deployment

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from serve_app.engines.base import EmbeddingEngine
+from serve_app.engines.base import EmbeddingEngine, EmbeddingShape
 from serve_app.protocol.embeddings import MAX_INPUTS, Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from serve_app.protocol.errors import OpenAIError, invalid_request, server_error
 
@@ -33,19 +33,20 @@ class Embeddings:
         self.tokenizer = tokenizer
 
     def plan(self, request: EmbeddingRequest) -> PlannedEmbedding | OpenAIError:
-        if (error := self._dimensions_error(request.dimensions)) is not None:
+        shape = self.engine.embedding_shape()
+        if (error := self._dimensions_error(shape, request.dimensions)) is not None:
             return error
         inputs = request.inputs()
         if not inputs:
             return invalid_request("input must not be empty.", param="input")
         if len(inputs) > MAX_INPUTS:
             return invalid_request(f"input has {len(inputs)} entries; at most {MAX_INPUTS} are allowed.", param="input")
-        limit = self.engine.max_model_len
+        limit, vocabulary = self.engine.max_model_len, len(self.tokenizer)
         prompts = []
         for i, given in enumerate(inputs):
             if isinstance(given, str):
                 ids: list[int] = self.tokenizer.encode(given) if given else []  # with the model's [CLS]/[SEP]
-            elif any(not 0 <= t < len(self.tokenizer) for t in given):
+            elif any(not 0 <= t < vocabulary for t in given):
                 return invalid_request(f"input {i} has token ids outside the vocabulary.", param="input")
             else:
                 ids = list(given)
@@ -59,11 +60,10 @@ class Embeddings:
                     code="context_length_exceeded",
                 )
             prompts.append(ids)
-        shorter = request.dimensions if request.dimensions != self.engine.embedding_shape().size else None
+        shorter = request.dimensions if request.dimensions != shape.size else None
         return PlannedEmbedding(request, f"embd-{uuid.uuid4().hex}", prompts, shorter)
 
-    def _dimensions_error(self, dimensions: int | None) -> OpenAIError | None:
-        shape = self.engine.embedding_shape()
+    def _dimensions_error(self, shape: EmbeddingShape, dimensions: int | None) -> OpenAIError | None:
         if dimensions is None or dimensions == shape.size:
             return None
         if not shape.matryoshka:
