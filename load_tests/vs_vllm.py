@@ -109,6 +109,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, float]:
         "ttft_p50": statistics.median(r["median_ttft_ms"] for r in runs),
         "ttft_p99": statistics.median(r["p99_ttft_ms"] for r in runs),
         "itl_p50": statistics.median(r["median_itl_ms"] for r in runs),
+        "output_tokens": sum(r["total_output_tokens"] for r in runs),
         "errors": sum(r["failed"] for r in runs),
     }
 
@@ -117,7 +118,7 @@ def report(results: dict[str, dict[int, dict[str, dict[str, float]]]]) -> None:
     for workload, by_concurrency in results.items():
         print(f"\n=== {workload}: ours vs bare vLLM (same model and engine arguments, median of rounds) ===")
         print(f"  {'conc':>4} {'thrpt ratio':>11} {'TTFT p50 bare/ours':>19} {'Δp50':>8} {'Δp99':>8} "
-              f"{'ITL p50 bare/ours':>18} {'ΔITL':>7} {'errors b/o':>10}")
+              f"{'ITL p50 bare/ours':>18} {'ΔITL':>7} {'errors b/o':>10} {'tokens b/o':>13}")
         for concurrency, pair in by_concurrency.items():
             bare, ours = pair["bare"], pair["ours"]
             ratio = ours["throughput"] / bare["throughput"] if bare["throughput"] else float("nan")
@@ -129,9 +130,12 @@ def report(results: dict[str, dict[int, dict[str, dict[str, float]]]]) -> None:
                 checks.append("TTFT " + ("ok" if d50 <= BUDGET["ttft_p50_delta_ms_c1"] else "OVER"))
             checks.append("ITL " + ("ok" if ditl <= BUDGET["itl_p50_delta_ms"] else "OVER"))
             checks.append("errors " + ("ok" if bare["errors"] + ours["errors"] == 0 else "SOME"))
+            # Throughput compares like with like only when both generated the same tokens.
+            checks.append("same work " + ("ok" if bare["output_tokens"] == ours["output_tokens"] else "NO"))
             print(f"  {concurrency:>4} {ratio:>11.3f} {bare['ttft_p50']:>8.1f}/{ours['ttft_p50']:>7.1f} ms {d50:>+6.1f}ms "
                   f"{d99:>+6.1f}ms {bare['itl_p50']:>7.2f}/{ours['itl_p50']:>6.2f} ms {ditl:>+5.2f}ms "
-                  f"{int(bare['errors']):>4}/{int(ours['errors']):<4}  [{', '.join(checks)}]")
+                  f"{int(bare['errors']):>4}/{int(ours['errors']):<4} {int(bare['output_tokens']):>6}/{int(ours['output_tokens']):<6} "
+                  f"[{', '.join(checks)}]")
     print(f"\n  budget: throughput ratio >= {BUDGET['throughput_ratio_min']} at 8 and 32, TTFT p50 delta <= "
           f"{BUDGET['ttft_p50_delta_ms_c1']} ms at 1, ITL p50 delta <= {BUDGET['itl_p50_delta_ms']} ms, zero errors")
 
@@ -179,7 +183,10 @@ def main() -> None:
         serve.shutdown()
         ray.shutdown()
         os.killpg(bare.pid, signal.SIGTERM)
-        bare.wait(timeout=60)
+        try:
+            bare.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # a busy-polling EngineCore left behind would skew the next run
+            os.killpg(bare.pid, signal.SIGKILL)
 
 
 if __name__ == "__main__":

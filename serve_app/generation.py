@@ -41,8 +41,14 @@ def sampling_options(
         if not -100 <= bias <= 100:
             return invalid_request(f"logit_bias value {bias} for token {key} is outside [-100, 100].", param="logit_bias")
         logit_bias[int(key)] = float(bias)
+    max_tokens = min(cap or room, room)  # R2.4: a cap beyond the context is clamped, not refused
+    if (fields.min_tokens or 0) > max_tokens:
+        return invalid_request(
+            f"min_tokens ({fields.min_tokens}) is more than the {max_tokens} tokens this request may generate.",
+            param="min_tokens",
+        )
     return SamplingOptions(
-        max_tokens=min(cap or room, room),  # R2.4: a cap beyond the context is clamped, not refused
+        max_tokens=max_tokens,
         n=fields.n or 1,
         temperature=fields.temperature,
         top_p=fields.top_p,
@@ -51,6 +57,11 @@ def sampling_options(
         presence_penalty=fields.presence_penalty or 0.0,
         frequency_penalty=fields.frequency_penalty or 0.0,
         logit_bias=logit_bias,
+        top_k=fields.top_k,
+        min_p=fields.min_p,
+        repetition_penalty=fields.repetition_penalty,
+        min_tokens=fields.min_tokens or 0,
+        ignore_eos=bool(fields.ignore_eos),
         logprobs=logprobs,
     )
 

@@ -26,6 +26,7 @@ from serve_app import sse
 from serve_app.config import ModelTask, ServerOptions
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.completions import CompletionRequest
+from serve_app.protocol.common import VLLM_SAMPLING_EXTENSIONS
 from serve_app.protocol.embeddings import EmbeddingRequest
 from serve_app.protocol.errors import OpenAIError, invalid_request, model_not_found
 from serve_app.routing import ModelCatalog
@@ -121,9 +122,10 @@ def create_http_app(backend: ModelBackend, options: ServerOptions) -> FastAPI:
         model_id = catalog.resolve(body.model, task)
         if isinstance(model_id, OpenAIError):
             return error_response(model_id)
-        if unknown := sorted(body.model_extra or {}):
-            if options.strict_request_fields:
-                return error_response(invalid_request(f"Unrecognized request argument: {unknown[0]}", param=unknown[0]))
+        unknown = sorted(body.model_extra or {})
+        if options.strict_request_fields and (not_openai := unknown + sorted(VLLM_SAMPLING_EXTENSIONS & body.model_fields_set)):
+            return error_response(invalid_request(f"Unrecognized request argument: {not_openai[0]}", param=not_openai[0]))
+        if unknown:
             logger.info("ignoring unknown request fields: %s", ", ".join(unknown))
         # An alias is answered as the model it stands for (as OpenAI answers `gpt-4o` with its dated id).
         body = body if body.model == model_id else body.model_copy(update={"model": model_id})

@@ -24,6 +24,11 @@ class SamplingOptions:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[int, float] = field(default_factory=dict)
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    min_tokens: int = 0
+    ignore_eos: bool = False
     # How many alternatives to report per generated token; None = no logprobs at all.
     logprobs: int | None = None
     # Constrained decoding: the output must be JSON valid against this schema, or follow this

@@ -141,7 +141,13 @@ def _sampling_params(sampling: SamplingOptions) -> Any:
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
-    optional: dict[str, Any] = {"temperature": sampling.temperature, "top_p": sampling.top_p}
+    optional: dict[str, Any] = {
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "top_k": sampling.top_k,
+        "min_p": sampling.min_p,
+        "repetition_penalty": sampling.repetition_penalty,
+    }
     if sampling.json_schema is not None:
         optional["structured_outputs"] = StructuredOutputsParams(json=sampling.json_schema)
     elif sampling.structural_tag is not None:
@@ -155,6 +161,8 @@ def _sampling_params(sampling: SamplingOptions) -> Any:
         frequency_penalty=sampling.frequency_penalty,
         logit_bias=sampling.logit_bias or None,
         logprobs=sampling.logprobs,
+        min_tokens=sampling.min_tokens,
+        ignore_eos=sampling.ignore_eos,
         skip_special_tokens=sampling.skip_special_tokens,
         output_kind=RequestOutputKind.DELTA,
         **{k: v for k, v in optional.items() if v is not None},

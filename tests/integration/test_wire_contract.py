@@ -261,6 +261,23 @@ def test_r2_sampling_logit_bias_steers_the_model(http: httpx.Client, tokenizer: 
     assert error["param"] == "logit_bias"
 
 
+def test_r2_sampling_vllm_extensions_change_the_generation_as_in_vllm(http: httpx.Client) -> None:
+    """R2.1 vendor fields: vLLM's sampling extensions are honoured, not dropped, so tools written for vLLM's
+    server (its benchmark sends `ignore_eos`) get the same generation; out of range is a 400 naming them."""
+    greedy = {"model": VLLM_MODEL, "messages": HI, "temperature": 0, "max_tokens": 48}
+    natural = _chat(http, **greedy)
+    assert natural["choices"][0]["finish_reason"] == "stop" and natural["usage"]["completion_tokens"] < 48
+    past_eos = _chat(http, **greedy, ignore_eos=True)
+    assert past_eos["usage"]["completion_tokens"] == 48 and past_eos["choices"][0]["finish_reason"] == "length"
+    at_least = _chat(http, **greedy, min_tokens=natural["usage"]["completion_tokens"] + 5)
+    assert at_least["usage"]["completion_tokens"] >= natural["usage"]["completion_tokens"] + 5
+    single_choice = _chat(http, model=VLLM_MODEL, messages=HI, max_tokens=12, temperature=2, top_k=1, seed=1)
+    assert single_choice["choices"][0]["message"]["content"] == _chat(http, **{**greedy, "max_tokens": 12})["choices"][0]["message"]["content"]
+    for field, value in (("top_k", -2), ("min_p", 1.5), ("repetition_penalty", 0), ("min_tokens", 49)):
+        error = _error(http.post("/chat/completions", json={**greedy, field: value}), 400)
+        assert error["param"] == field, error
+
+
 def test_r2_sampling_logprobs_have_openais_shape(http: httpx.Client) -> None:
     body = _chat(http, model=VLLM_MODEL, messages=HI, max_tokens=6, logprobs=True, top_logprobs=3)
     content = body["choices"][0]["logprobs"]["content"]

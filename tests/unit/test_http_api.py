@@ -106,6 +106,8 @@ def test_strict_mode_rejects_unknown_fields_naming_them(tokenizer: Any) -> None:
     strict = TestClient(create_http_app(backend, ServerOptions(strict_request_fields=True)))
     error = _assert_error(strict.post("/v1/chat/completions", json={**HELLO, "top_k": 5}), 400)
     assert error["param"] == "top_k" and "top_k" in error["message"]
+    error = _assert_error(strict.post("/v1/chat/completions", json={**HELLO, "vendor_knob": 1}), 400)
+    assert error["param"] == "vendor_knob"
     assert strict.post("/v1/chat/completions", json={**HELLO, "store": True, "metadata": {}}).status_code == 200
 
 
