@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.handles import by_value
 from serve_app.config import ServerOptions
 from serve_app.http_api import GenerationBody, create_http_app
 from serve_app.protocol.chat import ChatCompletionRequest
@@ -30,9 +31,9 @@ class OpenAIIngress:
     ) -> None:
         self._server = server
         self.catalog = catalog
-        self._engines = engines
-        self._tool_parsing = tool_parsing
-        self._structured_output = structured_output
+        self._engines = {model_id: by_value(handle) for model_id, handle in engines.items()}
+        self._tool_parsing = by_value(tool_parsing)
+        self._structured_output = by_value(structured_output)
         self._model_info: dict[str, dict[str, Any]] = {}
 
     def __serve_build_asgi_app__(self) -> FastAPI:

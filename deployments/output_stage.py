@@ -8,6 +8,7 @@ from typing import AsyncGenerator, AsyncIterator
 
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
+from deployments.handles import by_value
 from serve_app.chat_completions import ChatMeta, render_complete, render_stream
 from serve_app.engines.base import GenerationDelta
 from serve_app.protocol.chat import ChatCompletionRequest
@@ -18,7 +19,7 @@ from serve_app.structured_output import ResponseConstraint
 
 class OutputStage:
     def __init__(self, engines: dict[str, DeploymentHandle], stream_batch_interval_s: float) -> None:
-        self._engines = engines
+        self._engines = {model_id: by_value(handle) for model_id, handle in engines.items()}
         self._batch_interval_s = stream_batch_interval_s
 
     def constraint(self, request: ChatCompletionRequest) -> ResponseConstraint | None | OpenAIError:

@@ -60,7 +60,6 @@ def error_response(error: OpenAIError) -> Response:
 def create_http_app(backend: ModelBackend, options: ServerOptions) -> FastAPI:
     app = FastAPI(title="agent-serve: OpenAI-compatible API", docs_url=None, redoc_url=None)
     started = int(time.time())
-    accepted_keys = [key.encode() for key in options.resolved_api_keys()]
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_body(_: Request, exc: RequestValidationError) -> Response:
@@ -83,21 +82,6 @@ def create_http_app(backend: ModelBackend, options: ServerOptions) -> FastAPI:
         retryable = type(exc).__module__.startswith("ray")
         status, kind = (503, "service_unavailable") if retryable else (500, "server_error")
         return error_response(OpenAIError(status, f"{type(exc).__name__}: {exc}", kind, None, kind))
-
-    @app.middleware("http")
-    async def _authorize(request: Request, call_next):  # type: ignore[no-untyped-def]
-        if accepted_keys and request.method != "OPTIONS":
-            scheme, _, key = request.headers.get("authorization", "").partition(" ")
-            # Compare against every key in constant time, so timing tells nothing about which almost matched.
-            valid = scheme.lower() == "bearer" and any(
-                [secrets.compare_digest(key.strip().encode(), accepted) for accepted in accepted_keys]
-            )
-            if not valid:
-                return error_response(
-                    OpenAIError(401, "Incorrect or missing API key: send `Authorization: Bearer <key>`.",
-                                "invalid_request_error", None, "invalid_api_key")
-                )
-        return await call_next(request)
 
     catalog = backend.catalog
 
@@ -146,6 +130,9 @@ def create_http_app(backend: ModelBackend, options: ServerOptions) -> FastAPI:
     async def embeddings(body: EmbeddingRequest) -> Response:
         return await serve(body, "embed")
 
+    # Pure ASGI middlewares: Starlette's `@app.middleware("http")` would relay every streamed chunk through
+    # an extra task and memory stream.
+    app.add_middleware(_Authorize, accepted_keys=[key.encode() for key in options.resolved_api_keys()])
     app.add_middleware(
         CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"], expose_headers=["x-request-id"]
     )
@@ -269,6 +256,27 @@ class _CanonicalRequest:
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": error.body()})
+
+
+class _Authorize:
+    """R1.2: with keys configured, every request but a CORS preflight needs `Authorization: Bearer <key>`."""
+
+    def __init__(self, app: ASGIApp, accepted_keys: list[bytes]) -> None:
+        self.app = app
+        self.accepted_keys = accepted_keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.accepted_keys or scope["method"] == "OPTIONS":
+            return await self.app(scope, receive, send)
+        header = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+        scheme, _, key = header.partition(b" ")
+        # Compare against every key in constant time, so timing tells nothing about which almost matched.
+        matches = [secrets.compare_digest(key.strip(), accepted) for accepted in self.accepted_keys]
+        if scheme.lower() == b"bearer" and any(matches):
+            return await self.app(scope, receive, send)
+        error = OpenAIError(401, "Incorrect or missing API key: send `Authorization: Bearer <key>`.",
+                            "invalid_request_error", None, "invalid_api_key")
+        await error_response(error)(scope, receive, send)
 
 
 class _BodyTooLarge(Exception):

@@ -93,6 +93,13 @@ def test_api_keys_are_enforced_when_configured(tokenizer: Any) -> None:
     _assert_error(client.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401, "invalid_api_key")
     for key in ("key-one", "key-two"):
         assert client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    assert client.get("/v1/models", headers={"Authorization": "bearer  key-two "}).status_code == 200
+    # R1.3: a browser's preflight carries no key and must pass; the 401 itself carries CORS headers.
+    preflight = client.options("/v1/chat/completions", headers={
+        "Origin": "vscode-webview://x", "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"})
+    assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == "*"
+    denied = client.post("/v1/chat/completions", json=HELLO, headers={"Origin": "vscode-webview://x"})
+    assert denied.status_code == 401 and denied.headers["access-control-allow-origin"] == "*"
 
 
 def test_without_keys_any_authorization_is_accepted(client: TestClient) -> None:
