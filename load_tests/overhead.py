@@ -78,7 +78,9 @@ async def in_process_ttft(model_dir: Path, runs: int) -> list[float]:
 def handle_ttft(runs: int) -> list[float]:
     from ray import serve
 
-    engine = serve.get_deployment_handle(f"LLMServer:{MODEL}", app_name="bench")
+    from deployments.handles import by_value
+
+    engine = by_value(serve.get_deployment_handle(f"LLMServer:{MODEL}", app_name="bench"))  # as the ingress calls it
 
     async def run() -> list[float]:
         return await _first_token_ms(lambda: engine.generate_stream.options(stream=True).remote(REQUEST), runs)
