@@ -25,13 +25,21 @@ class StreamOptions(BaseModel):
     include_usage: bool | None = None
 
 
-# vLLM's sampling extensions, honoured as vLLM's own server does (fields of `SamplingFields`): clients and
-# tools written for it (its benchmark sends `ignore_eos`) get the same generation here. Not OpenAI's, so
-# strict mode refuses them like any other vendor field.
-VLLM_SAMPLING_EXTENSIONS = frozenset({"top_k", "min_p", "repetition_penalty", "min_tokens", "ignore_eos"})
+class VLLMSamplingExtensions(BaseModel):
+    """vLLM's sampling extensions, honoured as vLLM's own server does: clients and tools written for it (its
+    benchmark sends `ignore_eos`) get the same generation here. Not OpenAI's, so strict mode refuses them."""
+
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0, allow_inf_nan=False)
+    min_tokens: int | None = Field(None, ge=0)
+    ignore_eos: bool | None = None
 
 
-class SamplingFields(BaseModel):
+VLLM_SAMPLING_EXTENSIONS = frozenset(VLLMSamplingExtensions.model_fields)
+
+
+class SamplingFields(VLLMSamplingExtensions):
     """Request fields that chat and text completions share, with OpenAI's ranges."""
 
     # OpenAI adds request fields often; unknown ones are accepted and logged (or refused in strict mode).
@@ -50,12 +58,6 @@ class SamplingFields(BaseModel):
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
     user: str | None = None
-    # VLLM_SAMPLING_EXTENSIONS
-    top_k: int | None = Field(None, ge=-1)
-    min_p: float | None = Field(None, ge=0, le=1)
-    repetition_penalty: float | None = Field(None, gt=0, allow_inf_nan=False)
-    min_tokens: int | None = Field(None, ge=0)
-    ignore_eos: bool | None = None
 
     @property
     def include_usage(self) -> bool:
