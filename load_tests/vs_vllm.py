@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from serve_app.config import ModelConfig, load_serve_config, parse_app_config  # noqa: E402
 from serve_app.model_source import prepare_model  # noqa: E402
+from serve_app.ray_settings import CONTROLLER_OPTIONS  # noqa: E402
 
 CONCURRENCY_PROMPTS = {1: 16, 8: 48, 32: 96}
 TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city.", "parameters": {
@@ -162,7 +163,7 @@ def main() -> None:
     bare = subprocess.Popen(command, env=env, start_new_session=True)
     ray.init(namespace="agent-serve-vs-vllm", log_to_driver=False)
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": our_port})
+        serve.start(http_options={"host": "127.0.0.1", "port": our_port}, controller_options=CONTROLLER_OPTIONS)
         serve.run(build_app({**app_args, "models": [app_args["models"][0]]}), name="ours", route_prefix="/")
         targets = {"bare": f"http://127.0.0.1:{bare_port}", "ours": f"http://127.0.0.1:{our_port}"}
         _wait_ready(targets["bare"], bare)

@@ -8,6 +8,7 @@ from ray.serve import Application
 
 from serve_app.autoscaling import engine_queue_policy
 from serve_app.config import AppConfig, DeploymentOptions, ModelConfig, parse_app_config
+from serve_app.ray_settings import REPLICA_ENV_VARS
 from serve_app.routing import ModelCatalog
 
 ENGINE_QUEUE_POLICY = f"{engine_queue_policy.__module__}:{engine_queue_policy.__name__}"
@@ -51,7 +52,11 @@ def engine_deployment_options(model: ModelConfig) -> dict[str, Any]:
 
 def _serve_options(options: DeploymentOptions, autoscaling_policy: str | None = None) -> dict[str, Any]:
     """Serve's options for a deployment; `autoscaling_policy` replaces Serve's count of ongoing requests."""
-    actor = {"num_cpus": options.num_cpus, "num_gpus": options.num_gpus}
+    actor: dict[str, Any] = {
+        "num_cpus": options.num_cpus,
+        "num_gpus": options.num_gpus,
+        "runtime_env": {"env_vars": REPLICA_ENV_VARS},  # Serve merges these with the application's
+    }
     if options.accelerator_type is not None:
         actor["accelerator_type"] = options.accelerator_type
     serve_options: dict[str, Any] = {

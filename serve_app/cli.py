@@ -19,6 +19,7 @@ from typing import Any
 
 from serve_app.config import AppConfig, ConfigError, load_serve_config, parse_app_config
 from serve_app.model_source import ModelSourceError, prepare_model
+from serve_app.ray_settings import CONTROLLER_OPTIONS
 
 BUILDER_IMPORT_PATH = "serve_app:build_app"
 
@@ -76,7 +77,11 @@ def _serve(document: dict[str, Any], apps: dict[str, AppConfig]) -> int:
     _say("starting Ray ...")
     ray.init(namespace="serve")
     http_options = {"host": "127.0.0.1", "port": 8000, **(document.get("http_options") or {})}
-    serve.start(http_options=http_options, proxy_location=document.get("proxy_location", "HeadOnly"))
+    serve.start(
+        http_options=http_options,
+        proxy_location=document.get("proxy_location", "HeadOnly"),
+        controller_options=document.get("controller_options") or CONTROLLER_OPTIONS,
+    )
     failures: list[BaseException] = []
     deploying = []
     for app_doc in document["applications"]:

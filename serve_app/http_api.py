@@ -8,12 +8,11 @@ streams alive while the engine is silent.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import secrets
 import time
-from typing import Any, AsyncGenerator, Awaitable, Protocol
+from typing import Any, AsyncGenerator, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,6 +29,7 @@ from serve_app.protocol.common import VLLM_SAMPLING_EXTENSIONS
 from serve_app.protocol.embeddings import EmbeddingRequest
 from serve_app.protocol.errors import OpenAIError, invalid_request, model_not_found
 from serve_app.routing import ModelCatalog
+from serve_app.streaming import marking_silences
 
 logger = logging.getLogger("agent_serve.http")
 
@@ -143,56 +143,32 @@ def create_http_app(backend: ModelBackend, options: ServerOptions) -> FastAPI:
 
 async def _stream_response(frames: AsyncGenerator[bytes | OpenAIError, None], keep_alive_s: float) -> Response:
     """Wait for the first item to pick the status; if the engine is slow to start, commit to a stream."""
-    first: asyncio.Future[bytes | OpenAIError] = asyncio.ensure_future(anext(frames))
-    done, _ = await asyncio.wait({first}, timeout=keep_alive_s)
-    if done:
-        item = first.result()
-        if isinstance(item, OpenAIError):
-            await frames.aclose()
-            return error_response(item)
-    # Otherwise queued behind other requests: headers and keep-alives go out now (R4.1, R4.7) and a later
-    # error becomes an error event (R4.8).
+    items = marking_silences(frames, keep_alive_s)
+    first = await anext(items)
+    if isinstance(first, OpenAIError):
+        await items.aclose()
+        return error_response(first)
+    # A silence first means queued behind other requests: headers and keep-alives go out now (R4.1, R4.7)
+    # and a later error becomes an error event (R4.8).
     return StreamingResponse(
-        _keep_alive(_chain(first, frames), keep_alive_s),
-        media_type="text/event-stream",
-        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        _sse(first, items), media_type="text/event-stream", headers={"cache-control": "no-cache", "x-accel-buffering": "no"}
     )
 
 
-async def _chain(
-    first: Awaitable[bytes | OpenAIError], rest: AsyncGenerator[bytes | OpenAIError, None]
-) -> AsyncGenerator[bytes | OpenAIError, None]:
+async def _sse(first: bytes | OpenAIError | None, rest: AsyncGenerator[bytes | OpenAIError | None, None]) -> AsyncGenerator[bytes, None]:
+    """Frames as they come; an SSE comment for each silence of the engine (clients time out at 300 s)."""
     try:
-        yield await first
+        yield _sse_bytes(first)
         async for item in rest:
-            yield item
+            yield _sse_bytes(item)
     finally:
-        await rest.aclose()
+        await rest.aclose()  # stops generation upstream
 
 
-async def _keep_alive(items: AsyncGenerator[bytes | OpenAIError, None], interval_s: float) -> AsyncGenerator[bytes, None]:
-    """Forward frames; an SSE comment whenever nothing was sent for `interval_s` (clients time out at 300 s)."""
-    pending: asyncio.Future[bytes | OpenAIError] | None = None
-    try:
-        yield b""  # flush the headers now, before the first token
-        while True:
-            pending = pending or asyncio.ensure_future(anext(items))
-            done, _ = await asyncio.wait({pending}, timeout=interval_s)
-            if not done:
-                yield sse.KEEP_ALIVE
-                continue
-            finished, pending = pending, None
-            try:
-                item = finished.result()
-            except StopAsyncIteration:
-                return
-            yield sse.error_frame(item) if isinstance(item, OpenAIError) else item
-    finally:
-        if pending is not None:  # the client went away mid-wait
-            pending.cancel()
-            with contextlib.suppress(BaseException):
-                await pending
-        await items.aclose()  # stops generation upstream
+def _sse_bytes(item: bytes | OpenAIError | None) -> bytes:
+    if item is None:
+        return sse.KEEP_ALIVE
+    return sse.error_frame(item) if isinstance(item, OpenAIError) else item
 
 
 _UNION_BRANCH = re.compile(r"^(str|int|float|bool|none|.*[\[\]-].*)$")

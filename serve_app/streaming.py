@@ -1,4 +1,4 @@
-"""Stream plumbing: batching a token stream for Ray, merging several streams.
+"""Stream plumbing: batching a token stream for Ray, merging several streams, marking silences.
 
 Batching a token stream for its trip across Ray, without delaying the first token.
 
@@ -11,12 +11,14 @@ than the interval, every item is still sent the moment it arrives.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
-from typing import AsyncIterator, Sequence, TypeVar
+from typing import AsyncGenerator, AsyncIterator, Callable, Sequence, TypeVar
 
 T = TypeVar("T")
 _END = object()
+
+
+_IDLE = object()
 
 
 class _Failure:
@@ -24,21 +26,29 @@ class _Failure:
         self.error = error
 
 
+async def _pump(source: AsyncIterator[T], queue: asyncio.Queue[object], wrap: Callable[[T], object] = lambda item: item) -> None:
+    """Move `source` into `queue`, then `_END`; an exception is handed over as a `_Failure` to re-raise."""
+    try:
+        async for item in source:
+            queue.put_nowait(wrap(item))
+    except Exception as exc:
+        queue.put_nowait(_Failure(exc))
+    else:
+        queue.put_nowait(_END)
+
+
+async def _stop(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """The consumer is gone: cancel the pumps, which closes their sources (the engine aborts the request)."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def batched(source: AsyncIterator[T], interval_s: float) -> AsyncIterator[list[T]]:
     """Yield lists of consecutive items of `source`; closing this generator cancels `source`."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[object] = asyncio.Queue()
-
-    async def pump() -> None:
-        try:
-            async for item in source:
-                queue.put_nowait(item)
-        except Exception as exc:  # handed to the consumer, re-raised there
-            queue.put_nowait(_Failure(exc))
-        else:
-            queue.put_nowait(_END)
-
-    pump_task = asyncio.create_task(pump())
+    pump_task = asyncio.create_task(_pump(source, queue))
     last_send = -math.inf
     try:
         while True:
@@ -58,9 +68,7 @@ async def batched(source: AsyncIterator[T], interval_s: float) -> AsyncIterator[
                 if item is _END:
                     return
     finally:
-        pump_task.cancel()  # consumer gone: stop the source (the engine aborts the request)
-        with contextlib.suppress(asyncio.CancelledError):
-            await pump_task
+        await _stop([pump_task])
 
 
 async def accepted_then_batched(frames: AsyncIterator[bytes], interval_s: float) -> AsyncIterator[bytes]:
@@ -84,17 +92,10 @@ async def merged(sources: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int
             yield 0, item
         return
     queue: asyncio.Queue[object] = asyncio.Queue()
-
-    async def pump(position: int, source: AsyncIterator[T]) -> None:
-        try:
-            async for item in source:
-                queue.put_nowait((position, item))
-        except Exception as exc:
-            queue.put_nowait(_Failure(exc))
-        else:
-            queue.put_nowait(_END)
-
-    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(sources)]
+    tasks = [
+        asyncio.create_task(_pump(source, queue, lambda item, position=position: (position, item)))
+        for position, source in enumerate(sources)
+    ]
     try:
         remaining = len(tasks)
         while remaining:
@@ -106,6 +107,30 @@ async def merged(sources: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int
             else:
                 yield item  # type: ignore[misc]
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await _stop(tasks)
+
+
+async def marking_silences(source: AsyncIterator[T], interval_s: float) -> AsyncGenerator[T | None, None]:
+    """The items of `source`, and `None` each time `interval_s` passes without one; closing cancels `source`.
+
+    This runs once per streamed token, so it costs one task and one queue per stream and a timer only
+    while waiting, rather than a task and a timed wait per item.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[object] = asyncio.Queue()
+    pump_task = asyncio.create_task(_pump(source, queue))
+    try:
+        while True:
+            if queue.empty():
+                silence = loop.call_later(interval_s, queue.put_nowait, _IDLE)
+                item = await queue.get()
+                silence.cancel()
+            else:
+                item = queue.get_nowait()
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield None if item is _IDLE else item  # type: ignore[misc]
+    finally:
+        await _stop([pump_task])

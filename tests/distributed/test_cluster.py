@@ -18,6 +18,7 @@ import httpx
 import pytest
 import yaml
 
+from serve_app.ray_settings import CONTROLLER_OPTIONS
 from tests.conftest import EMBEDDED_SOURCE
 from tests.sse_client import parse_sse
 
@@ -48,7 +49,9 @@ def cluster(model_dir: Path) -> Iterator[str]:
     port = _free_port()
     ray.init(address=cluster.address, namespace="agent-serve-distributed")
     try:
-        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+        serve.start(
+            proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port}, controller_options=CONTROLLER_OPTIONS
+        )
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         serve.shutdown()

@@ -70,6 +70,7 @@ def running_app(model_dir: object, tmp_path_factory: pytest.TempPathFactory) -> 
     from ray import serve
 
     from serve_app import build_app
+    from serve_app.ray_settings import CONTROLLER_OPTIONS
 
     on_gpu = cuda_gpu_count() > 0  # the gpu extra on a GPU machine: vLLM needs a (shared) GPU
     engine_args = {"max_model_len": 8192, "dtype": "bfloat16", "enforce_eager": True}
@@ -115,7 +116,7 @@ def running_app(model_dir: object, tmp_path_factory: pytest.TempPathFactory) -> 
     port = _free_port()
     ray.init(namespace="agent-serve-tests")
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.start(http_options={"host": "127.0.0.1", "port": port}, controller_options=CONTROLLER_OPTIONS)
         serve.run(build_app(args), name="openai", route_prefix="/")
         yield RunningApp(f"http://127.0.0.1:{port}/v1", "openai")
     finally:

@@ -9,6 +9,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from serve_app.ray_settings import PROXY_ENV_VARS, REPLICA_ENV_VARS
 from tests.integration.conftest import (
     ALL_MODELS, EMBEDDING_ALIAS, EMBEDDING_MODEL, REPLAY_MODEL, VLLM_ALIAS, VLLM_MODEL, RunningApp,
 )
@@ -41,6 +42,23 @@ def test_ingress_and_engines_are_separate_deployments(running_app: RunningApp) -
     engines = {f"LLMServer:{m}" for m in [*ALL_MODELS, EMBEDDING_MODEL]}
     assert set(deployments) == {"OpenAIIngress", "ToolParsing", "StructuredOutput"} | engines
     assert all(d.status.value == "HEALTHY" for d in deployments.values())
+
+
+def test_proxy_and_replicas_run_with_the_stack_settings(running_app: RunningApp) -> None:
+    """The per-token settings of `serve_app/ray_settings.py` (issue #7) reach the processes that read them:
+    the HTTP proxy through the controller's runtime environment, each replica through its deployment's."""
+    import psutil
+
+    proxies, replicas = [], []
+    for process in psutil.process_iter(["cmdline"]):
+        title = " ".join(process.info["cmdline"] or [])
+        if title.startswith("ray::ProxyActor"):
+            proxies.append(process.environ())
+        elif title.startswith(f"ray::ServeReplica:{running_app.app_name}:"):
+            replicas.append(process.environ())
+    assert proxies and len(replicas) >= 5  # ingress, tool parsing, structured output, engines
+    assert all(PROXY_ENV_VARS.items() <= env.items() for env in proxies)
+    assert all(REPLICA_ENV_VARS.items() <= env.items() for env in replicas)
 
 
 def test_models_are_listed(client: OpenAI, http: httpx.Client) -> None:

@@ -17,6 +17,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from serve_app.builder import _serve_options, build_app, engine_deployment_options
 from serve_app.config import ConfigError, ModelConfig, load_serve_config, parse_app_config
+from serve_app.ray_settings import CONTROLLER_OPTIONS
 from tests.conftest import ROOT
 
 MINIMAL = {"models": [{"id": "m", "source": "org/model"}]}
@@ -53,8 +54,10 @@ def test_api_keys_come_from_config_and_environment(monkeypatch: pytest.MonkeyPat
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_shipped_configs_are_valid_serve_configs(name: str) -> None:
+    """...and start Serve's proxy with the stack's settings, as `serve run`/`serve deploy` read them from here."""
     document = load_serve_config(ROOT / "configs" / name)
     ServeDeploySchema.model_validate(document)
+    assert document["controller_options"] == CONTROLLER_OPTIONS
     for app in document["applications"]:
         assert app["import_path"] == "serve_app:build_app"
         build_app(parse_app_config(app["args"]))  # raises on anything the builder cannot wire

@@ -12,6 +12,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from serve_app.builder import build_app
 from serve_app.config import parse_app_config
+from serve_app.ray_settings import CONTROLLER_OPTIONS
 from tests.conftest import ROOT
 from tests.openai_spec import closed, reference_dir, rewrite_schema
 
@@ -45,6 +46,7 @@ def test_manifest_validates_against_the_rayservice_crd(path: Path) -> None:
 def test_embedded_serve_config_builds_the_application(path: Path) -> None:
     serve_config = yaml.safe_load(yaml.safe_load(path.read_text())["spec"]["serveConfigV2"])
     ServeDeploySchema.model_validate(serve_config)
+    assert serve_config["controller_options"] == CONTROLLER_OPTIONS  # the proxy's settings (ray_settings.py)
     for app in serve_config["applications"]:
         assert app["import_path"] == "serve_app:build_app"
         build_app(parse_app_config(app["args"]))  # raises on anything the builder cannot wire

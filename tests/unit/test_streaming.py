@@ -1,4 +1,4 @@
-"""Stream batching across Ray: the first item never waits; later items group within the interval."""
+"""Stream plumbing: batching across Ray (the first item never waits), merging streams, marking silences."""
 
 from __future__ import annotations
 
@@ -84,3 +84,43 @@ def test_merged_interleaves_and_tags_sources() -> None:
     items = asyncio.run(run())
     assert sorted(items) == [(0, "f1"), (0, "f2"), (1, "s1")]
     assert items.index((1, "s1")) == 1  # arrived between the fast ones, not after them
+
+
+def test_silences_are_marked_and_items_pass_in_order() -> None:
+    """R4.7's keep-alives come from here: a `None` for each interval without an item, none while busy."""
+    from serve_app.streaming import marking_silences
+
+    async def run() -> list[str | None]:
+        return [item async for item in marking_silences(_timed([(0, "a"), (0.35, "b"), (0, "c"), (0, "d")]), 0.1)]
+
+    items = asyncio.run(run())
+    assert [item for item in items if item is not None] == ["a", "b", "c", "d"]
+    assert items[0] == "a" and items[-3:] == ["b", "c", "d"]
+    assert 2 <= items.count(None) <= 4  # ~3 silences of 0.1 s in 0.35 s, whatever the scheduling jitter
+
+
+def test_marking_silences_hands_over_errors_and_stops_the_source_when_closed() -> None:
+    from serve_app.streaming import marking_silences
+
+    async def failing() -> AsyncIterator[str]:
+        yield "ok"
+        raise RuntimeError("engine died")
+
+    async def errors() -> list[str | None]:
+        received: list[str | None] = []
+        with pytest.raises(RuntimeError, match="engine died"):
+            async for item in marking_silences(failing(), 10.0):
+                received.append(item)
+        return received
+
+    assert asyncio.run(errors()) == ["ok"]
+
+    log: list[str] = []
+
+    async def close_early() -> None:
+        stream = marking_silences(_timed([(0, "a")] + [(0.01, "x")] * 1000, log), 10.0)
+        assert await anext(stream) == "a"
+        await stream.aclose()
+
+    asyncio.run(close_early())
+    assert log == ["source closed"]
