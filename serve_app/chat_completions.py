@@ -204,24 +204,25 @@ def _wire_delta(event: Event) -> Delta:
 async def render_stream(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]) -> AsyncIterator[bytes]:
     """SSE frames. First an empty item: the request is accepted, so the status and headers can go out
     before any token, without a chunk (clients and load generators time the first chunk as the first
-    token). Then the role chunks of all choices together with the first token's chunk, reasoning,
-    content and tool-call deltas, one finish_reason per choice, the usage chunk if asked, [DONE]."""
+    token). Then one item per engine output: the role chunks of all choices travel with the first
+    output, even one without visible text (a first token that is whitespace held back, or a special
+    token), so the first chunk marks the first token; then reasoning, content and tool-call deltas, one
+    finish_reason per choice, the usage chunk if asked, [DONE]."""
     frames = _render_frames(meta, deltas)
     try:
         yield b""
-        roles = b"".join([await anext(frames) for _ in range(meta.n)])
-        yield roles + await anext(frames, b"")
         async for frame in frames:
-            yield frame
+            if frame:
+                yield frame
     finally:
         await frames.aclose()  # a client that left stops the engine now, not at garbage collection
 
 
 async def _render_frames(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]) -> AsyncIterator[bytes]:
+    """The frames of each engine output joined into one item (possibly empty after the first)."""
     encode = _ChunkEncoder(meta)
     choices = [meta.new_output() for _ in range(meta.n)]
-    for index in range(meta.n):
-        yield encode(index, Delta(role="assistant", content=""))
+    out = [encode(index, Delta(role="assistant", content="")) for index in range(meta.n)]
     finished: set[int] = set()
     try:
         async for delta in deltas:
@@ -231,30 +232,34 @@ async def _render_frames(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta])
                 events += choice.finish(delta.finish_reason)
             logprobs = _wire_logprobs(delta.logprobs)
             for event in events:
-                yield encode(delta.index, _wire_delta(event), logprobs=logprobs)
+                out.append(encode(delta.index, _wire_delta(event), logprobs=logprobs))
                 logprobs = None  # a delta's logprobs travel once, with its first chunk
             if logprobs is not None:
-                yield encode(delta.index, Delta(content=""), logprobs=logprobs)
+                out.append(encode(delta.index, Delta(content=""), logprobs=logprobs))
             if delta.finish_reason:
                 frame, failed = _closing_frame(meta, encode, delta.index, choice, delta.finish_reason)
-                yield frame
+                out.append(frame)
                 if failed:
+                    yield b"".join(out)
                     return
                 finished.add(delta.index)
+            yield b"".join(out)
+            out = []
     except Exception as exc:
-        yield sse.error_frame(server_error(f"The engine failed while generating: {exc}"))
+        yield b"".join(out) + sse.error_frame(server_error(f"The engine failed while generating: {exc}"))
         return
     for index, choice in enumerate(choices):
         if index not in finished:  # the engine ended without saying why: it stopped
-            for event in choice.finish(None):
-                yield encode(index, _wire_delta(event))
+            out += [encode(index, _wire_delta(event)) for event in choice.finish(None)]
             frame, failed = _closing_frame(meta, encode, index, choice, None)
-            yield frame
+            out.append(frame)
             if failed:
+                yield b"".join(out)
                 return
     if meta.include_usage:
-        yield encode.usage(_usage(meta, choices))
-    yield sse.DONE
+        out.append(encode.usage(_usage(meta, choices)))
+    out.append(sse.DONE)
+    yield b"".join(out)
 
 
 def _closing_frame(

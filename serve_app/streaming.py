@@ -16,8 +16,6 @@ from typing import AsyncGenerator, AsyncIterator, Callable, Sequence, TypeVar
 
 T = TypeVar("T")
 _END = object()
-
-
 _IDLE = object()
 
 

@@ -129,3 +129,31 @@ def test_engine_failure_mid_stream_is_an_error_event_then_done(chat: ChatComplet
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     assert "no reply for turn 0" in chunks[-1]["error"]["message"]
     assert_valid(chunks[-1], "ErrorResponse")
+
+
+def test_role_chunk_marks_the_first_token_even_without_visible_text() -> None:
+    """R4.2: the role chunk goes out with the engine's first output, also when that output has no text
+    (a special token, skipped when detokenized): otherwise the client sees nothing until the text starts,
+    and a load generator times a late first token."""
+    from serve_app.chat_completions import ChatMeta, render_stream
+    from serve_app.engines.base import GenerationDelta
+
+    asked: list[int] = []
+
+    async def engine() -> Any:
+        for count, text in enumerate(["", "", "Hi"], start=1):
+            asked.append(count)
+            yield GenerationDelta(text=text, completion_tokens=count, finish_reason="stop" if text else None)
+
+    async def run() -> list[tuple[list[int], bytes]]:
+        meta = ChatMeta(id="chatcmpl-1", created=0, model="m", prompt_tokens=3, n=1, include_usage=False,
+                        tool_parser=None, tools=[], parallel_tool_calls=True)
+        return [(list(asked), item) async for item in render_stream(meta, engine())]
+
+    items = asyncio.run(run())
+    assert items[0] == ([], b"")  # accepted: headers only
+    engine_outputs_seen, first_chunks = items[1]
+    assert engine_outputs_seen == [1]  # sent before the engine's second output was asked for
+    assert [c["choices"][0]["delta"] for c in parse_sse(first_chunks + b"data: [DONE]\n\n")] == [{"role": "assistant", "content": ""}]
+    chunks = parse_sse(b"".join(item for _, item in items))
+    assert [c["choices"][0]["delta"].get("content") for c in chunks] == ["", "Hi", None]
