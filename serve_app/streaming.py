@@ -121,8 +121,10 @@ async def marking_silences(source: AsyncIterator[T], interval_s: float) -> Async
         while True:
             if queue.empty():
                 silence = loop.call_later(interval_s, queue.put_nowait, _IDLE)
-                item = await queue.get()
-                silence.cancel()
+                try:
+                    item = await queue.get()
+                finally:
+                    silence.cancel()
             else:
                 item = queue.get_nowait()
             if item is _END:
