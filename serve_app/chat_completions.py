@@ -205,9 +205,9 @@ async def render_stream(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]) 
     """SSE frames. First an empty item: the request is accepted, so the status and headers can go out
     before any token, without a chunk (clients and load generators time the first chunk as the first
     token). Then one item per engine output: the role chunks of all choices travel with the first
-    output, even one without visible text (a first token that is whitespace held back, or a special
-    token), so the first chunk marks the first token; then reasoning, content and tool-call deltas, one
-    finish_reason per choice, the usage chunk if asked, [DONE]."""
+    output, even one without visible text (a special token, or text a parser holds until it can tell
+    whether a tool call starts), so the first chunk marks the first token; then reasoning, content and
+    tool-call deltas, one finish_reason per choice, the usage chunk if asked, [DONE]."""
     frames = _render_frames(meta, deltas)
     try:
         yield b""
