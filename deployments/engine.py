@@ -20,6 +20,7 @@ from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.completions import CompletionRequest
 from serve_app.protocol.embeddings import EmbeddingRequest
 from serve_app.protocol.errors import OpenAIError
+from serve_app.ray_settings import restore_normal_priority
 from serve_app.streaming import accepted_then_batched, batched
 from serve_app.structured_output import ResponseConstraint
 
@@ -31,6 +32,8 @@ class LLMServer:
     async def __init__(self, model: ModelConfig, model_cache_dir: Path, stream_batch_interval_s: float) -> None:
         from transformers import AutoTokenizer
 
+        if (refused := restore_normal_priority()) is not None:
+            logger.warning(refused)
         # The run command prepares models before starting; `serve run`/`serve deploy` prepare them here.
         model_path = await asyncio.to_thread(prepare_model, model.source, model_cache_dir, logger.info)
         tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, model_path)

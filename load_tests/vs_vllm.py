@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from serve_app.config import ModelConfig, load_serve_config, parse_app_config  # noqa: E402
 from serve_app.model_source import prepare_model  # noqa: E402
-from serve_app.ray_settings import CONTROLLER_OPTIONS  # noqa: E402
+from serve_app.ray_settings import CONTROLLER_OPTIONS, prepare_node_environment  # noqa: E402
 
 CONCURRENCY_PROMPTS = {1: 16, 8: 48, 32: 96}
 TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city.", "parameters": {
@@ -161,6 +161,7 @@ def main() -> None:
     command, env = bare_vllm_command(model, model_dir, bare_port)
     print("bare vLLM:", " ".join(command), flush=True)
     bare = subprocess.Popen(command, env=env, start_new_session=True)
+    prepare_node_environment()
     ray.init(namespace="agent-serve-vs-vllm", log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": our_port}, controller_options=CONTROLLER_OPTIONS)

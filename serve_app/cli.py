@@ -19,7 +19,7 @@ from typing import Any
 
 from serve_app.config import AppConfig, ConfigError, load_serve_config, parse_app_config
 from serve_app.model_source import ModelSourceError, prepare_model
-from serve_app.ray_settings import CONTROLLER_OPTIONS
+from serve_app.ray_settings import CONTROLLER_OPTIONS, prepare_node_environment
 
 BUILDER_IMPORT_PATH = "serve_app:build_app"
 
@@ -75,6 +75,7 @@ def _serve(document: dict[str, Any], apps: dict[str, AppConfig]) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     _say("starting Ray ...")
+    prepare_node_environment()
     ray.init(namespace="serve")
     http_options = {"host": "127.0.0.1", "port": 8000, **(document.get("http_options") or {})}
     serve.start(

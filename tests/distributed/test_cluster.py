@@ -18,7 +18,7 @@ import httpx
 import pytest
 import yaml
 
-from serve_app.ray_settings import CONTROLLER_OPTIONS
+from serve_app.ray_settings import CONTROLLER_OPTIONS, prepare_node_environment
 from tests.conftest import EMBEDDED_SOURCE
 from tests.sse_client import parse_sse
 
@@ -43,6 +43,7 @@ def cluster(model_dir: Path) -> Iterator[str]:
     from ray import serve
     from ray.cluster_utils import Cluster
 
+    prepare_node_environment()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "num_gpus": 0, "include_dashboard": False})
     for accelerator in ("H100", "L4"):
         cluster.add_node(num_cpus=2, num_gpus=2, resources={f"accelerator_type:{accelerator}": 1})

@@ -70,7 +70,7 @@ def running_app(model_dir: object, tmp_path_factory: pytest.TempPathFactory) -> 
     from ray import serve
 
     from serve_app import build_app
-    from serve_app.ray_settings import CONTROLLER_OPTIONS
+    from serve_app.ray_settings import CONTROLLER_OPTIONS, prepare_node_environment
 
     on_gpu = cuda_gpu_count() > 0  # the gpu extra on a GPU machine: vLLM needs a (shared) GPU
     engine_args = {"max_model_len": 8192, "dtype": "bfloat16", "enforce_eager": True}
@@ -114,6 +114,7 @@ def running_app(model_dir: object, tmp_path_factory: pytest.TempPathFactory) -> 
         "server": {"keep_alive_interval_s": 1.0, "max_request_body_bytes": 1_000_000},
     }
     port = _free_port()
+    prepare_node_environment()
     ray.init(namespace="agent-serve-tests")
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port}, controller_options=CONTROLLER_OPTIONS)

@@ -46,19 +46,23 @@ def test_ingress_and_engines_are_separate_deployments(running_app: RunningApp) -
 
 def test_proxy_and_replicas_run_with_the_stack_settings(running_app: RunningApp) -> None:
     """The per-token settings of `serve_app/ray_settings.py` (issue #7) reach the processes that read them:
-    the HTTP proxy through the controller's runtime environment, each replica through its deployment's."""
+    the HTTP proxy through the controller's runtime environment, each replica through its deployment's, and
+    the proxy, the replicas and the vLLM processes they spawn run at the node's normal priority."""
     import psutil
 
     proxies, replicas = [], []
     for process in psutil.process_iter(["cmdline"]):
         title = " ".join(process.info["cmdline"] or [])
         if title.startswith("ray::ProxyActor"):
-            proxies.append(process.environ())
+            proxies.append(process)
         elif title.startswith(f"ray::ServeReplica:{running_app.app_name}:"):
-            replicas.append(process.environ())
+            replicas.append(process)
     assert proxies and len(replicas) >= 5  # ingress, tool parsing, structured output, engines
-    assert all(PROXY_ENV_VARS.items() <= env.items() for env in proxies)
-    assert all(REPLICA_ENV_VARS.items() <= env.items() for env in replicas)
+    assert all(PROXY_ENV_VARS.items() <= p.environ().items() for p in proxies)
+    assert all(REPLICA_ENV_VARS.items() <= p.environ().items() for p in replicas)
+    engines = [c for r in replicas for c in r.children(recursive=True) if c.cmdline()[:1] in (["VLLM::EngineCore"], ["VLLM::Worker"])]
+    assert engines
+    assert {p.nice() for p in proxies + replicas + engines} == {0}
 
 
 def test_models_are_listed(client: OpenAI, http: httpx.Client) -> None:

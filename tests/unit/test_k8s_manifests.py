@@ -12,7 +12,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from serve_app.builder import build_app
 from serve_app.config import parse_app_config
-from serve_app.ray_settings import CONTROLLER_OPTIONS
+from serve_app.ray_settings import CONTROLLER_OPTIONS, NODE_ENV_VARS
 from tests.conftest import ROOT
 from tests.openai_spec import closed, reference_dir, rewrite_schema
 
@@ -54,7 +54,8 @@ def test_embedded_serve_config_builds_the_application(path: Path) -> None:
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
 def test_manifest_runs_a_shared_endpoint_the_way_a_team_needs(path: Path) -> None:
-    """Head without replicas, bounded autoscaling worker groups, Prometheus scraping, keys from a Secret."""
+    """Head without replicas, bounded autoscaling worker groups, Prometheus scraping, keys from a Secret, and
+    Ray's node settings (`NODE_ENV_VARS`) in every pod."""
     cluster = yaml.safe_load(path.read_text())["spec"]["rayClusterConfig"]
     head = cluster["headGroupSpec"]
     assert head["rayStartParams"]["num-cpus"] == "0"
@@ -67,3 +68,4 @@ def test_manifest_runs_a_shared_endpoint_the_way_a_team_needs(path: Path) -> Non
         (container,) = pod["spec"]["containers"]
         keys = next(e for e in container["env"] if e["name"] == "AGENT_SERVE_API_KEYS")
         assert keys["valueFrom"]["secretKeyRef"]["name"] == "agent-serve-api-keys"
+        assert NODE_ENV_VARS.items() <= {e["name"]: e.get("value") for e in container["env"]}.items()
