@@ -5,7 +5,7 @@ environments: the replicas' in each deployment's options (`build_app` adds them,
 app), the HTTP proxy's in the Serve controller's (`controller_options` in a Serve config or
 `serve.start`; the proxy inherits the controller's environment). One is a setting of Ray itself, read by
 each node's raylet from the environment it starts in: `prepare_node_environment` sets it wherever this
-project starts Ray, the images' and manifests' environments set it on KubeRay.
+project starts Ray, the manifests' pod environments set it on KubeRay.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 # Ray starts every worker process (each replica, and so the vLLM engine processes a replica spawns) at
 # niceness 15, below everything else on the node: the engine then yields the CPU to any other process
 # there (a log shipper, a load generator, Ray's own agents), which bare `vllm serve` does not do. On a
-# 2-core node that cost up to a fifth of the throughput next to bare vLLM (issue #7).
+# 2-core node, niceness 0 moved our throughput next to bare vLLM's from 0.90 to 1.03 at concurrency 8.
 NODE_ENV_VARS = {"RAY_worker_niceness": "0"}
 
 # Replicas run our code, and route their handles' calls, on the replica's own event loop: Serve's default
