@@ -5,7 +5,7 @@
 1. In process: the model service over the replay engine, no Ray, no HTTP (time to the first frame).
 2. Ray handle: the driver calls the engine deployment directly (adds Ray's hop and serialization).
 3. HTTP: vLLM's own load generator (`vllm.benchmarks.serve`) against the app's OpenAI endpoint through
-   Serve's proxy and the ingress, at concurrency 1, 8 and 32.
+   HAProxy and the ingress, at concurrency 1, 8 and 32.
 4. The post-processing hops: the same streamed request over HTTP plain (ingress -> engine), with `tools`
    (ingress -> ToolParsing -> engine) and with `response_format` (ingress -> StructuredOutput -> engine;
    the replay text is not JSON, which only matters at the end of the answer, after the measured token).
@@ -173,7 +173,7 @@ def main() -> None:
     print("\n=== stack overhead, replay engine (no model compute), time to first token at concurrency 1 ===")
     print(f"  in process (no Ray, no HTTP) : {p50(in_process):7.2f} ms")
     print(f"  + Ray handle hop             : {p50(via_handle):7.2f} ms  (adds {p50(via_handle) - p50(in_process):.2f} ms)")
-    print(f"  + HTTP proxy + ingress hop   : {through_http:7.2f} ms  (adds {through_http - p50(via_handle):.2f} ms)")
+    print(f"  + HTTP (HAProxy) + ingress  : {through_http:7.2f} ms  (adds {through_http - p50(via_handle):.2f} ms)")
     print("\n=== post-processing hops (first content token over HTTP, concurrency 1) ===")
     plain = p50(routes["plain"])
     print(f"  {'plain (ingress -> engine)':<60} : {plain:7.2f} ms")

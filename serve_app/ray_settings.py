@@ -19,14 +19,32 @@ from typing import Any
 # 2-core node, niceness 0 moved our throughput next to bare vLLM's from 0.90 to 1.03 at concurrency 8.
 NODE_ENV_VARS = {"RAY_worker_niceness": "0"}
 
+# HTTP goes from HAProxy (one native process per proxy node, configured by Serve as replicas come and go)
+# straight to the ingress replicas, each serving HTTP itself: Serve's Python proxy, a hop and CPU for every
+# streamed chunk, leaves the path (it stays as HAProxy's fallback while no ingress replica is up). The
+# controller reads it (to start HAProxy instead of the proxy), and so does each ingress replica. A stopping
+# ingress replica stays reachable for a deregistration window before it refuses new connections: Serve's
+# 30 s default is for load balancers outside the cluster, while in every shape we ship only HAProxy stands
+# in front of the replicas, updated by Serve itself when a replica starts stopping, and it retries a refused
+# connection on another replica. A few seconds also keep `serve shutdown` and Ctrl-C from waiting 30 s.
+DIRECT_INGRESS_ENV_VARS = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5"}
+
 # Replicas run our code, and route their handles' calls, on the replica's own event loop: Serve's default
 # passes every request and every streamed item between threads and loops. Our code awaits rather than
 # blocks (the long start-up steps run in threads), so the replica's own tasks are not held up.
-REPLICA_ENV_VARS = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+REPLICA_ENV_VARS = {
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    **DIRECT_INGRESS_ENV_VARS,
+}
 
-# The proxy calls the ingress by value over Serve's gRPC channel, as our deployments call each other
-# (`deployments.handles.by_value`), rather than making each streamed chunk a Ray object.
-PROXY_ENV_VARS = {"RAY_SERVE_PROXY_USE_GRPC": "1", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+# The fallback proxy calls the ingress by value over Serve's gRPC channel, as our deployments call each
+# other (`deployments.handles.by_value`), rather than making each streamed chunk a Ray object.
+PROXY_ENV_VARS = {
+    "RAY_SERVE_PROXY_USE_GRPC": "1",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    **DIRECT_INGRESS_ENV_VARS,
+}
 
 CONTROLLER_OPTIONS: dict[str, Any] = {"runtime_env": {"env_vars": PROXY_ENV_VARS}}
 

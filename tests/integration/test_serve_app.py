@@ -45,21 +45,27 @@ def test_ingress_and_engines_are_separate_deployments(running_app: RunningApp) -
 
 
 def test_proxy_and_replicas_run_with_the_stack_settings(running_app: RunningApp) -> None:
-    """The per-token settings of `serve_app/ray_settings.py` (issue #7) reach the processes that read them:
-    the HTTP proxy through the controller's runtime environment, each replica through its deployment's, and
-    the proxy, the replicas and the vLLM processes they spawn run at the node's normal priority."""
+    """The settings of `serve_app/ray_settings.py` (issue #7) reach the processes that read them: the proxy
+    managers through the controller's runtime environment, each replica through its deployment's; the app's
+    port is HAProxy's, not Serve's Python proxy's; the proxies, the replicas and the vLLM processes they
+    spawn run at the node's normal priority."""
+    from urllib.parse import urlsplit
+
     import psutil
 
     proxies, replicas = [], []
     for process in psutil.process_iter(["cmdline"]):
         title = " ".join(process.info["cmdline"] or [])
-        if title.startswith("ray::ProxyActor"):
+        if title.startswith(("ray::ProxyActor", "ray::HAProxyManager")):
             proxies.append(process)
         elif title.startswith(f"ray::ServeReplica:{running_app.app_name}:"):
             replicas.append(process)
-    assert proxies and len(replicas) >= 5  # ingress, tool parsing, structured output, engines
+    assert len(proxies) == 2 and len(replicas) >= 5  # fallback proxy, HAProxy's manager; ingress, post-processing, engines
     assert all(PROXY_ENV_VARS.items() <= p.environ().items() for p in proxies)
     assert all(REPLICA_ENV_VARS.items() <= p.environ().items() for p in replicas)
+    port = urlsplit(running_app.base_url).port
+    listening = {c.pid for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    assert {psutil.Process(pid).name() for pid in listening} == {"haproxy"}
     engines = [c for r in replicas for c in r.children(recursive=True) if c.cmdline()[:1] in (["VLLM::EngineCore"], ["VLLM::Worker"])]
     assert engines
     assert {p.nice() for p in proxies + replicas + engines} == {0}
