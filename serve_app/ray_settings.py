@@ -1,9 +1,9 @@
-"""The Ray Serve settings the stack runs with, and why: each one removes per-token work (issue #7).
+"""The Ray and Ray Serve settings the stack runs with, and why (issue #7: most take work off every token).
 
 Serve reads them from environment variables when its processes start, so they travel in runtime
 environments: the replicas' in each deployment's options (`build_app` adds them, whatever starts the
-app), the HTTP proxy's in the Serve controller's (`controller_options` in a Serve config or
-`serve.start`; the proxy inherits the controller's environment). One is a setting of Ray itself, read by
+app), the controller's and its proxies' in the Serve controller's (`controller_options` in a Serve
+config or `serve.start`; the proxies it starts inherit its environment). One is a setting of Ray itself, read by
 each node's raylet from the environment it starts in: `prepare_node_environment` sets it wherever this
 project starts Ray, the manifests' pod environments set it on KubeRay.
 """
