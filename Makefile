@@ -1,4 +1,5 @@
 # The two commands: `make serve` (run the embedded default) and `make test` (what CI runs).
+# While working: `make test-unit` (pure logic, well under two minutes) and `make lint` (what `make test` checks first).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,13 +7,28 @@ PIP := $(PY) -m pip
 CONFIG ?= configs/local.yaml
 PYTEST_ARGS ?=
 
-.PHONY: serve test install prepare status
+.PHONY: serve test test-unit lint format docs install prepare status
 
 serve: $(VENV)/.installed ## install (first time), prepare the model, serve until Ctrl-C
 	$(PY) -m serve_app serve $(CONFIG)
 
-test: $(VENV)/.installed-test ## install the test extra and run the whole suite
+test: lint ## install the test extra, check lint and types, run the whole suite
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: $(VENV)/.installed-test ## the fast lane: tests that need neither Ray nor vLLM nor the converted model
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-test ## ruff (lint and format) and mypy over the whole tree, configured in pyproject.toml
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+docs: $(VENV)/.installed ## regenerate docs/configuration.md from the config models
+	$(PY) -m serve_app.config_reference > docs/configuration.md
+
+format: $(VENV)/.installed-test ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 install: $(VENV)/.installed
 

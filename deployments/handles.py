@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ray.serve.handle import DeploymentHandle
+from typing import Any, cast
+
+from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 
 
 def by_value(handle: DeploymentHandle) -> DeploymentHandle:
@@ -13,3 +15,9 @@ def by_value(handle: DeploymentHandle) -> DeploymentHandle:
     here needs the object references that only the default gives.
     """
     return handle.options(_by_reference=False)
+
+
+def streamed(response: DeploymentResponse[Any] | DeploymentResponseGenerator[Any]) -> DeploymentResponseGenerator[Any]:
+    """The response of a call made through `.options(stream=True)`: always a generator (Serve types
+    `remote` as returning either kind)."""
+    return cast("DeploymentResponseGenerator[Any]", response)

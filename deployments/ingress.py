@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, AsyncGenerator
+from collections.abc import AsyncGenerator
+from typing import Any, cast
 
 from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.handles import by_value
+from deployments.handles import by_value, streamed
 from serve_app.config import ServerOptions
 from serve_app.http_api import GenerationBody, create_http_app
 from serve_app.protocol.chat import ChatCompletionRequest
@@ -59,10 +60,10 @@ class OpenAIIngress:
         return self._engines[request.model]
 
     async def generate(self, request: GenerationBody) -> bytes | OpenAIError:
-        return await self._route(request).generate.remote(request)
+        return cast(bytes | OpenAIError, await self._route(request).generate.remote(request))
 
     async def generate_stream(self, request: GenerationBody) -> AsyncGenerator[bytes | OpenAIError, None]:
-        frames = self._route(request).generate_stream.options(stream=True).remote(request)
+        frames = streamed(self._route(request).generate_stream.options(stream=True).remote(request))
         try:
             async for item in frames:
                 yield item

@@ -4,11 +4,12 @@ the ingress forwards them untouched). Each stage owns per-request state and scal
 
 from __future__ import annotations
 
-from typing import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from deployments.handles import by_value
+from deployments.handles import by_value, streamed
 from serve_app.chat_completions import ChatMeta, render_complete, render_stream
 from serve_app.engines.base import GenerationDelta
 from serve_app.protocol.chat import ChatCompletionRequest
@@ -26,29 +27,35 @@ class OutputStage:
         """What the engine must enforce for this request's `response_format`, decided before generation."""
         return None
 
-    async def _start(self, request: ChatCompletionRequest) -> tuple[ChatMeta | OpenAIError, DeploymentResponseGenerator | None]:
+    async def _start(
+        self, request: ChatCompletionRequest
+    ) -> tuple[ChatMeta, DeploymentResponseGenerator[Any]] | OpenAIError:
+        """The plan's `ChatMeta` and the engine's stream of deltas that follows it, or the error instead."""
         constraint = self.constraint(request)
         if isinstance(constraint, OpenAIError):
-            return constraint, None
-        stream = self._engines[request.model].generate_deltas.options(stream=True).remote(request, constraint)
-        return await anext(stream), stream
+            return constraint
+        stream = streamed(self._engines[request.model].generate_deltas.options(stream=True).remote(request, constraint))
+        meta: ChatMeta | OpenAIError = await anext(stream)
+        return meta if isinstance(meta, OpenAIError) else (meta, stream)
 
     async def generate(self, request: ChatCompletionRequest) -> bytes | OpenAIError:
-        meta, stream = await self._start(request)
-        if isinstance(meta, OpenAIError) or stream is None:
-            return meta
+        started = await self._start(request)
+        if isinstance(started, OpenAIError):
+            return started
+        meta, stream = started
         return await render_complete(meta, _deltas(stream))
 
     async def generate_stream(self, request: ChatCompletionRequest) -> AsyncGenerator[bytes | OpenAIError, None]:
-        meta, stream = await self._start(request)
-        if isinstance(meta, OpenAIError) or stream is None:
-            yield meta
+        started = await self._start(request)
+        if isinstance(started, OpenAIError):
+            yield started
             return
+        meta, stream = started
         async for frames in accepted_then_batched(render_stream(meta, _deltas(stream)), self._batch_interval_s):
             yield frames
 
 
-async def _deltas(stream: DeploymentResponseGenerator) -> AsyncIterator[GenerationDelta]:
+async def _deltas(stream: DeploymentResponseGenerator[Any]) -> AsyncIterator[GenerationDelta]:
     try:
         async for batch in stream:
             for delta in batch:

@@ -21,8 +21,9 @@ import socket
 import statistics
 import sys
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -79,17 +80,19 @@ async def in_process_ttft(model_dir: Path, runs: int) -> list[float]:
 def handle_ttft(runs: int) -> list[float]:
     from ray import serve
 
-    from deployments.handles import by_value
+    from deployments.handles import by_value, streamed
 
     engine = by_value(serve.get_deployment_handle(f"LLMServer:{MODEL}", app_name="bench"))  # as the ingress calls it
 
     async def run() -> list[float]:
-        return await _first_token_ms(lambda: engine.generate_stream.options(stream=True).remote(REQUEST), runs)
+        return await _first_token_ms(
+            lambda: streamed(engine.generate_stream.options(stream=True).remote(REQUEST)), runs
+        )
 
     return asyncio.run(run())
 
 
-ROUTES = {
+ROUTES: dict[str, dict[str, Any]] = {
     "plain": {},
     "tools": {"tools": [{"type": "function", "function": {"name": "noop", "parameters": {"type": "object"}}}]},
     "response_format": {"response_format": {"type": "json_object"}},
@@ -106,7 +109,9 @@ def http_ttft(base_url: str, runs: int) -> dict[str, list[float]]:
         for run in range(runs + 5):
             for name, extra in ROUTES.items():
                 started = time.perf_counter()
-                with client.stream("POST", "/v1/chat/completions", json={**REQUEST.model_dump(exclude_none=True), **extra}) as response:
+                with client.stream(
+                    "POST", "/v1/chat/completions", json={**REQUEST.model_dump(exclude_none=True), **extra}
+                ) as response:
                     lines = response.iter_lines()
                     for line in lines:
                         if _has_token(line) and run >= 5:  # the first few warm connections and caches
@@ -123,20 +128,44 @@ def http_load(base_url: str, model_dir: Path, concurrency: int, num_prompts: int
 
     parser = FlexibleArgumentParser()
     add_cli_args(parser)
-    args = parser.parse_args([
-        "--backend", "openai-chat", "--base-url", base_url, "--endpoint", "/v1/chat/completions",
-        "--model", MODEL, "--tokenizer", str(model_dir), "--dataset-name", "random",
-        "--random-input-len", "64", "--random-output-len", "64", "--num-prompts", str(num_prompts),
-        "--max-concurrency", str(concurrency), "--percentile-metrics", "ttft,itl", "--metric-percentiles", "50,99",
-        "--num-warmups", "4", "--disable-tqdm",
-    ])
-    return main(args)
+    args = parser.parse_args(
+        [
+            "--backend",
+            "openai-chat",
+            "--base-url",
+            base_url,
+            "--endpoint",
+            "/v1/chat/completions",
+            "--model",
+            MODEL,
+            "--tokenizer",
+            str(model_dir),
+            "--dataset-name",
+            "random",
+            "--random-input-len",
+            "64",
+            "--random-output-len",
+            "64",
+            "--num-prompts",
+            str(num_prompts),
+            "--max-concurrency",
+            str(concurrency),
+            "--percentile-metrics",
+            "ttft,itl",
+            "--metric-percentiles",
+            "50,99",
+            "--num-warmups",
+            "4",
+            "--disable-tqdm",
+        ]
+    )
+    return cast(dict[str, Any], main(args))
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return cast(int, s.getsockname()[1])
 
 
 def main() -> None:
@@ -158,8 +187,17 @@ def main() -> None:
     ray.init(namespace="agent-serve-bench", log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port}, controller_options=CONTROLLER_OPTIONS)
-        args = {"models": [{"id": MODEL, "source": SOURCE, "engine": "replay", "replay": {"script": str(SCRIPT)},
-                            "deployment": {"num_cpus": 0}}]}
+        args = {
+            "models": [
+                {
+                    "id": MODEL,
+                    "source": SOURCE,
+                    "engine": "replay",
+                    "replay": {"script": str(SCRIPT)},
+                    "deployment": {"num_cpus": 0},
+                }
+            ]
+        }
         serve.run(build_app(args), name="bench", route_prefix="/")
         via_handle = handle_ttft(options.probe_runs)
         routes = http_ttft(f"http://127.0.0.1:{port}", options.probe_runs)
@@ -172,7 +210,9 @@ def main() -> None:
     through_http = loads[1]["median_ttft_ms"]
     print("\n=== stack overhead, replay engine (no model compute), time to first token at concurrency 1 ===")
     print(f"  in process (no Ray, no HTTP) : {p50(in_process):7.2f} ms")
-    print(f"  + Ray handle hop             : {p50(via_handle):7.2f} ms  (adds {p50(via_handle) - p50(in_process):.2f} ms)")
+    print(
+        f"  + Ray handle hop             : {p50(via_handle):7.2f} ms  (adds {p50(via_handle) - p50(in_process):.2f} ms)"
+    )
     print(f"  + HTTP (HAProxy) + ingress  : {through_http:7.2f} ms  (adds {through_http - p50(via_handle):.2f} ms)")
     print("\n=== post-processing hops (first content token over HTTP, concurrency 1) ===")
     plain = p50(routes["plain"])
@@ -180,12 +220,17 @@ def main() -> None:
     for name, stage in (("tools", "ToolParsing"), ("response_format", "StructuredOutput")):
         label = f"with {name} (ingress -> {stage} -> engine)"
         print(f"  {label:<60} : {p50(routes[name]):7.2f} ms  (adds {p50(routes[name]) - plain:.2f} ms)")
-    print("\n=== HTTP load (vllm.benchmarks.serve, 64-token answers) ===")
-    print(f"  {'concurrency':>11} {'req/s':>8} {'out tok/s':>10} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'errors':>6}")
+    print("\n=== HTTP load (vllm.benchmarks.serve, the replay script's 47-token answer) ===")
+    print(
+        f"  {'concurrency':>11} {'req/s':>8} {'out tok/s':>10} {'TTFT p50':>9} {'TTFT p99':>9}"
+        f" {'ITL p50':>8} {'errors':>6}"
+    )
     for concurrency, r in loads.items():
         errors = sum(1 for error in r.get("errors", []) if error)
-        print(f"  {concurrency:>11} {r['request_throughput']:>8.1f} {r['output_throughput']:>10.1f} "
-              f"{r['median_ttft_ms']:>8.1f}ms {r['p99_ttft_ms']:>8.1f}ms {r['median_itl_ms']:>7.2f}ms {errors:>6}")
+        print(
+            f"  {concurrency:>11} {r['request_throughput']:>8.1f} {r['output_throughput']:>10.1f} "
+            f"{r['median_ttft_ms']:>8.1f}ms {r['p99_ttft_ms']:>8.1f}ms {r['median_itl_ms']:>7.2f}ms {errors:>6}"
+        )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -37,8 +37,14 @@ from serve_app.model_source import prepare_model  # noqa: E402
 from serve_app.ray_settings import CONTROLLER_OPTIONS, prepare_node_environment  # noqa: E402
 
 CONCURRENCY_PROMPTS = {1: 16, 8: 48, 32: 96}
-TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city.", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 WORKLOAD_BODIES: dict[str, dict[str, Any]] = {"chat": {}, "tools": {"tools": [TOOL], "tool_choice": "auto"}}
 # The overhead budget (issue #7): what our stack may add on top of the engine.
 BUDGET = {"throughput_ratio_min": 0.95, "ttft_p50_delta_ms_c1": 15.0, "itl_p50_delta_ms": 2.0}
@@ -47,7 +53,7 @@ BUDGET = {"throughput_ratio_min": 0.95, "ttft_p50_delta_ms_c1": 15.0, "itl_p50_d
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return cast(int, s.getsockname()[1])
 
 
 def _wait_ready(base_url: str, process: subprocess.Popen[bytes] | None, timeout_s: float = 600) -> None:
@@ -69,8 +75,19 @@ def bare_vllm_command(model: ModelConfig, model_dir: Path, port: int) -> tuple[l
     from serve_app.engines.vllm_engine import VLLMEngine
 
     kwargs = VLLMEngine(model_dir, model.engine_args, model.id, model.reasoning_parser).engine_args()
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1", "--port", str(port),
-               "--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--disable-uvicorn-access-log"]
+    command = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--enable-auto-tool-choice",
+        "--tool-call-parser",
+        "hermes",
+        "--disable-uvicorn-access-log",
+    ]
     for key, value in kwargs.items():
         flag = "--" + key.replace("_", "-")
         if value is True:
@@ -83,22 +100,50 @@ def bare_vllm_command(model: ModelConfig, model_dir: Path, port: int) -> tuple[l
     return command, env
 
 
-def bench(base_url: str, model_id: str, model_dir: Path, concurrency: int, extra_body: dict[str, Any]) -> dict[str, Any]:
+def bench(
+    base_url: str, model_id: str, model_dir: Path, concurrency: int, extra_body: dict[str, Any]
+) -> dict[str, Any]:
     from vllm.benchmarks.serve import add_cli_args, main
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     parser = FlexibleArgumentParser()
     add_cli_args(parser)
     args = [
-        "--backend", "openai-chat", "--base-url", base_url, "--endpoint", "/v1/chat/completions",
-        "--model", model_id, "--tokenizer", str(model_dir), "--dataset-name", "random",
-        "--random-input-len", "128", "--random-output-len", "64", "--num-prompts", str(CONCURRENCY_PROMPTS[concurrency]),
-        "--max-concurrency", str(concurrency), "--temperature", "0", "--seed", "0",
-        "--percentile-metrics", "ttft,itl", "--metric-percentiles", "50,99", "--num-warmups", "2", "--disable-tqdm",
+        "--backend",
+        "openai-chat",
+        "--base-url",
+        base_url,
+        "--endpoint",
+        "/v1/chat/completions",
+        "--model",
+        model_id,
+        "--tokenizer",
+        str(model_dir),
+        "--dataset-name",
+        "random",
+        "--random-input-len",
+        "128",
+        "--random-output-len",
+        "64",
+        "--num-prompts",
+        str(CONCURRENCY_PROMPTS[concurrency]),
+        "--max-concurrency",
+        str(concurrency),
+        "--temperature",
+        "0",
+        "--seed",
+        "0",
+        "--percentile-metrics",
+        "ttft,itl",
+        "--metric-percentiles",
+        "50,99",
+        "--num-warmups",
+        "2",
+        "--disable-tqdm",
     ]
     if extra_body:
         args += ["--extra-body", json.dumps(extra_body)]
-    result = main(parser.parse_args(args))
+    result = cast(dict[str, Any], main(parser.parse_args(args)))
     result["failed"] = CONCURRENCY_PROMPTS[concurrency] - int(result.get("completed", 0))
     return result
 
@@ -118,12 +163,18 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, float]:
 def report(results: dict[str, dict[int, dict[str, dict[str, float]]]]) -> None:
     for workload, by_concurrency in results.items():
         print(f"\n=== {workload}: ours vs bare vLLM (same model and engine arguments, median of rounds) ===")
-        print(f"  {'conc':>4} {'thrpt ratio':>11} {'TTFT p50 bare/ours':>19} {'Δp50':>8} {'Δp99':>8} "
-              f"{'ITL p50 bare/ours':>18} {'ΔITL':>7} {'errors b/o':>10} {'tokens b/o':>13}")
+        print(
+            f"  {'conc':>4} {'thrpt ratio':>11} {'TTFT p50 bare/ours':>19} {'Δp50':>8} {'Δp99':>8} "
+            f"{'ITL p50 bare/ours':>18} {'ΔITL':>7} {'errors b/o':>10} {'tokens b/o':>13}"
+        )
         for concurrency, pair in by_concurrency.items():
             bare, ours = pair["bare"], pair["ours"]
             ratio = ours["throughput"] / bare["throughput"] if bare["throughput"] else float("nan")
-            d50, d99, ditl = ours["ttft_p50"] - bare["ttft_p50"], ours["ttft_p99"] - bare["ttft_p99"], ours["itl_p50"] - bare["itl_p50"]
+            d50, d99, ditl = (
+                ours["ttft_p50"] - bare["ttft_p50"],
+                ours["ttft_p99"] - bare["ttft_p99"],
+                ours["itl_p50"] - bare["itl_p50"],
+            )
             checks = []
             if concurrency in (8, 32):
                 checks.append("ratio " + ("ok" if ratio >= BUDGET["throughput_ratio_min"] else "OVER"))
@@ -133,12 +184,18 @@ def report(results: dict[str, dict[int, dict[str, dict[str, float]]]]) -> None:
             checks.append("errors " + ("ok" if bare["errors"] + ours["errors"] == 0 else "SOME"))
             # Throughput compares like with like only when both generated the same tokens.
             checks.append("same work " + ("ok" if bare["output_tokens"] == ours["output_tokens"] else "NO"))
-            print(f"  {concurrency:>4} {ratio:>11.3f} {bare['ttft_p50']:>8.1f}/{ours['ttft_p50']:>7.1f} ms {d50:>+6.1f}ms "
-                  f"{d99:>+6.1f}ms {bare['itl_p50']:>7.2f}/{ours['itl_p50']:>6.2f} ms {ditl:>+5.2f}ms "
-                  f"{int(bare['errors']):>4}/{int(ours['errors']):<4} {int(bare['output_tokens']):>6}/{int(ours['output_tokens']):<6} "
-                  f"[{', '.join(checks)}]")
-    print(f"\n  budget: throughput ratio >= {BUDGET['throughput_ratio_min']} at 8 and 32, TTFT p50 delta <= "
-          f"{BUDGET['ttft_p50_delta_ms_c1']} ms at 1, ITL p50 delta <= {BUDGET['itl_p50_delta_ms']} ms, zero errors")
+            print(
+                f"  {concurrency:>4} {ratio:>11.3f} {bare['ttft_p50']:>8.1f}/{ours['ttft_p50']:>7.1f} ms"
+                f" {d50:>+6.1f}ms "
+                f"{d99:>+6.1f}ms {bare['itl_p50']:>7.2f}/{ours['itl_p50']:>6.2f} ms {ditl:>+5.2f}ms "
+                f"{int(bare['errors']):>4}/{int(ours['errors']):<4}"
+                f" {int(bare['output_tokens']):>6}/{int(ours['output_tokens']):<6} "
+                f"[{', '.join(checks)}]"
+            )
+    print(
+        f"\n  budget: throughput ratio >= {BUDGET['throughput_ratio_min']} at 8 and 32, TTFT p50 delta <= "
+        f"{BUDGET['ttft_p50_delta_ms_c1']} ms at 1, ITL p50 delta <= {BUDGET['itl_p50_delta_ms']} ms, zero errors"
+    )
 
 
 def main() -> None:
@@ -146,7 +203,9 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "local.yaml")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workloads", nargs="+", choices=sorted(WORKLOAD_BODIES), default=["chat", "tools"])
-    parser.add_argument("--concurrency", type=int, nargs="+", choices=sorted(CONCURRENCY_PROMPTS), default=sorted(CONCURRENCY_PROMPTS))
+    parser.add_argument(
+        "--concurrency", type=int, nargs="+", choices=sorted(CONCURRENCY_PROMPTS), default=sorted(CONCURRENCY_PROMPTS)
+    )
     options = parser.parse_args()
 
     import ray
@@ -178,7 +237,9 @@ def main() -> None:
                     order = ["bare", "ours"] if round_index % 2 == 0 else ["ours", "bare"]
                     for name in order:
                         print(f"--- {workload}, concurrency {concurrency}, round {round_index + 1}: {name}", flush=True)
-                        runs[name].append(bench(targets[name], model.id, model_dir, concurrency, WORKLOAD_BODIES[workload]))
+                        runs[name].append(
+                            bench(targets[name], model.id, model_dir, concurrency, WORKLOAD_BODIES[workload])
+                        )
                 results[workload][concurrency] = {name: summarize(r) for name, r in runs.items()}
         report(results)
     finally:

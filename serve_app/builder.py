@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from ray.serve import Application
+from ray.serve import Application, Deployment
 
 from serve_app.autoscaling import engine_queue_policy
 from serve_app.config import AppConfig, DeploymentOptions, ModelConfig, parse_app_config
@@ -14,7 +14,7 @@ from serve_app.routing import ModelCatalog
 ENGINE_QUEUE_POLICY = f"{engine_queue_policy.__module__}:{engine_queue_policy.__name__}"
 
 
-def build_app(args: dict[str, Any]) -> Application:
+def build_app(args: dict[str, Any] | AppConfig) -> Application:
     """Called by `serve run`/`serve deploy` with the `args` of the Serve config's application."""
     config = args if isinstance(args, AppConfig) else parse_app_config(args)
     from deployments.engine import LLMServer
@@ -23,17 +23,30 @@ def build_app(args: dict[str, Any]) -> Application:
     from deployments.tool_parsing import ToolParsing
 
     engines = {
-        model.id: LLMServer.options(name=f"LLMServer:{model.id}", **engine_deployment_options(model)).bind(
-            model, config.model_cache_dir, config.server.stream_batch_interval_s
-        )
+        model.id: _deployment(LLMServer)
+        .options(name=f"LLMServer:{model.id}", **engine_deployment_options(model))
+        .bind(model, config.model_cache_dir, config.server.stream_batch_interval_s)
         for model in config.models
     }
     interval = config.server.stream_batch_interval_s
-    tool_parsing = ToolParsing.options(**_serve_options(config.server.tool_parsing)).bind(engines, interval)
-    structured_output = StructuredOutput.options(**_serve_options(config.server.structured_output)).bind(engines, interval)
+    tool_parsing = (
+        _deployment(ToolParsing).options(**_serve_options(config.server.tool_parsing)).bind(engines, interval)
+    )
+    structured_output = (
+        _deployment(StructuredOutput).options(**_serve_options(config.server.structured_output)).bind(engines, interval)
+    )
     ingress_options = _serve_options(config.server.ingress)
     catalog = ModelCatalog.of(config.models)
-    return OpenAIIngress.options(**ingress_options).bind(config.server, catalog, engines, tool_parsing, structured_output)
+    return (
+        _deployment(OpenAIIngress)
+        .options(**ingress_options)
+        .bind(config.server, catalog, engines, tool_parsing, structured_output)
+    )
+
+
+def _deployment(decorated: type) -> Deployment:
+    """A class decorated with `@serve.deployment`, which is a `Deployment` (mypy ignores class decorators)."""
+    return cast(Deployment, decorated)
 
 
 def engine_deployment_options(model: ModelConfig) -> dict[str, Any]:

@@ -11,13 +11,15 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any
 
 from serve_app import sse
 from serve_app.engines.base import Engine, GenerationDelta, GenerationRequest, TokenLogprob
 from serve_app.engines.base import FinishReason as EngineFinishReason
 from serve_app.generation import context_error, sampling_options
+from serve_app.output_parsing import ChoiceOutput, create_output_parser
 from serve_app.protocol.chat import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -30,17 +32,18 @@ from serve_app.protocol.chat import (
     FunctionCallDelta,
     ResponseMessage,
     StreamChoice,
-    TokenLogprob as WireTokenLogprob,
     ToolCall,
     ToolCallDelta,
     TopLogprob,
 )
-from serve_app.output_parsing import ChoiceOutput, create_output_parser
+from serve_app.protocol.chat import (
+    TokenLogprob as WireTokenLogprob,
+)
 from serve_app.protocol.common import FinishReason, Usage
 from serve_app.protocol.errors import OpenAIError, invalid_request, server_error
 from serve_app.reasoning import EFFORTS, ReasoningFormat, starts_in_reasoning, template_kwargs
-from serve_app.structured_output import ResponseConstraint
 from serve_app.routing import needs_tool_parsing
+from serve_app.structured_output import ResponseConstraint
 from serve_app.tool_constraints import forced_call_schema, strict_tools_tag
 from serve_app.tool_parsers.base import ContentDelta, Event, ParsedOutput, ReasoningDelta, TextParser, ToolCallStart
 from serve_app.tool_prompts import render_prompt, template_supports_tools
@@ -105,7 +108,9 @@ class ChatCompletions:
         self.tool_parser = tool_parser
         self.reasoning_parser = reasoning_parser
 
-    def plan(self, request: ChatCompletionRequest, constraint: ResponseConstraint | None = None) -> PlannedChat | OpenAIError:
+    def plan(
+        self, request: ChatCompletionRequest, constraint: ResponseConstraint | None = None
+    ) -> PlannedChat | OpenAIError:
         """Validate what only the model can judge (template, context window) and render the prompt.
         Schemas to enforce were checked before (structured_output.check_constraints); `constraint` is the
         request's `response_format` as the engine must enforce it."""
@@ -164,9 +169,20 @@ class ChatCompletions:
                     # At most one call (R2.3): generation ends where the first call closes.
                     sampling = dataclasses.replace(sampling, stop=(*sampling.stop, "</tool_call>"))
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
-        meta = ChatMeta(request_id, int(time.time()), self.model_id, len(prompt_ids), sampling.n,
-                        request.include_usage, parser, request.tools or [], request.parallel_tool_calls is not False,
-                        self.reasoning_parser, starts_in_reasoning(self.reasoning_parser, prompt), constraint)
+        meta = ChatMeta(
+            request_id,
+            int(time.time()),
+            self.model_id,
+            len(prompt_ids),
+            sampling.n,
+            request.include_usage,
+            parser,
+            request.tools or [],
+            request.parallel_tool_calls is not False,
+            self.reasoning_parser,
+            starts_in_reasoning(self.reasoning_parser, prompt),
+            constraint,
+        )
         generation = GenerationRequest(
             request_id, prompt_ids, sampling, [m.model_dump(exclude_none=True) for m in request.messages]
         )
@@ -218,7 +234,7 @@ async def render_stream(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]) 
         await frames.aclose()  # a client that left stops the engine now, not at garbage collection
 
 
-async def _render_frames(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]) -> AsyncIterator[bytes]:
+async def _render_frames(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]) -> AsyncGenerator[bytes, None]:
     """The frames of each engine output joined into one item (possibly empty after the first)."""
     encode = _ChunkEncoder(meta)
     choices = [meta.new_output() for _ in range(meta.n)]
@@ -287,21 +303,34 @@ async def render_complete(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]
     except Exception as exc:
         return server_error(f"The engine failed while generating: {exc}")
     wire_choices = []
-    for index, (choice, output) in enumerate(zip(choices, outputs)):
+    for index, (choice, output) in enumerate(zip(choices, outputs, strict=True)):
         output.apply(choice.finish(reasons[index]))
         if (error := meta.violation(choice, reasons[index])) is not None:
             return error
-        calls = [ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments or "{}")) for c in output.calls]
+        calls = [
+            ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments or "{}")) for c in output.calls
+        ]
         # R3.2: content is null only beside tool calls; whitespace-only output is "".
         content = (output.content.strip() or None) if calls else (output.content if output.content.strip() else "")
         reasoning = output.reasoning or None
-        message = ResponseMessage(content=content, tool_calls=calls or None, reasoning_content=reasoning, reasoning=reasoning)
+        message = ResponseMessage(
+            content=content, tool_calls=calls or None, reasoning_content=reasoning, reasoning=reasoning
+        )
         wire_choices.append(
-            Choice(index=index, message=message, finish_reason=choice.finish_reason(reasons[index]), logprobs=_wire_logprobs(logprobs[index]))
+            Choice(
+                index=index,
+                message=message,
+                finish_reason=choice.finish_reason(reasons[index]),
+                logprobs=_wire_logprobs(logprobs[index]),
+            )
         )
     response = ChatCompletion(
-        id=meta.id, created=meta.created, model=meta.model, choices=wire_choices,
-        usage=_usage(meta, choices), system_fingerprint=SYSTEM_FINGERPRINT,
+        id=meta.id,
+        created=meta.created,
+        model=meta.model,
+        choices=wire_choices,
+        usage=_usage(meta, choices),
+        system_fingerprint=SYSTEM_FINGERPRINT,
     )
     return response.model_dump_json().encode()
 
@@ -322,13 +351,21 @@ class _ChunkEncoder:
 
     def _frame(self, choices: list[StreamChoice], usage: Usage | None = None) -> bytes:
         chunk = ChatCompletionChunk(
-            id=self._meta.id, created=self._meta.created, model=self._meta.model, choices=choices,
-            system_fingerprint=SYSTEM_FINGERPRINT, usage=usage,
+            id=self._meta.id,
+            created=self._meta.created,
+            model=self._meta.model,
+            choices=choices,
+            system_fingerprint=SYSTEM_FINGERPRINT,
+            usage=usage,
         )
         return sse.frame(chunk.model_dump_json(exclude=self._exclude))
 
     def __call__(
-        self, index: int, delta: Delta, finish_reason: FinishReason | None = None, logprobs: ChoiceLogprobs | None = None
+        self,
+        index: int,
+        delta: Delta,
+        finish_reason: FinishReason | None = None,
+        logprobs: ChoiceLogprobs | None = None,
     ) -> bytes:
         return self._frame([StreamChoice(index=index, delta=delta, finish_reason=finish_reason, logprobs=logprobs)])
 

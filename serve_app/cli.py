@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load(path: Path) -> tuple[dict[str, Any], dict[str, AppConfig]]:
-    from ray.serve.schema import ServeDeploySchema
     from pydantic import ValidationError as PydanticError
+    from ray.serve.schema import ServeDeploySchema
 
     document = load_serve_config(path)
     try:
@@ -116,7 +116,9 @@ def _run_app(serve: Any, target: Any, name: str, prefix: str, failures: list[Bas
         failures.append(exc)
 
 
-def _wait_until_running(serve: Any, deploying: list[threading.Thread], failures: list[BaseException], t0: float) -> bool:
+def _wait_until_running(
+    serve: Any, deploying: list[threading.Thread], failures: list[BaseException], t0: float
+) -> bool:
     """Show each deployment's state as the engines start; False if any application failed."""
     shown, shown_at = "", 0.0
     while any(t.is_alive() for t in deploying):
@@ -125,11 +127,14 @@ def _wait_until_running(serve: Any, deploying: list[threading.Thread], failures:
             status = serve.status()
         except Exception:  # the controller is still starting
             continue
-        states = ", ".join(
-            f"{name}: {dep.status.value.lower()}"
-            for app in status.applications.values()
-            for name, dep in app.deployments.items()
-        ) or "starting the Serve controller"
+        states = (
+            ", ".join(
+                f"{name}: {dep.status.value.lower()}"
+                for app in status.applications.values()
+                for name, dep in app.deployments.items()
+            )
+            or "starting the Serve controller"
+        )
         if states != shown or time.monotonic() - shown_at >= 10:
             _say(f"  [{time.monotonic() - t0:4.0f} s] {states}")
             shown, shown_at = states, time.monotonic()
@@ -145,17 +150,22 @@ def _print_banner(http_options: dict[str, Any], apps: dict[str, AppConfig], elap
     app = next(iter(apps.values()))
     models = [m for config in apps.values() for m in config.models]
     first = models[0]
+    body: dict[str, Any]
     if first.task == "embed":
         path, body = "embeddings", {"model": first.id, "input": "Hello, world."}
     else:
-        path, body = "chat/completions", {"model": first.id, "messages": [{"role": "user", "content": "Say hello in one sentence."}]}
+        path, body = (
+            "chat/completions",
+            {"model": first.id, "messages": [{"role": "user", "content": "Say hello in one sentence."}]},
+        )
     auth = " -H 'Authorization: Bearer <your key>'" if app.server.resolved_api_keys() else ""
     names = [f"{m.id} ({', '.join(m.aliases)})" if m.aliases else m.id for m in models]
     _say(
         f"\nagent-serve is ready ({elapsed:.0f} s)\n"
         f"  base URL : {base}\n"
         f"  model    : {', '.join(names)}\n"
-        f"  try      : curl {base}/{path} -H 'Content-Type: application/json'{auth} -d {shlex.quote(json.dumps(body))}\n"
+        f"  try      : curl {base}/{path} -H 'Content-Type: application/json'{auth}"
+        f" -d {shlex.quote(json.dumps(body))}\n"
         f"Press Ctrl-C to stop.\n"
     )
 

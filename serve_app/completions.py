@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any
 
 from serve_app import sse
 from serve_app.engines.base import Engine, GenerationRequest, TokenLogprob
@@ -68,8 +69,11 @@ class TextCompletions:
             if (error := context_error(len(ids), self.engine.max_model_len, "prompt")) is not None:
                 return error
             sampling = sampling_options(
-                request, cap=request.max_tokens, room=self.engine.max_model_len - len(ids),
-                logprobs=request.logprobs, vocab_size=len(self.tokenizer),
+                request,
+                cap=request.max_tokens,
+                room=self.engine.max_model_len - len(ids),
+                logprobs=request.logprobs,
+                vocab_size=len(self.tokenizer),
             )
             if isinstance(sampling, OpenAIError):
                 return sampling
@@ -131,15 +135,24 @@ class TextCompletions:
         yield sse.DONE
 
     def _frame(
-        self, planned: PlannedCompletion, index: int, text: str, finish: FinishReason | None, logprobs: CompletionLogprobs | None
+        self,
+        planned: PlannedCompletion,
+        index: int,
+        text: str,
+        finish: FinishReason | None,
+        logprobs: CompletionLogprobs | None,
     ) -> bytes:
         choice = CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=finish)
         return sse.frame(self._object(planned, [choice], None).model_dump_json(exclude={"usage"}))
 
     def _object(self, planned: PlannedCompletion, choices: list[CompletionChoice], usage: Usage | None) -> Completion:
         return Completion(
-            id=planned.id, created=planned.created, model=self.model_id, choices=choices,
-            system_fingerprint=SYSTEM_FINGERPRINT, usage=usage,
+            id=planned.id,
+            created=planned.created,
+            model=self.model_id,
+            choices=choices,
+            system_fingerprint=SYSTEM_FINGERPRINT,
+            usage=usage,
         )
 
 
@@ -157,4 +170,3 @@ def _legacy_logprobs(logprobs: list[TokenLogprob] | None, start_offset: int) -> 
         top_logprobs=[{c.token: c.logprob for c in t.top} for t in logprobs],
         text_offset=offsets,
     )
-

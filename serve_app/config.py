@@ -2,7 +2,8 @@
 
 Every model forbids unknown keys, so a typo in YAML is an error naming the key instead of a setting
 that is silently ignored. Host and port are Serve's own `http_options` in the same YAML file; they are
-not repeated here.
+not repeated here. The field descriptions are the configuration reference: docs/configuration.md is
+generated from them (`make docs`, serve_app/config_reference.py).
 """
 
 from __future__ import annotations
@@ -24,18 +25,22 @@ class StrictModel(BaseModel):
 class AutoscalingOptions(StrictModel):
     """Replica autoscaling. Engine deployments scale on their engine's queue (waiting + running requests,
     reported by each replica, plus requests held before any replica took them); the ingress and the
-    post-processing deployments on their ongoing requests. See the README's autoscaling section."""
+    post-processing deployments on their ongoing requests. See docs/autoscaling.md."""
 
-    min_replicas: int = Field(1, ge=0, description="0 = scale to zero when idle; requests are held while one starts.")
-    max_replicas: int = Field(4, ge=1)
-    initial_replicas: int | None = Field(None, ge=0, description="Replicas at deploy time; default min_replicas.")
+    min_replicas: int = Field(
+        1, ge=0, description="Fewest replicas; 0 scales to zero when idle (the next request is held while one starts)."
+    )
+    max_replicas: int = Field(4, ge=1, description="Most replicas.")
+    initial_replicas: int | None = Field(None, ge=0, description="Replicas at deploy time; none: `min_replicas`.")
     target: float = Field(
         8.0, gt=0, description="Per replica: engine queue depth (engines) or ongoing requests (the others)."
     )
     upscale_delay_s: float = Field(5.0, ge=0, description="The load must stay above target this long to add replicas.")
-    downscale_delay_s: float = Field(120.0, ge=0, description="... below target this long to remove replicas.")
+    downscale_delay_s: float = Field(
+        120.0, ge=0, description="The load must stay below target this long to remove replicas."
+    )
     downscale_to_zero_delay_s: float | None = Field(
-        None, ge=0, description="From one replica to none (min_replicas 0); default downscale_delay_s."
+        None, ge=0, description="Idle time before the last replica goes (`min_replicas: 0`); none: `downscale_delay_s`."
     )
     metrics_interval_s: float = Field(2.0, gt=0, description="How often each replica reports its load.")
     look_back_period_s: float = Field(10.0, gt=0, description="The window the reported load is averaged over.")
@@ -57,11 +62,15 @@ PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 class DeploymentOptions(StrictModel):
     """Ray Serve options for one deployment: a fixed `num_replicas`, or `autoscaling` bounds."""
 
-    num_replicas: int = Field(1, ge=1)
-    autoscaling: AutoscalingOptions | None = None
-    num_cpus: float = Field(1.0, ge=0)
-    num_gpus: float = Field(0.0, ge=0)
-    max_ongoing_requests: int = Field(64, ge=1)
+    num_replicas: int = Field(1, ge=1, description="Fixed number of replicas (or set `autoscaling`, not both).")
+    autoscaling: AutoscalingOptions | None = Field(None, description="Replicas follow the load between bounds.")
+    num_cpus: float = Field(1.0, ge=0, description="Ray CPUs per replica.")
+    num_gpus: float = Field(
+        0.0, ge=0, description="Ray GPUs per replica (tensor-parallel engines reserve theirs in a placement group)."
+    )
+    max_ongoing_requests: int = Field(
+        64, ge=1, description="Requests one replica accepts at once; more wait at the caller's handle."
+    )
     graceful_shutdown_timeout_s: float = Field(
         600.0, ge=0, description="A replica being removed finishes its requests for up to this long (long streams)."
     )
@@ -86,16 +95,27 @@ class DeploymentOptions(StrictModel):
 class VLLMEngineArgs(StrictModel):
     """The vLLM engine arguments we expose by name; `extra` passes anything else verbatim."""
 
-    max_model_len: int | None = Field(None, ge=16, description="Context window; None = the model's own.")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    enforce_eager: bool = False
-    tensor_parallel_size: int = Field(1, ge=1)
-    pipeline_parallel_size: int = Field(1, ge=1)
-    kv_cache_space_gib: int | None = Field(
-        None, ge=1, description="CPU only: KV cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE)."
+    max_model_len: int | None = Field(None, ge=16, description="Context window in tokens; none: the model's own.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="Weights and activations.")
+    enforce_eager: bool = Field(
+        False, description="Skip torch.compile and CUDA graphs: a faster start, a slower decode."
     )
-    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
-    max_num_seqs: int | None = Field(None, ge=1)
+    tensor_parallel_size: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Above 1 (or with `pipeline_parallel_size`), vLLM's Ray executor runs the workers in a placement group "
+            "of one GPU bundle per worker (the replay engine reserves the same group)."
+        ),
+    )
+    pipeline_parallel_size: int = Field(1, ge=1, description="Pipeline stages; workers = tensor × pipeline.")
+    kv_cache_space_gib: int | None = Field(
+        None, ge=1, description="CPU only: KV cache size in whole GiB (`VLLM_CPU_KVCACHE_SPACE`); none: vLLM's."
+    )
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="GPU only: share of GPU memory vLLM may take; none: vLLM's."
+    )
+    max_num_seqs: int | None = Field(None, ge=1, description="Sequences decoded together at most; none: vLLM's.")
     ray_metrics: bool = Field(
         False,
         description=(
@@ -111,17 +131,21 @@ class VLLMEngineArgs(StrictModel):
 
 
 class ReplayEngineArgs(StrictModel):
-    """The deterministic test engine: scripted text through the model's real tokenizer."""
+    """The deterministic test engine (`engine: replay`, never the default): scripted text through the model's
+    real tokenizer, for tests and overhead benchmarks. The script format: docs/deployment.md."""
 
-    script: Path
-    max_model_len: int = Field(8192, ge=16)
+    script: Path = Field(description="The replay script (YAML or JSON): which text answers which request.")
+    max_model_len: int = Field(8192, ge=16, description="Context window the replay engine enforces.")
     token_delay_s: float | None = Field(None, ge=0, description="Overrides the script's delay.")
 
 
 class ModelConfig(StrictModel):
-    id: str = Field(min_length=1, description="The name clients send as `model`.")
+    """One model, served by its own engine deployment (`LLMServer:<id>`)."""
+
+    id: str = Field(min_length=1, description="The name clients send as `model` and see in `/v1/models`.")
     aliases: list[str] = Field(
-        default_factory=list, description="More names for the same model (listed by /v1/models too)."
+        default_factory=list,
+        description="More names for the model, listed by `/v1/models`; responses name the model by its `id`.",
     )
     task: ModelTask = Field(
         "generate", description="`generate`: chat and text completions; `embed`: /v1/embeddings (vLLM pooling)."
@@ -129,18 +153,31 @@ class ModelConfig(StrictModel):
     source: str = Field(
         min_length=1,
         description=(
-            "pkg:<package>/<file>.gguf (a GGUF inside an installed Python package), a .gguf file, "
-            "a local Hugging Face directory, or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct."
+            "`pkg:<package>/<file>.gguf` (a GGUF inside an installed Python package, converted once), "
+            "`pkg:<package>/<directory>` (a model directory inside a package), a `.gguf` path, a local Hugging "
+            "Face directory, or a hub id such as `HuggingFaceTB/SmolLM2-135M-Instruct` (needs network)."
         ),
     )
-    engine: Literal["vllm", "replay"] = "vllm"
-    tool_parser: str = Field("hermes", description="The model's tool-call format (see serve_app/tool_parsers).")
-    reasoning_parser: Literal["think", "harmony"] | None = Field(
-        None, description="The model's reasoning format: `think` (<think>...</think>) or `harmony` (gpt-oss)."
+    engine: Literal["vllm", "replay"] = Field(
+        "vllm", description="`vllm`, or `replay`: the deterministic test engine (`replay` section)."
     )
-    engine_args: VLLMEngineArgs = VLLMEngineArgs()
-    replay: ReplayEngineArgs | None = None
-    deployment: DeploymentOptions = DeploymentOptions()
+    tool_parser: str = Field(
+        "hermes",
+        description=(
+            "The model's tool-call format: `hermes`, `llama3_json`, `mistral`, `pythonic`, `qwen3_coder`, "
+            "`harmony` (docs/tools-and-structured-outputs.md)."
+        ),
+    )
+    reasoning_parser: Literal["think", "harmony"] | None = Field(
+        None,
+        description=(
+            "The model's reasoning format: `think` (`<think>…</think>`) or `harmony` (gpt-oss, with "
+            "`tool_parser: harmony`); none: the model does not reason (docs/reasoning.md)."
+        ),
+    )
+    engine_args: VLLMEngineArgs = Field(VLLMEngineArgs(), description="vLLM's engine arguments.")
+    replay: ReplayEngineArgs | None = Field(None, description="Only with `engine: replay`: its script.")
+    deployment: DeploymentOptions = Field(DeploymentOptions(), description="The engine deployment's Serve options.")
 
     @field_validator("tool_parser")
     @classmethod
@@ -185,7 +222,12 @@ class ModelConfig(StrictModel):
 
 
 class ServerOptions(StrictModel):
-    api_keys: list[str] = Field(default_factory=list, description="Accepted bearer keys; empty = no auth.")
+    """The HTTP surface, and the Serve options of the deployments every application has."""
+
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="Accepted `Authorization: Bearer` keys; none here or in the environment: no auth.",
+    )
     api_keys_env: str = Field(
         "AGENT_SERVE_API_KEYS", description="Environment variable with more keys, comma-separated."
     )
@@ -201,12 +243,24 @@ class ServerOptions(StrictModel):
         15.0, gt=0, description="Send an SSE `: keep-alive` comment when a stream was silent this long."
     )
     strict_request_fields: bool = Field(
-        False, description="Refuse request fields OpenAI does not define (400 naming the field) instead of ignoring them."
+        False,
+        description="Refuse request fields OpenAI does not define (400 naming the field) instead of ignoring them.",
     )
-    max_request_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
-    ingress: DeploymentOptions = DeploymentOptions(num_cpus=0.0, max_ongoing_requests=1024)
-    tool_parsing: DeploymentOptions = DeploymentOptions(num_cpus=0.0, max_ongoing_requests=1024)
-    structured_output: DeploymentOptions = DeploymentOptions(num_cpus=0.0, max_ongoing_requests=1024)
+    max_request_body_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="Larger request bodies get 413 (default: 32 MiB)."
+    )
+    ingress: DeploymentOptions = Field(
+        DeploymentOptions(num_cpus=0.0, max_ongoing_requests=1024),
+        description="Serve options of `OpenAIIngress`, the HTTP entry point.",
+    )
+    tool_parsing: DeploymentOptions = Field(
+        DeploymentOptions(num_cpus=0.0, max_ongoing_requests=1024),
+        description="Serve options of `ToolParsing`, which turns the model's text into tool calls.",
+    )
+    structured_output: DeploymentOptions = Field(
+        DeploymentOptions(num_cpus=0.0, max_ongoing_requests=1024),
+        description="Serve options of `StructuredOutput`, which checks, compiles and enforces schemas.",
+    )
 
     def resolved_api_keys(self) -> list[str]:
         from_env = [k.strip() for k in os.environ.get(self.api_keys_env, "").split(",") if k.strip()]
@@ -214,9 +268,18 @@ class ServerOptions(StrictModel):
 
 
 class AppConfig(StrictModel):
-    models: list[ModelConfig] = Field(min_length=1)
-    server: ServerOptions = ServerOptions()
-    model_cache_dir: Path = DEFAULT_CACHE_DIR
+    """The application's `args`."""
+
+    models: list[ModelConfig] = Field(
+        min_length=1, description="The models, each its own engine deployment; ids and aliases are unique across all."
+    )
+    server: ServerOptions = Field(ServerOptions(), description="The HTTP surface and the shared deployments.")
+    model_cache_dir: Path = Field(
+        DEFAULT_CACHE_DIR,
+        description="Where converted and downloaded models live.",
+        # The default depends on the machine; the reference says where it comes from.
+        json_schema_extra={"default_shown": "`$AGENT_SERVE_CACHE`, or `~/.cache/agent-serve`"},
+    )
 
     @field_validator("models")
     @classmethod
@@ -244,7 +307,7 @@ def _describe(exc: ValidationError) -> str:
     for error in exc.errors():
         where = ".".join(str(part) for part in error["loc"]) or "(top level)"
         if error["type"] == "extra_forbidden":
-            lines.append(f"  - {where}: unknown key (check its spelling and the README's configuration reference)")
+            lines.append(f"  - {where}: unknown key (check its spelling in docs/configuration.md)")
         else:
             lines.append(f"  - {where}: {error['msg']}")
     return "\n".join(lines)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 
 from serve_app.engines.base import (
     Engine,
@@ -37,9 +37,13 @@ def sampling_options(
     logit_bias: dict[int, float] = {}
     for key, bias in (fields.logit_bias or {}).items():
         if not key.lstrip("-").isdigit() or not 0 <= int(key) < vocab_size:
-            return invalid_request(f"logit_bias key {key!r} is not a token id of this model (0..{vocab_size - 1}).", param="logit_bias")
+            return invalid_request(
+                f"logit_bias key {key!r} is not a token id of this model (0..{vocab_size - 1}).", param="logit_bias"
+            )
         if not -100 <= bias <= 100:
-            return invalid_request(f"logit_bias value {bias} for token {key} is outside [-100, 100].", param="logit_bias")
+            return invalid_request(
+                f"logit_bias value {bias} for token {key} is outside [-100, 100].", param="logit_bias"
+            )
         logit_bias[int(key)] = float(bias)
     max_tokens = min(cap or room, room)  # R2.4: a cap beyond the context is clamped, not refused
     if (fields.min_tokens or 0) > max_tokens:

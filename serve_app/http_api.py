@@ -12,7 +12,8 @@ import logging
 import re
 import secrets
 import time
-from typing import Any, AsyncGenerator, Protocol
+from collections.abc import AsyncGenerator
+from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -24,8 +25,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serve_app import sse
 from serve_app.config import ModelTask, ServerOptions
 from serve_app.protocol.chat import ChatCompletionRequest
-from serve_app.protocol.completions import CompletionRequest
 from serve_app.protocol.common import VLLM_SAMPLING_EXTENSIONS
+from serve_app.protocol.completions import CompletionRequest
 from serve_app.protocol.embeddings import EmbeddingRequest
 from serve_app.protocol.errors import OpenAIError, invalid_request, model_not_found
 from serve_app.routing import ModelCatalog
@@ -107,15 +108,23 @@ def create_http_app(backend: ModelBackend, options: ServerOptions) -> FastAPI:
         if isinstance(model_id, OpenAIError):
             return error_response(model_id)
         unknown = sorted(body.model_extra or {})
-        if options.strict_request_fields and (not_openai := unknown + sorted(VLLM_SAMPLING_EXTENSIONS & body.model_fields_set)):
-            return error_response(invalid_request(f"Unrecognized request argument: {not_openai[0]}", param=not_openai[0]))
+        if options.strict_request_fields and (
+            not_openai := unknown + sorted(VLLM_SAMPLING_EXTENSIONS & body.model_fields_set)
+        ):
+            return error_response(
+                invalid_request(f"Unrecognized request argument: {not_openai[0]}", param=not_openai[0])
+            )
         if unknown:
             logger.info("ignoring unknown request fields: %s", ", ".join(unknown))
         # An alias is answered as the model it stands for (as OpenAI answers `gpt-4o` with its dated id).
         body = body if body.model == model_id else body.model_copy(update={"model": model_id})
         if isinstance(body, EmbeddingRequest) or not body.stream:
             result = await backend.generate(body)
-            return error_response(result) if isinstance(result, OpenAIError) else Response(result, media_type="application/json")
+            return (
+                error_response(result)
+                if isinstance(result, OpenAIError)
+                else Response(result, media_type="application/json")
+            )
         return await _stream_response(backend.generate_stream(body), options.keep_alive_interval_s)
 
     @app.post("/v1/chat/completions")
@@ -151,11 +160,15 @@ async def _stream_response(frames: AsyncGenerator[bytes | OpenAIError, None], ke
     # A silence first means queued behind other requests: headers and keep-alives go out now (R4.1, R4.7)
     # and a later error becomes an error event (R4.8).
     return StreamingResponse(
-        _sse(first, items), media_type="text/event-stream", headers={"cache-control": "no-cache", "x-accel-buffering": "no"}
+        _sse(first, items),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
     )
 
 
-async def _sse(first: bytes | OpenAIError | None, rest: AsyncGenerator[bytes | OpenAIError | None, None]) -> AsyncGenerator[bytes, None]:
+async def _sse(
+    first: bytes | OpenAIError | None, rest: AsyncGenerator[bytes | OpenAIError | None, None]
+) -> AsyncGenerator[bytes, None]:
     """Frames as they come; an SSE comment for each silence of the engine (clients time out at 300 s)."""
     try:
         yield _sse_bytes(first)
@@ -201,7 +214,7 @@ class _CanonicalRequest:
             return await self.app(scope, receive, send)
         root = scope.get("root_path", "")
         path = scope["path"]
-        local = path[len(root):] if root and path.startswith(root) else path
+        local = path[len(root) :] if root and path.startswith(root) else path
         local = re.sub(r"/{2,}", "/", local)
         if local != "/v1" and not local.startswith("/v1/"):
             local = "/v1" + local
@@ -227,10 +240,14 @@ class _CanonicalRequest:
             await self._too_large(send)
 
     async def _too_large(self, send: Send) -> None:
-        error = OpenAIError(413, f"Request body larger than {self.max_body_bytes} bytes.", "invalid_request_error",
-                            None, "request_too_large")
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json")]})
+        error = OpenAIError(
+            413,
+            f"Request body larger than {self.max_body_bytes} bytes.",
+            "invalid_request_error",
+            None,
+            "request_too_large",
+        )
+        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": error.body()})
 
 
@@ -250,11 +267,15 @@ class _Authorize:
         matches = [secrets.compare_digest(key.strip(), accepted) for accepted in self.accepted_keys]
         if scheme.lower() == b"bearer" and any(matches):
             return await self.app(scope, receive, send)
-        error = OpenAIError(401, "Incorrect or missing API key: send `Authorization: Bearer <key>`.",
-                            "invalid_request_error", None, "invalid_api_key")
+        error = OpenAIError(
+            401,
+            "Incorrect or missing API key: send `Authorization: Bearer <key>`.",
+            "invalid_request_error",
+            None,
+            "invalid_api_key",
+        )
         await error_response(error)(scope, receive, send)
 
 
 class _BodyTooLarge(Exception):
     pass
-

@@ -3,8 +3,9 @@ deployment serves. Which model serves which endpoint is decided before a request
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Protocol, cast
+from typing import Any, Protocol, cast
 
 from serve_app.chat_completions import ChatCompletions
 from serve_app.completions import TextCompletions
@@ -61,7 +62,10 @@ class ModelService:
             self._endpoints = {EmbeddingRequest: Embeddings(model_id, cast(EmbeddingEngine, engine), tokenizer)}
             return
         self.chat = ChatCompletions(model_id, engine, tokenizer, tool_parser, reasoning_parser)
-        self._endpoints = {ChatCompletionRequest: self.chat, CompletionRequest: TextCompletions(model_id, engine, tokenizer)}
+        self._endpoints = {
+            ChatCompletionRequest: self.chat,
+            CompletionRequest: TextCompletions(model_id, engine, tokenizer),
+        }
 
     def plan(self, request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest) -> Plan | OpenAIError:
         """A request served whole by this model (no post-processing deployment in front of it)."""

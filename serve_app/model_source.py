@@ -23,8 +23,9 @@ import shutil
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 from filelock import FileLock
 
@@ -44,17 +45,40 @@ def _stderr(message: str) -> None:
 
 def prepare_model(source: str, cache_dir: Path, progress: Progress = _stderr) -> Path:
     """Return a local directory holding the model for `source`, preparing it on first use."""
+    path = _locate(source)
+    if path.suffix == ".gguf":
+        return _prepare_gguf(path, cache_dir, progress)
+    if path.is_dir():
+        return path
+    return _download_from_hub(source, cache_dir, progress)
+
+
+def prepare_tokenizer(source: str, cache_dir: Path, progress: Progress = _stderr) -> Path:
+    """Return a local directory holding the tokenizer (and chat template) of `source`, without its weights.
+
+    For a GGUF this takes seconds where the whole conversion takes half a minute: what tests of the pure
+    logic (prompt rendering, parsing) need, and no more."""
+    path = _locate(source)
+    if path.suffix != ".gguf":
+        return prepare_model(source, cache_dir, progress)
+    return prepare_atomically(
+        cache_dir, f"{_cache_key(path)}-tokenizer", lambda out: _read_tokenizer(path).save_pretrained(out), progress
+    )
+
+
+def _locate(source: str) -> Path:
+    """The GGUF file or model directory `source` names; for a hub id, the id as a path (not on disk)."""
     path = _find_package_file(source) if source.startswith("pkg:") else Path(source).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelSourceError(f"model source {source!r}: no such GGUF file")
-        return _prepare_gguf(path.resolve(), cache_dir, progress)
+        return path.resolve()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelSourceError(f"model source {source!r}: directory has no config.json (not a Hugging Face model)")
         return path.resolve()
     if HUB_ID.match(source) and not path.exists():
-        return _download_from_hub(source, cache_dir, progress)
+        return path
     raise ModelSourceError(
         f"model source {source!r} is not a pkg:<package>/<file.gguf or directory>, a .gguf file, a model directory "
         "or a hub id"
@@ -116,12 +140,12 @@ def prepare_atomically(cache_dir: Path, key: str, build: Callable[[Path], None],
 def convert_gguf(gguf: Path, out: Path, progress: Progress) -> None:
     """De-quantize a GGUF checkpoint into a bf16 safetensors Hugging Face directory."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     started = time.monotonic()
     progress(f"preparing model from {gguf.name} (one time, about half a minute)")
     progress("  [1/3] reading tokenizer and chat template")
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = _read_tokenizer(gguf)
     progress("  [2/3] de-quantizing weights")
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
     # The GGUF loader records its quantization; the de-quantized weights we save are plain bf16.
@@ -132,6 +156,12 @@ def convert_gguf(gguf: Path, out: Path, progress: Progress) -> None:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     progress(f"model ready in {time.monotonic() - started:.0f} s")
+
+
+def _read_tokenizer(gguf: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
 
 
 def _download_from_hub(repo_id: str, cache_dir: Path, progress: Progress) -> Path:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import AsyncGenerator, AsyncIterator, Callable, Sequence, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from typing import TypeVar, cast
 
 T = TypeVar("T")
 _END = object()
@@ -24,7 +25,9 @@ class _Failure:
         self.error = error
 
 
-async def _pump(source: AsyncIterator[T], queue: asyncio.Queue[object], wrap: Callable[[T], object] = lambda item: item) -> None:
+async def _pump(
+    source: AsyncIterator[T], queue: asyncio.Queue[object], wrap: Callable[[T], object] = lambda item: item
+) -> None:
     """Move `source` into `queue`, then `_END`; an exception is handed over as a `_Failure` to re-raise."""
     try:
         async for item in source:
@@ -42,7 +45,7 @@ async def _stop(tasks: Sequence[asyncio.Task[None]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def batched(source: AsyncIterator[T], interval_s: float) -> AsyncIterator[list[T]]:
+async def batched(source: AsyncIterator[T], interval_s: float) -> AsyncGenerator[list[T], None]:
     """Yield lists of consecutive items of `source`; closing this generator cancels `source`."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[object] = asyncio.Queue()
@@ -58,7 +61,7 @@ async def batched(source: AsyncIterator[T], interval_s: float) -> AsyncIterator[
                 items.append(queue.get_nowait())
             batch = [item for item in items if item is not _END and not isinstance(item, _Failure)]
             if batch:
-                yield batch  # type: ignore[misc]
+                yield cast(list[T], batch)
                 last_send = loop.time()
             for item in items:
                 if isinstance(item, _Failure):
@@ -83,6 +86,11 @@ async def accepted_then_batched(frames: AsyncIterator[bytes], interval_s: float)
         yield b"".join(batch)
 
 
+def _tagged(position: int) -> Callable[[T], tuple[int, T]]:
+    """Wrap an item of the stream at `position` as `(position, item)`."""
+    return lambda item: (position, item)
+
+
 async def merged(sources: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
     """Items of several streams as they come, tagged with their stream's position; closing cancels all."""
     if len(sources) == 1:  # the common case needs no tasks
@@ -90,20 +98,17 @@ async def merged(sources: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int
             yield 0, item
         return
     queue: asyncio.Queue[object] = asyncio.Queue()
-    tasks = [
-        asyncio.create_task(_pump(source, queue, lambda item, position=position: (position, item)))
-        for position, source in enumerate(sources)
-    ]
+    tasks = [asyncio.create_task(_pump(source, queue, _tagged(position))) for position, source in enumerate(sources)]
     try:
         remaining = len(tasks)
         while remaining:
-            item = await queue.get()
-            if item is _END:
+            entry = await queue.get()
+            if entry is _END:
                 remaining -= 1
-            elif isinstance(item, _Failure):
-                raise item.error
+            elif isinstance(entry, _Failure):
+                raise entry.error
             else:
-                yield item  # type: ignore[misc]
+                yield cast(tuple[int, T], entry)
     finally:
         await _stop(tasks)
 
@@ -131,6 +136,6 @@ async def marking_silences(source: AsyncIterator[T], interval_s: float) -> Async
                 return
             if isinstance(item, _Failure):
                 raise item.error
-            yield None if item is _IDLE else item  # type: ignore[misc]
+            yield None if item is _IDLE else cast(T, item)
     finally:
         await _stop([pump_task])

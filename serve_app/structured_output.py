@@ -19,7 +19,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
@@ -45,7 +45,7 @@ class ResponseConstraint:
 
     @property
     def schema(self) -> dict[str, Any]:
-        return json.loads(self.schema_json)
+        return cast(dict[str, Any], json.loads(self.schema_json))
 
     @property
     def schema_hash(self) -> str:
@@ -99,7 +99,9 @@ def response_constraint(response_format: dict[str, Any] | None) -> ResponseConst
         )
     spec = response_format.get("json_schema")
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
-        return invalid_request("response_format.json_schema needs a non-empty 'name'.", param="response_format.json_schema.name")
+        return invalid_request(
+            "response_format.json_schema needs a non-empty 'name'.", param="response_format.json_schema.name"
+        )
     schema = spec.get("schema", ANY_OBJECT)
     if not isinstance(schema, dict):
         return invalid_request(f"{SCHEMA_PARAM} must be an object.", param=SCHEMA_PARAM)

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.errors import OpenAIError, invalid_request
@@ -62,7 +62,9 @@ def forced_call_schema(request: ChatCompletionRequest) -> dict[str, Any] | None:
 XGRAMMAR_FORMATS = {"hermes": "qwen_3", "llama3_json": "llama", "qwen3_coder": "qwen_3_coder", "harmony": "harmony"}
 
 
-def strict_tools_tag(request: ChatCompletionRequest, tool_parser: str, reasoning: bool = False) -> str | OpenAIError | None:
+def strict_tools_tag(
+    request: ChatCompletionRequest, tool_parser: str, reasoning: bool = False
+) -> str | OpenAIError | None:
     """A structural tag (xgrammar JSON, for vLLM) holding calls to the declared tools once the model opens
     one, when any tool is strict. Non-strict tools stay allowed, as well-formed JSON objects. Models that
     reason get their reasoning block allowed before the calls."""
@@ -79,8 +81,16 @@ def strict_tools_tag(request: ChatCompletionRequest, tool_parser: str, reasoning
     import xgrammar
 
     tools = [
-        {"type": "function", "function": {"name": f["name"], "parameters": (f.get("parameters") or ANY_OBJECT) if f.get("strict") else ANY_OBJECT}}
+        {
+            "type": "function",
+            "function": {
+                "name": f["name"],
+                "parameters": (f.get("parameters") or ANY_OBJECT) if f.get("strict") else ANY_OBJECT,
+            },
+        }
         for f in functions
     ]
-    tag = xgrammar.get_model_structural_tag(XGRAMMAR_FORMATS[tool_parser], tools=tools, tool_choice="auto", reasoning="enabled" if reasoning else "disabled")
-    return tag.model_dump_json()
+    tag = xgrammar.get_model_structural_tag(
+        XGRAMMAR_FORMATS[tool_parser], tools=tools, tool_choice="auto", reasoning="enabled" if reasoning else "disabled"
+    )
+    return cast(str, tag.model_dump_json())

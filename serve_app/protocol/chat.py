@@ -5,7 +5,7 @@ Responses carry only fields OpenAI's schema defines; the tests validate them aga
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
@@ -92,7 +92,7 @@ class ResponseMessage(BaseModel):
 
     @model_serializer(mode="wrap")
     def _optional_only_when_present(self, handler: Any) -> dict[str, Any]:
-        data = handler(self)
+        data = cast(dict[str, Any], handler(self))
         for key in ("tool_calls", "reasoning_content", "reasoning"):
             if data.get(key) is None:
                 data.pop(key, None)
@@ -138,7 +138,7 @@ class FunctionCallDelta(BaseModel):
     @model_serializer(mode="wrap")
     def _name_only_first(self, handler: Any) -> dict[str, Any]:
         # Later deltas of a call carry `arguments` only, never `"name": ""` or null (R4.5).
-        data = handler(self)
+        data = cast(dict[str, Any], handler(self))
         if data.get("name") is None:
             data.pop("name", None)
         return data

@@ -26,8 +26,11 @@ def invalid_request(message: str, param: str | None = None, code: str | None = N
 
 def model_not_found(model: str) -> OpenAIError:
     return OpenAIError(
-        404, f"The model '{model}' does not exist. GET /v1/models lists the served models.",
-        "invalid_request_error", "model", "model_not_found",
+        404,
+        f"The model '{model}' does not exist. GET /v1/models lists the served models.",
+        "invalid_request_error",
+        "model",
+        "model_not_found",
     )
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import secrets
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ def coalesce(events: list[Event]) -> list[Event]:
     for event in events:
         last = merged[-1] if merged else None
         if isinstance(event, (ContentDelta, ReasoningDelta)) and type(last) is type(event):
-            merged[-1] = type(event)(last.text + event.text)  # type: ignore[union-attr]
+            merged[-1] = type(event)(last.text + event.text)
         elif isinstance(event, ToolCallArguments) and isinstance(last, ToolCallArguments) and last.index == event.index:
             merged[-1] = ToolCallArguments(event.index, last.fragment + event.fragment)
         elif not _empty(event):

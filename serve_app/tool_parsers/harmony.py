@@ -1,7 +1,7 @@
 """Harmony format (gpt-oss): the completion is a sequence of messages, each a header and a body.
 
     <|channel|>analysis<|message|>The user wants the weather.<|end|>
-    <|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city":"Paris"}<|call|>
+    <|start|>assistant<|channel|>commentary to=functions.weather <|constrain|>json<|message|>{"city":"Paris"}<|call|>
     <|start|>assistant<|channel|>final<|message|>It is sunny.<|return|>
 
 The `analysis` channel is reasoning; a message with a recipient (`to=functions.NAME`, in the header
@@ -14,7 +14,8 @@ this module's test fixtures. Text that is not harmony at all is passed through a
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from serve_app.tool_parsers.base import (
     ContentDelta,

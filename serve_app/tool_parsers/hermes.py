@@ -1,8 +1,8 @@
 """Hermes format (Qwen2.5, Qwen3, Hermes; our default for templates without tools):
 
-    text <tool_call>
-    {"name": "read_file", "arguments": {"path": "a.py"}}
-    </tool_call> text
+text <tool_call>
+{"name": "read_file", "arguments": {"path": "a.py"}}
+</tool_call> text
 """
 
 from __future__ import annotations

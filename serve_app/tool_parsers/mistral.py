@@ -1,7 +1,7 @@
 """Mistral tool calls after the `[TOOL_CALLS]` marker, in both of Mistral's dialects:
 
-    text [TOOL_CALLS] [{"name": "f", "arguments": {"a": 1}}, {"name": "g", "arguments": {}}]   (v0.3 templates)
-    text [TOOL_CALLS]f[ARGS]{"a": 1}[TOOL_CALLS]g[ARGS]{}                                       (v11+ tokenizers)
+text [TOOL_CALLS] [{"name": "f", "arguments": {"a": 1}}, {"name": "g", "arguments": {}}]   (v0.3 templates)
+text [TOOL_CALLS]f[ARGS]{"a": 1}[TOOL_CALLS]g[ARGS]{}                                       (v11+ tokenizers)
 """
 
 from __future__ import annotations

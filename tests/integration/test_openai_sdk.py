@@ -9,6 +9,7 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 from openai import AsyncOpenAI, OpenAI
+from openai.types.chat import ChatCompletionMessageParam
 
 from serve_app.config import ServerOptions
 from serve_app.engines.replay import ReplayEngine
@@ -19,17 +20,20 @@ from tests.integration.conftest import REPLAY_MODEL, VLLM_MODEL, RunningApp
 
 pytestmark = pytest.mark.integration
 
-COUNT = [{"role": "user", "content": "count"}]
+COUNT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "count"}]
 COUNTED = "one two three four five six seven eight nine ten"
 
 
 def test_sync_create_and_stream(client: OpenAI) -> None:
     reply = client.chat.completions.create(model=REPLAY_MODEL, messages=COUNT)
+    assert reply.usage is not None
     assert reply.choices[0].message.content == COUNTED and reply.usage.completion_tokens == 10
-    stream = client.chat.completions.create(model=REPLAY_MODEL, messages=COUNT, stream=True,
-                                            stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model=REPLAY_MODEL, messages=COUNT, stream=True, stream_options={"include_usage": True}
+    )
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == COUNTED
+    assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == 10
 
 
@@ -59,7 +63,8 @@ def test_raw_response_exposes_headers(client: OpenAI) -> None:
 
 
 def test_completions_and_models(client: OpenAI) -> None:
-    assert client.completions.create(model=VLLM_MODEL, prompt="Hello", max_tokens=3).usage.completion_tokens == 3
+    usage = client.completions.create(model=VLLM_MODEL, prompt="Hello", max_tokens=3).usage
+    assert usage is not None and usage.completion_tokens == 3
     assert client.models.retrieve(REPLAY_MODEL).id == REPLAY_MODEL
 
 

@@ -3,7 +3,7 @@ through the engine deployment (plain chat) and the tool-parsing deployment (requ
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -14,23 +14,39 @@ from tests.sse_client import parse_sse
 
 pytestmark = pytest.mark.integration
 
-WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
-READ_TOOL = {"type": "function", "function": {"name": "read_file", "parameters": {
-    "type": "object", "properties": {"path": {"type": "string"}}}}}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+READ_TOOL = {
+    "type": "function",
+    "function": {"name": "read_file", "parameters": {"type": "object", "properties": {"path": {"type": "string"}}}},
+}
 
 
 def _chat(http: httpx.Client, model: str, text: str, **body: Any) -> dict[str, Any]:
-    response = http.post("/chat/completions", json={"model": model, "messages": [{"role": "user", "content": text}], **body})
+    response = http.post(
+        "/chat/completions", json={"model": model, "messages": [{"role": "user", "content": text}], **body}
+    )
     assert response.status_code == 200, response.text
     assert_valid(response.json(), "CreateChatCompletionResponse")
-    return response.json()
+    return cast(dict[str, Any], response.json())
 
 
 def _stream(http: httpx.Client, model: str, text: str, **body: Any) -> list[dict[str, Any]]:
-    response = http.post("/chat/completions", json={
-        "model": model, "messages": [{"role": "user", "content": text}], "stream": True,
-        "stream_options": {"include_usage": True}, **body})
+    response = http.post(
+        "/chat/completions",
+        json={
+            "model": model,
+            "messages": [{"role": "user", "content": text}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            **body,
+        },
+    )
     assert response.status_code == 200, response.text
     chunks = parse_sse(response.content)
     for chunk in chunks:
@@ -44,10 +60,14 @@ def _joined(chunks: list[dict[str, Any]], field: str) -> str:
 
 @pytest.mark.parametrize(
     ("model", "reasoning", "content"),
-    [(THINK_MODEL, "The user asks for 2+2. That is 4.\n", "It is 4."),
-     (HARMONY_MODEL, "A greeting. Reply briefly.", "Hello from gpt-oss!")],
+    [
+        (THINK_MODEL, "The user asks for 2+2. That is 4.\n", "It is 4."),
+        (HARMONY_MODEL, "A greeting. Reply briefly.", "Hello from gpt-oss!"),
+    ],
 )
-def test_r6_1_reasoning_in_both_fields_streamed_and_not(http: httpx.Client, model: str, reasoning: str, content: str) -> None:
+def test_r6_1_reasoning_in_both_fields_streamed_and_not(
+    http: httpx.Client, model: str, reasoning: str, content: str
+) -> None:
     body = _chat(http, model, "hi")
     message = body["choices"][0]["message"]
     assert (message["reasoning_content"], message["reasoning"], message["content"]) == (reasoning, reasoning, content)
@@ -74,7 +94,9 @@ def test_r6_1_harmony_reasoning_and_tool_call_through_tool_parsing(http: httpx.C
     assert calls[0]["id"].startswith("call_") and calls[0]["function"]["name"] == "get_weather"
     assert "".join(d["function"]["arguments"] for d in calls) == '{"city": "Paris"}'
     assert _joined(chunks, "reasoning") == "The user wants the weather in Paris."
-    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]] == ["tool_calls"]
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]] == [
+        "tool_calls"
+    ]
 
 
 def test_r6_1_think_model_reasons_then_calls_a_tool(http: httpx.Client) -> None:

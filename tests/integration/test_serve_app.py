@@ -8,17 +8,24 @@ from typing import Any
 import httpx
 import pytest
 from openai import OpenAI
+from openai.types.chat import ChatCompletionMessageParam
 
 from serve_app.ray_settings import PROXY_ENV_VARS, REPLICA_ENV_VARS
 from tests.integration.conftest import (
-    ALL_MODELS, EMBEDDING_ALIAS, EMBEDDING_MODEL, REPLAY_MODEL, VLLM_ALIAS, VLLM_MODEL, RunningApp,
+    ALL_MODELS,
+    EMBEDDING_ALIAS,
+    EMBEDDING_MODEL,
+    REPLAY_MODEL,
+    VLLM_ALIAS,
+    VLLM_MODEL,
+    RunningApp,
 )
 from tests.openai_spec import assert_valid
 from tests.sse_client import parse_sse
 
 pytestmark = pytest.mark.integration
 
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+QUESTION: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 def _raw_stream(http: httpx.Client, body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -60,13 +67,22 @@ def test_proxy_and_replicas_run_with_the_stack_settings(running_app: RunningApp)
             proxies.append(process)
         elif title.startswith(f"ray::ServeReplica:{running_app.app_name}:"):
             replicas.append(process)
-    assert len(proxies) == 2 and len(replicas) >= 5  # fallback proxy, HAProxy's manager; ingress, post-processing, engines
+    assert (
+        len(proxies) == 2 and len(replicas) >= 5
+    )  # fallback proxy, HAProxy's manager; ingress, post-processing, engines
     assert all(PROXY_ENV_VARS.items() <= p.environ().items() for p in proxies)
     assert all(REPLICA_ENV_VARS.items() <= p.environ().items() for p in replicas)
     port = urlsplit(running_app.base_url).port
-    listening = {c.pid for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    listening = {
+        c.pid for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    }
     assert {psutil.Process(pid).name() for pid in listening} == {"haproxy"}
-    engines = [c for r in replicas for c in r.children(recursive=True) if c.cmdline()[:1] in (["VLLM::EngineCore"], ["VLLM::Worker"])]
+    engines = [
+        c
+        for r in replicas
+        for c in r.children(recursive=True)
+        if c.cmdline()[:1] in (["VLLM::EngineCore"], ["VLLM::Worker"])
+    ]
     assert engines
     assert {p.nice() for p in proxies + replicas + engines} == {0}
 
@@ -84,6 +100,7 @@ def test_an_alias_is_answered_as_its_model(client: OpenAI) -> None:
     """Several names, one engine deployment: the response names the model the alias stands for."""
     assert client.models.retrieve(VLLM_ALIAS).id == VLLM_ALIAS
     reply = client.chat.completions.create(model=VLLM_ALIAS, messages=QUESTION, max_tokens=3)
+    assert reply.usage is not None
     assert reply.model == VLLM_MODEL and reply.usage.completion_tokens == 3
     chunks = list(client.chat.completions.create(model=VLLM_ALIAS, messages=QUESTION, max_tokens=3, stream=True))
     assert {c.model for c in chunks} == {VLLM_MODEL}
@@ -91,22 +108,25 @@ def test_an_alias_is_answered_as_its_model(client: OpenAI) -> None:
 
 def test_real_model_answers_through_its_chat_template(client: OpenAI, http: httpx.Client, tokenizer: Any) -> None:
     """SmolLM2 itself answers (greedy), with the engine's token counts in usage (R3.1, R3.5)."""
-    raw = http.post("/chat/completions", json={"model": VLLM_MODEL, "messages": QUESTION, "temperature": 0, "max_tokens": 40})
+    raw = http.post(
+        "/chat/completions", json={"model": VLLM_MODEL, "messages": QUESTION, "temperature": 0, "max_tokens": 40}
+    )
     assert raw.status_code == 200, raw.text
     assert_valid(raw.json(), "CreateChatCompletionResponse")
 
     response = client.chat.completions.create(model=VLLM_MODEL, messages=QUESTION, temperature=0, max_tokens=40)
     choice = response.choices[0]
-    assert "Paris" in choice.message.content
+    assert choice.message.content is not None and "Paris" in choice.message.content
     assert choice.finish_reason in ("stop", "length")
     prompt = tokenizer.apply_chat_template(QUESTION, tokenize=False, add_generation_prompt=True)
+    assert response.usage is not None
     assert response.usage.prompt_tokens == len(tokenizer.encode(prompt, add_special_tokens=False))
     assert 0 < response.usage.completion_tokens <= 40
 
 
 def test_real_model_streams_the_same_text(client: OpenAI, http: httpx.Client) -> None:
     """R4.2-R4.4 with vLLM: greedy streaming gives the non-streamed text, one finish_reason, then usage."""
-    body = {"model": VLLM_MODEL, "messages": QUESTION, "temperature": 0, "max_tokens": 40}
+    body: dict[str, Any] = {"model": VLLM_MODEL, "messages": QUESTION, "temperature": 0, "max_tokens": 40}
     whole = client.chat.completions.create(**body).choices[0].message.content
 
     chunks = _raw_stream(http, {**body, "stream_options": {"include_usage": True}})
@@ -130,16 +150,20 @@ def test_token_cap_gives_length(client: OpenAI) -> None:
         model=VLLM_MODEL, messages=[{"role": "user", "content": "Write a long story about a dragon."}], max_tokens=5
     )
     assert response.choices[0].finish_reason == "length"
+    assert response.usage is not None
     assert response.usage.completion_tokens == 5
 
 
 def test_replay_engine_is_deterministic_through_the_app(client: OpenAI) -> None:
-    messages = [{"role": "user", "content": "please count"}]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "please count"}]
     first = client.chat.completions.create(model=REPLAY_MODEL, messages=messages)
     second = client.chat.completions.create(model=REPLAY_MODEL, messages=messages)
-    assert first.choices[0].message.content == second.choices[0].message.content == (
-        "one two three four five six seven eight nine ten"
+    assert (
+        first.choices[0].message.content
+        == second.choices[0].message.content
+        == ("one two three four five six seven eight nine ten")
     )
+    assert first.usage is not None
     assert first.usage.completion_tokens == 10
 
 
@@ -148,6 +172,8 @@ def test_context_overflow_is_a_400_through_the_app(client: OpenAI) -> None:
     import openai
 
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model=REPLAY_MODEL, messages=[{"role": "user", "content": "word " * 9000}], stream=True)
+        client.chat.completions.create(
+            model=REPLAY_MODEL, messages=[{"role": "user", "content": "word " * 9000}], stream=True
+        )
     assert info.value.code == "context_length_exceeded"
     assert "maximum context length" in json.dumps(info.value.body)

@@ -16,9 +16,17 @@ from tests.sse_client import parse_sse
 
 pytestmark = pytest.mark.integration
 
-READ = {"type": "function", "function": {"name": "read_file", "parameters": {
-    "type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}}}
-NOW = {"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {}}}}
+READ: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "read_file",
+        "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
+    },
+}
+NOW: dict[str, Any] = {
+    "type": "function",
+    "function": {"name": "now", "parameters": {"type": "object", "properties": {}}},
+}
 
 # Twenty parameter schemas of the kinds agents declare: nested objects, arrays, enums, required fields,
 # integers, numbers, booleans.
@@ -27,21 +35,115 @@ SCHEMAS: list[dict[str, Any]] = [
     {"type": "object", "properties": {"count": {"type": "integer"}}, "required": ["count"]},
     {"type": "object", "properties": {"ratio": {"type": "number"}}, "required": ["ratio"]},
     {"type": "object", "properties": {"recursive": {"type": "boolean"}}, "required": ["recursive"]},
-    {"type": "object", "properties": {"unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["unit"]},
+    {
+        "type": "object",
+        "properties": {"unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+        "required": ["unit"],
+    },
     {"type": "object", "properties": {"paths": {"type": "array", "items": {"type": "string"}}}, "required": ["paths"]},
-    {"type": "object", "properties": {"ids": {"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": 3}}, "required": ["ids"]},
-    {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}, "required": ["city", "days"]},
-    {"type": "object", "properties": {"query": {"type": "string"}, "limit": {"type": "integer"}}, "required": ["query"]},
-    {"type": "object", "properties": {"file": {"type": "object", "properties": {"path": {"type": "string"}, "mode": {"type": "string", "enum": ["r", "w"]}}, "required": ["path", "mode"]}}, "required": ["file"]},
-    {"type": "object", "properties": {"edits": {"type": "array", "items": {"type": "object", "properties": {"line": {"type": "integer"}, "text": {"type": "string"}}, "required": ["line", "text"]}}}, "required": ["edits"]},
-    {"type": "object", "properties": {"command": {"type": "string"}, "timeout": {"type": "integer"}, "background": {"type": "boolean"}}, "required": ["command", "timeout", "background"]},
-    {"type": "object", "properties": {"level": {"type": "string", "enum": ["debug", "info", "warn", "error"]}, "message": {"type": "string"}}, "required": ["level", "message"]},
-    {"type": "object", "properties": {"point": {"type": "object", "properties": {"x": {"type": "number"}, "y": {"type": "number"}}, "required": ["x", "y"]}}, "required": ["point"]},
-    {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string", "enum": ["bug", "feature", "docs"]}}}, "required": ["tags"]},
-    {"type": "object", "properties": {"user": {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "admin": {"type": "boolean"}}, "required": ["name", "age", "admin"]}}, "required": ["user"]},
-    {"type": "object", "properties": {"matrix": {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}}}, "required": ["matrix"]},
-    {"type": "object", "properties": {"start": {"type": "integer"}, "end": {"type": "integer"}, "inclusive": {"type": "boolean"}}, "required": ["start", "end"]},
-    {"type": "object", "properties": {"branch": {"type": "string"}, "force": {"type": "boolean"}, "remote": {"type": "string", "enum": ["origin", "upstream"]}}, "required": ["branch", "remote"]},
+    {
+        "type": "object",
+        "properties": {"ids": {"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": 3}},
+        "required": ["ids"],
+    },
+    {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+        "required": ["city", "days"],
+    },
+    {
+        "type": "object",
+        "properties": {"query": {"type": "string"}, "limit": {"type": "integer"}},
+        "required": ["query"],
+    },
+    {
+        "type": "object",
+        "properties": {
+            "file": {
+                "type": "object",
+                "properties": {"path": {"type": "string"}, "mode": {"type": "string", "enum": ["r", "w"]}},
+                "required": ["path", "mode"],
+            }
+        },
+        "required": ["file"],
+    },
+    {
+        "type": "object",
+        "properties": {
+            "edits": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"line": {"type": "integer"}, "text": {"type": "string"}},
+                    "required": ["line", "text"],
+                },
+            }
+        },
+        "required": ["edits"],
+    },
+    {
+        "type": "object",
+        "properties": {
+            "command": {"type": "string"},
+            "timeout": {"type": "integer"},
+            "background": {"type": "boolean"},
+        },
+        "required": ["command", "timeout", "background"],
+    },
+    {
+        "type": "object",
+        "properties": {
+            "level": {"type": "string", "enum": ["debug", "info", "warn", "error"]},
+            "message": {"type": "string"},
+        },
+        "required": ["level", "message"],
+    },
+    {
+        "type": "object",
+        "properties": {
+            "point": {
+                "type": "object",
+                "properties": {"x": {"type": "number"}, "y": {"type": "number"}},
+                "required": ["x", "y"],
+            }
+        },
+        "required": ["point"],
+    },
+    {
+        "type": "object",
+        "properties": {"tags": {"type": "array", "items": {"type": "string", "enum": ["bug", "feature", "docs"]}}},
+        "required": ["tags"],
+    },
+    {
+        "type": "object",
+        "properties": {
+            "user": {
+                "type": "object",
+                "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "admin": {"type": "boolean"}},
+                "required": ["name", "age", "admin"],
+            }
+        },
+        "required": ["user"],
+    },
+    {
+        "type": "object",
+        "properties": {"matrix": {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}}},
+        "required": ["matrix"],
+    },
+    {
+        "type": "object",
+        "properties": {"start": {"type": "integer"}, "end": {"type": "integer"}, "inclusive": {"type": "boolean"}},
+        "required": ["start", "end"],
+    },
+    {
+        "type": "object",
+        "properties": {
+            "branch": {"type": "string"},
+            "force": {"type": "boolean"},
+            "remote": {"type": "string", "enum": ["origin", "upstream"]},
+        },
+        "required": ["branch", "remote"],
+    },
     {"type": "object", "properties": {}},
 ]
 
@@ -76,12 +178,23 @@ def test_scripted_calls_through_the_tool_parsing_deployment(http: httpx.Client) 
 def test_forced_calls_from_the_real_model_always_validate(http: httpx.Client, mode: str, stream: bool) -> None:
     """R7.3 with SmolLM2-135M, which on its own ignores tools: every call it returns as finished
     (`tool_calls`) validates, over 20 schemas. A call cut by the token cap is reported as `length`."""
-    failures, truncated = [], []
+    failures: list[tuple[int, str, object]] = []
+    truncated: list[int] = []
     for i, schema in enumerate(SCHEMAS):
-        tool = {"type": "function", "function": {"name": f"tool_{i}", "description": "Do the task.", "parameters": schema}}
+        tool = {
+            "type": "function",
+            "function": {"name": f"tool_{i}", "description": "Do the task.", "parameters": schema},
+        }
         choice: Any = "required" if mode == "required" else {"type": "function", "function": {"name": f"tool_{i}"}}
-        body = {"model": VLLM_MODEL, "tools": [tool, NOW], "tool_choice": choice, "max_tokens": 400, "temperature": 0.7, "seed": i,
-                "messages": [{"role": "user", "content": "Please use a tool to do the task for me."}]}
+        body = {
+            "model": VLLM_MODEL,
+            "tools": [tool, NOW],
+            "tool_choice": choice,
+            "max_tokens": 400,
+            "temperature": 0.7,
+            "seed": i,
+            "messages": [{"role": "user", "content": "Please use a tool to do the task for me."}],
+        }
         if stream:
             calls, finishes = _stream_calls(http, body)
         else:
@@ -111,12 +224,27 @@ def test_forced_calls_from_the_real_model_always_validate(http: httpx.Client, mo
 def test_strict_tools_under_auto_reach_the_engine_as_a_grammar(http: httpx.Client) -> None:
     """vLLM compiles the structural tag for a strict tool (a bad tag would fail the request); any call the
     model makes validates. (The grammar itself is checked string by string in the unit tests.)"""
-    tool = {"type": "function", "function": {"name": "get_weather", "strict": True, "parameters": {
-        "type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "London"]}, "days": {"type": "integer"}},
-        "required": ["city", "days"], "additionalProperties": False}}}
+    tool: dict[str, Any] = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "strict": True,
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "enum": ["Paris", "London"]}, "days": {"type": "integer"}},
+                "required": ["city", "days"],
+                "additionalProperties": False,
+            },
+        },
+    }
     for stream in (False, True):
-        body = {"model": VLLM_MODEL, "tools": [tool], "max_tokens": 60, "seed": 1,
-                "messages": [{"role": "user", "content": "Weather in Paris for 3 days? Use get_weather."}]}
+        body = {
+            "model": VLLM_MODEL,
+            "tools": [tool],
+            "max_tokens": 60,
+            "seed": 1,
+            "messages": [{"role": "user", "content": "Weather in Paris for 3 days? Use get_weather."}],
+        }
         if stream:
             calls, _ = _stream_calls(http, body)
         else:

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 
 from serve_app.autoscaling import ENGINE_QUEUE_METRIC
 from tests.integration.conftest import (
-    ALL_MODELS, EMBEDDING_ALIAS, EMBEDDING_MODEL, REPLAY_MODEL, RunningApp, VLLM_MODEL,
+    ALL_MODELS,
+    EMBEDDING_ALIAS,
+    EMBEDDING_MODEL,
+    REPLAY_MODEL,
+    VLLM_MODEL,
+    RunningApp,
 )
 from tests.openai_spec import assert_valid, reference_dir
 from tests.sse_client import parse_sse
@@ -35,7 +40,7 @@ def _chat(http: httpx.Client, **body: Any) -> dict[str, Any]:
     response = http.post("/chat/completions", json=body)
     assert response.status_code == 200, response.text
     assert_valid(response.json(), "CreateChatCompletionResponse")
-    return response.json()
+    return cast(dict[str, Any], response.json())
 
 
 def _chat_stream(http: httpx.Client, **body: Any) -> list[dict[str, Any]]:
@@ -51,12 +56,14 @@ def _chat_stream(http: httpx.Client, **body: Any) -> list[dict[str, Any]]:
 def _error(response: httpx.Response, status: int) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert_valid(response.json(), "ErrorResponse")
-    return response.json()["error"]
+    return cast(dict[str, Any], response.json()["error"])
 
 
 def _content(chunks: list[dict[str, Any]], index: int = 0) -> str:
     return "".join(
-        c["choices"][0]["delta"].get("content") or "" for c in chunks if c.get("choices") and c["choices"][0]["index"] == index
+        c["choices"][0]["delta"].get("content") or ""
+        for c in chunks
+        if c.get("choices") and c["choices"][0]["index"] == index
     )
 
 
@@ -95,8 +102,12 @@ def test_r1_1_retrieve_one_model(http: httpx.Client) -> None:
 
 def test_r1_2_unknown_client_headers_are_accepted(http: httpx.Client) -> None:
     headers = {
-        "HTTP-Referer": "https://cline.bot", "X-Title": "Cline", "X-Stainless-Lang": "python",
-        "X-Stainless-Retry-Count": "0", "OpenAI-Organization": "org-x", "OpenAI-Project": "proj-x",
+        "HTTP-Referer": "https://cline.bot",
+        "X-Title": "Cline",
+        "X-Stainless-Lang": "python",
+        "X-Stainless-Retry-Count": "0",
+        "OpenAI-Organization": "org-x",
+        "OpenAI-Project": "proj-x",
         "Authorization": "Bearer anything-goes-without-keys",
     }
     response = http.post("/chat/completions", json={"model": REPLAY_MODEL, "messages": HI}, headers=headers)
@@ -106,8 +117,11 @@ def test_r1_2_unknown_client_headers_are_accepted(http: httpx.Client) -> None:
 def test_r1_3_cors_preflight(http: httpx.Client) -> None:
     response = http.options(
         "/chat/completions",
-        headers={"Origin": "vscode-webview://abc", "Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "authorization,content-type"},
+        headers={
+            "Origin": "vscode-webview://abc",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
     )
     assert response.status_code == 200
     assert response.headers["access-control-allow-origin"] in ("*", "vscode-webview://abc")
@@ -137,7 +151,10 @@ def test_r1_5_models_list_and_every_id_is_accepted(http: httpx.Client) -> None:
             assert http.post("/embeddings", json={"model": card["id"], "input": "hi"}).status_code == 200
         else:
             _chat(http, model=card["id"], messages=HI, max_tokens=2)
-    assert _error(http.post("/chat/completions", json={"model": "gpt-4o", "messages": HI}), 404)["code"] == "model_not_found"
+    assert (
+        _error(http.post("/chat/completions", json={"model": "gpt-4o", "messages": HI}), 404)["code"]
+        == "model_not_found"
+    )
 
 
 # --- R2: requests ---------------------------------------------------------------------------------
@@ -145,14 +162,36 @@ def test_r1_5_models_list_and_every_id_is_accepted(http: httpx.Client) -> None:
 
 def test_r2_1_every_openai_request_field_is_accepted(http: httpx.Client) -> None:
     body = {
-        "model": REPLAY_MODEL, "messages": HI, "stream": False, "temperature": 0.7, "top_p": 0.9,
-        "max_tokens": 20, "max_completion_tokens": 20, "stop": ["zzz"], "n": 1, "seed": 7,
-        "presence_penalty": 0.1, "frequency_penalty": 0.1, "logit_bias": {"42": 1}, "logprobs": False,
-        "user": "u", "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
-        "tool_choice": "auto", "parallel_tool_calls": True, "response_format": {"type": "text"},
-        "reasoning_effort": "low", "store": False, "metadata": {"k": "v"}, "service_tier": "auto",
-        "verbosity": "low", "prediction": {"type": "content", "content": "x"}, "modalities": ["text"],
-        "prompt_cache_key": "k", "safety_identifier": "s", "web_search_options": {}, "audio": None,
+        "model": REPLAY_MODEL,
+        "messages": HI,
+        "stream": False,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "max_tokens": 20,
+        "max_completion_tokens": 20,
+        "stop": ["zzz"],
+        "n": 1,
+        "seed": 7,
+        "presence_penalty": 0.1,
+        "frequency_penalty": 0.1,
+        "logit_bias": {"42": 1},
+        "logprobs": False,
+        "user": "u",
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        "tool_choice": "auto",
+        "parallel_tool_calls": True,
+        "response_format": {"type": "text"},
+        "reasoning_effort": "low",
+        "store": False,
+        "metadata": {"k": "v"},
+        "service_tier": "auto",
+        "verbosity": "low",
+        "prediction": {"type": "content", "content": "x"},
+        "modalities": ["text"],
+        "prompt_cache_key": "k",
+        "safety_identifier": "s",
+        "web_search_options": {},
+        "audio": None,
     }
     _chat(http, **body)
 
@@ -178,9 +217,15 @@ def test_r2_2_every_message_shape_is_accepted(http: httpx.Client) -> None:
         {"role": "developer", "content": "You are terse."},
         {"role": "system", "content": [{"type": "text", "text": "Be kind.", "cache_control": {"type": "ephemeral"}}]},
         {"role": "user", "content": [{"type": "text", "text": "Read a file"}]},
-        {"role": "assistant", "content": None, "reasoning_content": "thinking", "reasoning": "thinking",
-         "reasoning_details": [{"type": "reasoning.text", "text": "thinking"}], "name": "bot",
-         "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "read", "arguments": "{}"}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "reasoning_content": "thinking",
+            "reasoning": "thinking",
+            "reasoning_details": [{"type": "reasoning.text", "text": "thinking"}],
+            "name": "bot",
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "read", "arguments": "{}"}}],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "file contents"}]},
         {"role": "user", "content": ""},
         {"role": "assistant", "content": ""},
@@ -200,8 +245,12 @@ def test_r2_2_images_for_a_text_model_are_a_clear_400(http: httpx.Client) -> Non
 
 def test_r2_3_named_tool_choice_must_be_declared(http: httpx.Client) -> None:
     tools = [{"type": "function", "function": {"name": "read_file", "parameters": {"type": "object"}}}]
-    body = {"model": REPLAY_MODEL, "messages": HI, "tools": tools,
-            "tool_choice": {"type": "function", "function": {"name": "write_file"}}}
+    body = {
+        "model": REPLAY_MODEL,
+        "messages": HI,
+        "tools": tools,
+        "tool_choice": {"type": "function", "function": {"name": "write_file"}},
+    }
     assert _error(http.post("/chat/completions", json=body), 400)["param"] == "tool_choice"
 
 
@@ -216,12 +265,14 @@ def test_r2_5_context_overflow_is_400_context_length_exceeded(http: httpx.Client
     long = [{"role": "user", "content": "lorem " * 9000}]
     for model in (VLLM_MODEL, REPLAY_MODEL):
         for stream in (False, True):
-            error = _error(http.post("/chat/completions", json={"model": model, "messages": long, "stream": stream}), 400)
+            error = _error(
+                http.post("/chat/completions", json={"model": model, "messages": long, "stream": stream}), 400
+            )
             assert error["code"] == "context_length_exceeded" and "maximum context length" in error["message"]
 
 
 def test_r2_6_stream_options_without_stream_and_too_many_top_logprobs(http: httpx.Client) -> None:
-    body = {"model": REPLAY_MODEL, "messages": HI, "stream_options": {"include_usage": True}}
+    body: dict[str, Any] = {"model": REPLAY_MODEL, "messages": HI, "stream_options": {"include_usage": True}}
     assert _error(http.post("/chat/completions", json=body), 400)["param"] == "stream_options"
     body = {"model": REPLAY_MODEL, "messages": HI, "logprobs": True, "top_logprobs": 21}
     assert _error(http.post("/chat/completions", json=body), 400)["param"] == "top_logprobs"
@@ -235,7 +286,12 @@ def test_r2_sampling_seed_gives_the_same_text(http: httpx.Client) -> None:
 
 def test_r2_sampling_penalties_reach_the_engine(http: httpx.Client) -> None:
     """Greedy decoding repeats itself on a long answer; a strong frequency/presence penalty changes it."""
-    body = {"model": VLLM_MODEL, "messages": [{"role": "user", "content": "List fruits."}], "temperature": 0, "max_tokens": 40}
+    body = {
+        "model": VLLM_MODEL,
+        "messages": [{"role": "user", "content": "List fruits."}],
+        "temperature": 0,
+        "max_tokens": 40,
+    }
     plain = _chat(http, **body)["choices"][0]["message"]["content"]
     assert _chat(http, **body)["choices"][0]["message"]["content"] == plain  # greedy is repeatable
     assert _chat(http, **body, frequency_penalty=2.0)["choices"][0]["message"]["content"] != plain
@@ -257,7 +313,9 @@ def test_r2_sampling_logit_bias_steers_the_model(http: httpx.Client, tokenizer: 
     token = tokenizer.encode(" banana", add_special_tokens=False)[0]
     body = _chat(http, model=VLLM_MODEL, messages=HI, max_tokens=4, temperature=0, logit_bias={str(token): 100})
     assert body["choices"][0]["message"]["content"] == tokenizer.decode([token] * 4)
-    error = _error(http.post("/chat/completions", json={"model": VLLM_MODEL, "messages": HI, "logit_bias": {"99999999": 1}}), 400)
+    error = _error(
+        http.post("/chat/completions", json={"model": VLLM_MODEL, "messages": HI, "logit_bias": {"99999999": 1}}), 400
+    )
     assert error["param"] == "logit_bias"
 
 
@@ -272,7 +330,10 @@ def test_r2_sampling_vllm_extensions_change_the_generation_as_in_vllm(http: http
     at_least = _chat(http, **greedy, min_tokens=natural["usage"]["completion_tokens"] + 5)
     assert at_least["usage"]["completion_tokens"] >= natural["usage"]["completion_tokens"] + 5
     single_choice = _chat(http, model=VLLM_MODEL, messages=HI, max_tokens=12, temperature=2, top_k=1, seed=1)
-    assert single_choice["choices"][0]["message"]["content"] == _chat(http, **{**greedy, "max_tokens": 12})["choices"][0]["message"]["content"]
+    assert (
+        single_choice["choices"][0]["message"]["content"]
+        == _chat(http, **{**greedy, "max_tokens": 12})["choices"][0]["message"]["content"]
+    )
     for field, value in (("top_k", -2), ("min_p", 1.5), ("repetition_penalty", 0), ("min_tokens", 49)):
         error = _error(http.post("/chat/completions", json={**greedy, field: value}), 400)
         assert error["param"] == field, error
@@ -293,7 +354,9 @@ def test_r2_sampling_n_choices_streamed_with_their_indexes(http: httpx.Client) -
     body = _chat(http, model=VLLM_MODEL, messages=HI, n=2, max_tokens=8, temperature=1.0, seed=3)
     assert [c["index"] for c in body["choices"]] == [0, 1]
     story = [{"role": "user", "content": "Write a long story about a dragon."}]
-    chunks = _chat_stream(http, model=VLLM_MODEL, messages=story, n=3, max_tokens=8, stream_options={"include_usage": True})
+    chunks = _chat_stream(
+        http, model=VLLM_MODEL, messages=story, n=3, max_tokens=8, stream_options={"include_usage": True}
+    )
     for index in range(3):
         mine = [c["choices"][0] for c in chunks if c["choices"] and c["choices"][0]["index"] == index]
         assert mine[0]["delta"]["role"] == "assistant"
@@ -327,7 +390,9 @@ def test_r4_1_to_r4_4_stream_framing_roles_finish_and_usage(http: httpx.Client) 
         assert len({c["id"] for c in chunks}) == 1
         assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
         assert all(c["choices"][0]["delta"].get("role") in (None, "assistant") for c in chunks if c["choices"])
-        finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+        finishes = [
+            c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]
+        ]
         assert finishes == ["stop"]
         if include_usage:
             assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
@@ -338,8 +403,10 @@ def test_r4_1_to_r4_4_stream_framing_roles_finish_and_usage(http: httpx.Client) 
 
 def test_r4_7_keep_alive_comments_while_the_engine_is_silent(http: httpx.Client) -> None:
     """The replay reply waits 4 s before its first token; the app's keep-alive interval is 1 s."""
-    response = http.post("/chat/completions", json={"model": REPLAY_MODEL, "stream": True,
-                                                    "messages": [{"role": "user", "content": "think slowly"}]})
+    response = http.post(
+        "/chat/completions",
+        json={"model": REPLAY_MODEL, "stream": True, "messages": [{"role": "user", "content": "think slowly"}]},
+    )
     assert response.status_code == 200
     assert response.text.count(": keep-alive\n\n") >= 1
     assert _content(parse_sse(response.content)) == "Done thinking."
@@ -370,9 +437,14 @@ def test_r4_8_client_disconnect_aborts_generation(running_app: RunningApp) -> No
     engine = serve.get_deployment_handle(f"LLMServer:{VLLM_MODEL}", app_name=running_app.app_name)
 
     def queue_depth() -> float:
-        return engine.record_autoscaling_stats.remote().result()[ENGINE_QUEUE_METRIC]
+        return cast(float, engine.record_autoscaling_stats.remote().result()[ENGINE_QUEUE_METRIC])
 
-    body = {"model": VLLM_MODEL, "stream": True, "max_tokens": 2000, "messages": [{"role": "user", "content": "Write a long essay."}]}
+    body = {
+        "model": VLLM_MODEL,
+        "stream": True,
+        "max_tokens": 2000,
+        "messages": [{"role": "user", "content": "Write a long essay."}],
+    }
     with httpx.stream("POST", f"{running_app.base_url}/chat/completions", json=body, timeout=60) as response:
         lines = response.iter_lines()
         for _ in range(6):
@@ -390,7 +462,9 @@ def test_r4_8_client_disconnect_aborts_generation(running_app: RunningApp) -> No
 def test_r5_envelope_on_every_error_status(http: httpx.Client) -> None:
     assert _error(http.get("/no/such/route"), 404)["type"] == "not_found_error"
     assert _error(http.get("/chat/completions"), 405)
-    assert _error(http.post("/chat/completions", json={"model": "nope", "messages": HI}), 404)["code"] == "model_not_found"
+    assert (
+        _error(http.post("/chat/completions", json={"model": "nope", "messages": HI}), 404)["code"] == "model_not_found"
+    )
     huge = {"model": REPLAY_MODEL, "messages": [{"role": "user", "content": "x" * 1_200_000}]}
     assert _error(http.post("/chat/completions", json=huge), 413)["code"] == "request_too_large"
 
@@ -402,7 +476,7 @@ def _completion(http: httpx.Client, **body: Any) -> dict[str, Any]:
     response = http.post("/completions", json=body)
     assert response.status_code == 200, response.text
     assert_valid(response.json(), "CreateCompletionResponse")
-    return response.json()
+    return cast(dict[str, Any], response.json())
 
 
 def test_completions_prompt_forms(http: httpx.Client, tokenizer: Any) -> None:
@@ -429,18 +503,31 @@ def test_completions_echo_logprobs_and_default_cap(http: httpx.Client) -> None:
 
 
 def test_completions_suffix_and_best_of_are_refused_clearly(http: httpx.Client) -> None:
-    assert _error(http.post("/completions", json={"model": VLLM_MODEL, "prompt": "a", "suffix": "b"}), 400)["param"] == "suffix"
-    assert _error(http.post("/completions", json={"model": VLLM_MODEL, "prompt": "a", "best_of": 3}), 400)["param"] == "best_of"
+    assert (
+        _error(http.post("/completions", json={"model": VLLM_MODEL, "prompt": "a", "suffix": "b"}), 400)["param"]
+        == "suffix"
+    )
+    assert (
+        _error(http.post("/completions", json={"model": VLLM_MODEL, "prompt": "a", "best_of": 3}), 400)["param"]
+        == "best_of"
+    )
 
 
 def test_completions_stream(http: httpx.Client) -> None:
-    response = http.post("/completions", json={"model": REPLAY_MODEL, "prompt": "count", "stream": True,
-                                               "stream_options": {"include_usage": True}})
+    response = http.post(
+        "/completions",
+        json={"model": REPLAY_MODEL, "prompt": "count", "stream": True, "stream_options": {"include_usage": True}},
+    )
     chunks = parse_sse(response.content)
     for chunk in chunks:
         _completion_chunk_valid(chunk)
-    assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == "one two three four five six seven eight nine ten"
-    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]] == ["stop"]
+    assert (
+        "".join(c["choices"][0]["text"] for c in chunks if c["choices"])
+        == "one two three four five six seven eight nine ten"
+    )
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]] == [
+        "stop"
+    ]
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 10
 
 
@@ -459,7 +546,9 @@ def test_captured_cline_requests_replay_unchanged(http: httpx.Client, name: str)
     for chunk in chunks:
         assert_valid(chunk, "CreateChatCompletionStreamResponse")
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
-    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]] == ["stop"]
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]] == [
+        "stop"
+    ]
     # Cline's system prompt alone is ~890 tokens (its tool schemas reach the prompt with tool calling).
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["prompt_tokens"] > 800
     assert _content(chunks)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -39,7 +39,7 @@ def _plan(chat: ChatCompletions, **fields: Any) -> PlannedChat:
 def _complete(chat: ChatCompletions, **fields: Any) -> dict[str, Any]:
     body = asyncio.run(chat.complete(_plan(chat, **fields)))
     assert isinstance(body, bytes)
-    return json.loads(body)
+    return cast(dict[str, Any], json.loads(body))
 
 
 def _stream(chat: ChatCompletions, **fields: Any) -> list[dict[str, Any]]:
@@ -63,7 +63,13 @@ def test_non_streaming_response_matches_openai_schema(chat: ChatCompletions, tok
 
 
 def test_prompt_is_rendered_through_the_chat_template(chat: ChatCompletions, tokenizer: Any) -> None:
-    planned = _plan(chat, messages=[{"role": "developer", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "hi"}]}])
+    planned = _plan(
+        chat,
+        messages=[
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+        ],
+    )
     prompt = tokenizer.decode(planned.generation.prompt_token_ids)
     assert prompt == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
 
@@ -120,7 +126,9 @@ def test_stream_options_without_stream_is_a_400(chat: ChatCompletions) -> None:
     assert isinstance(error, OpenAIError) and error.param == "stream_options"
 
 
-def test_engine_failure_mid_stream_is_an_error_event_then_done(chat: ChatCompletions, tmp_path: Any, tokenizer: Any) -> None:
+def test_engine_failure_mid_stream_is_an_error_event_then_done(
+    chat: ChatCompletions, tmp_path: Any, tokenizer: Any
+) -> None:
     """R4.8: a failure after the stream started is an `error` event, then [DONE]."""
     script = tmp_path / "s.yaml"
     script.write_text('replies: [{when: {turn: 5}, text: "never"}]')
@@ -146,14 +154,25 @@ def test_role_chunk_marks_the_first_token_even_without_visible_text() -> None:
             yield GenerationDelta(text=text, completion_tokens=count, finish_reason="stop" if text else None)
 
     async def run() -> list[tuple[list[int], bytes]]:
-        meta = ChatMeta(id="chatcmpl-1", created=0, model="m", prompt_tokens=3, n=1, include_usage=False,
-                        tool_parser=None, tools=[], parallel_tool_calls=True)
+        meta = ChatMeta(
+            id="chatcmpl-1",
+            created=0,
+            model="m",
+            prompt_tokens=3,
+            n=1,
+            include_usage=False,
+            tool_parser=None,
+            tools=[],
+            parallel_tool_calls=True,
+        )
         return [(list(asked), item) async for item in render_stream(meta, engine())]
 
     items = asyncio.run(run())
     assert items[0] == ([], b"")  # accepted: headers only
     engine_outputs_seen, first_chunks = items[1]
     assert engine_outputs_seen == [1]  # sent before the engine's second output was asked for
-    assert [c["choices"][0]["delta"] for c in parse_sse(first_chunks + b"data: [DONE]\n\n")] == [{"role": "assistant", "content": ""}]
+    assert [c["choices"][0]["delta"] for c in parse_sse(first_chunks + b"data: [DONE]\n\n")] == [
+        {"role": "assistant", "content": ""}
+    ]
     chunks = parse_sse(b"".join(item for _, item in items))
     assert [c["choices"][0]["delta"].get("content") for c in chunks] == ["", "Hi", None]

@@ -24,14 +24,50 @@ from tests.sse_client import parse_sse
 
 MODEL = "replay-model"
 CHAT_FIELDS = [
-    "messages", "model", "stream", "stream_options", "temperature", "top_p", "max_tokens", "max_completion_tokens",
-    "stop", "n", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "tools",
-    "tool_choice", "parallel_tool_calls", "response_format", "reasoning_effort", "user", "store", "metadata",
+    "messages",
+    "model",
+    "stream",
+    "stream_options",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "max_completion_tokens",
+    "stop",
+    "n",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "reasoning_effort",
+    "user",
+    "store",
+    "metadata",
 ]
-COMPLETION_FIELDS = ["prompt", "model", "stream", "echo", "logprobs", "max_tokens", "n", "stop", "suffix", "best_of", "seed"]
+COMPLETION_FIELDS = [
+    "prompt",
+    "model",
+    "stream",
+    "echo",
+    "logprobs",
+    "max_tokens",
+    "n",
+    "stop",
+    "suffix",
+    "best_of",
+    "seed",
+]
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
@@ -39,24 +75,35 @@ json_values = st.recursive(
 small_numbers = st.integers(-3, 30) | st.floats(-3, 3, allow_nan=False)
 roles = st.sampled_from(["system", "developer", "user", "assistant", "tool", "function", "wizard"])
 parts = st.lists(
-    st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url", "input_audio", "refusal", 7])},
-                          optional={"text": st.text(max_size=10) | json_values, "cache_control": json_values}),
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["text", "image_url", "input_audio", "refusal", 7])},
+        optional={"text": st.text(max_size=10) | json_values, "cache_control": json_values},
+    ),
     max_size=3,
 )
 messages = st.lists(
-    st.fixed_dictionaries({"role": roles}, optional={
-        "content": st.none() | st.text(max_size=30) | parts | json_values,
-        "tool_calls": json_values, "tool_call_id": st.text(max_size=5), "name": st.text(max_size=5),
-    }),
+    st.fixed_dictionaries(
+        {"role": roles},
+        optional={
+            "content": st.none() | st.text(max_size=30) | parts | json_values,
+            "tool_calls": json_values,
+            "tool_call_id": st.text(max_size=5),
+            "name": st.text(max_size=5),
+        },
+    ),
     max_size=4,
 )
 
 
-def _bodies(base: dict[str, Any], fields: list[str], special: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[dict[str, Any]]:
+def _bodies(
+    base: dict[str, Any], fields: list[str], special: dict[str, st.SearchStrategy[Any]]
+) -> st.SearchStrategy[dict[str, Any]]:
     overrides = st.dictionaries(
         st.sampled_from(fields), json_values | small_numbers | st.sampled_from([True, False, MODEL]), max_size=4
     )
-    extras = st.dictionaries(st.text(min_size=1, max_size=10).filter(lambda k: k not in fields), json_values, max_size=2)
+    extras = st.dictionaries(
+        st.text(min_size=1, max_size=10).filter(lambda k: k not in fields), json_values, max_size=2
+    )
     specials = st.fixed_dictionaries({}, optional=special)
     return st.builds(lambda o, s, e: {**base, **o, **s, **e}, overrides, specials, extras)
 
@@ -80,11 +127,15 @@ def _check(response: Any, response_schema: str, chunk_check: Any) -> None:
         assert_valid(response.json(), response_schema)
 
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 
 @FUZZ
-@given(body=_bodies({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}, CHAT_FIELDS, {"messages": messages}))
+@given(
+    body=_bodies({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}, CHAT_FIELDS, {"messages": messages})
+)
 def test_chat_bodies_never_cause_a_server_error(client: TestClient, body: dict[str, Any]) -> None:
     response = client.post("/v1/chat/completions", json=body)
     _check(response, "CreateChatCompletionResponse", lambda c: assert_valid(c, "CreateChatCompletionStreamResponse"))
@@ -97,8 +148,13 @@ def _completion_chunk(chunk: dict[str, Any]) -> None:
 
 
 @FUZZ
-@given(body=_bodies({"model": MODEL, "prompt": "hi"}, COMPLETION_FIELDS,
-                    {"prompt": st.text(max_size=20) | st.lists(st.integers(-5, 60000), max_size=5) | json_values}))
+@given(
+    body=_bodies(
+        {"model": MODEL, "prompt": "hi"},
+        COMPLETION_FIELDS,
+        {"prompt": st.text(max_size=20) | st.lists(st.integers(-5, 60000), max_size=5) | json_values},
+    )
+)
 def test_completion_bodies_never_cause_a_server_error(client: TestClient, body: dict[str, Any]) -> None:
     _check(client.post("/v1/completions", json=body), "CreateCompletionResponse", _completion_chunk)
 

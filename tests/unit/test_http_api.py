@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from fastapi.testclient import TestClient
@@ -35,7 +35,7 @@ def _assert_error(response: Any, status: int, code: str | None = None) -> dict[s
     assert_valid(body, "ErrorResponse")
     if code is not None:
         assert body["error"]["code"] == code
-    return body["error"]
+    return cast(dict[str, Any], body["error"])
 
 
 def test_models_list_shape(client: TestClient) -> None:
@@ -71,7 +71,9 @@ def test_invalid_body_is_400_never_422(client: TestClient) -> None:
     """R2.1: validation failures are 400 with the envelope, naming the field."""
     error = _assert_error(client.post("/v1/chat/completions", json={**HELLO, "temperature": 9}), 400)
     assert error["param"] == "temperature"
-    _assert_error(client.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}), 400)
+    _assert_error(
+        client.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}), 400
+    )
 
 
 def test_errors_before_the_stream_starts_keep_their_status(client: TestClient) -> None:
@@ -95,8 +97,14 @@ def test_api_keys_are_enforced_when_configured(tokenizer: Any) -> None:
         assert client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
     assert client.get("/v1/models", headers={"Authorization": "bearer  key-two "}).status_code == 200
     # R1.3: a browser's preflight carries no key and must pass; the 401 itself carries CORS headers.
-    preflight = client.options("/v1/chat/completions", headers={
-        "Origin": "vscode-webview://x", "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"})
+    preflight = client.options(
+        "/v1/chat/completions",
+        headers={
+            "Origin": "vscode-webview://x",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
     assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == "*"
     denied = client.post("/v1/chat/completions", json=HELLO, headers={"Origin": "vscode-webview://x"})
     assert denied.status_code == 401 and denied.headers["access-control-allow-origin"] == "*"

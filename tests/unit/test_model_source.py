@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,15 @@ from serve_app.model_source import COMPLETE_MARKER, ModelSourceError, prepare_at
 
 def _quiet(_: str) -> None:
     pass
+
+
+def _writes(text: str) -> Callable[[Path], None]:
+    """A build step that writes `text` to the file `w`."""
+
+    def build(out: Path) -> None:
+        (out / "w").write_text(text)
+
+    return build
 
 
 def test_interrupted_preparation_is_never_trusted(tmp_path: Path) -> None:
@@ -34,14 +44,14 @@ def test_leftovers_of_a_killed_process_are_removed_and_redone(tmp_path: Path) ->
     (tmp_path / "m").mkdir()  # a directory without the completion marker: not trusted
     (tmp_path / "m" / "partial").write_text("x")
     messages: list[str] = []
-    final = prepare_atomically(tmp_path, "m", lambda out: (out / "w").write_text("new"), messages.append)
+    final = prepare_atomically(tmp_path, "m", _writes("new"), messages.append)
     assert not (final / "partial").exists() and (final / "w").read_text() == "new"
     assert not (tmp_path / ".tmp-m-deadbeef").exists()
     assert any("interrupted preparation" in m for m in messages)
 
 
 def test_completed_preparation_is_reused(tmp_path: Path) -> None:
-    prepare_atomically(tmp_path, "m", lambda out: (out / "w").write_text("1"), _quiet)
+    prepare_atomically(tmp_path, "m", _writes("1"), _quiet)
 
     def must_not_run(_: Path) -> None:
         raise AssertionError("a completed model was prepared again")
@@ -71,15 +81,6 @@ def test_bad_sources_say_what_is_wrong(tmp_path: Path, source: str, message: str
 def test_directory_without_config_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelSourceError, match="no config.json"):
         prepare_model(str(tmp_path), tmp_path / "cache", _quiet)
-
-
-def test_embedded_model_converts_to_a_vllm_loadable_checkpoint(model_dir: Path) -> None:
-    config = json.loads((model_dir / "config.json").read_text())
-    assert config["architectures"] == ["LlamaForCausalLM"]
-    assert "quantization_config" not in config  # de-quantized: vLLM loads plain bf16 safetensors
-    assert config["max_position_embeddings"] == 8192
-    assert (model_dir / "model.safetensors").stat().st_size > 200e6
-    assert "<|im_start|>" in (model_dir / "chat_template.jinja").read_text()
 
 
 def test_the_conversion_cache_is_keyed_by_content_not_path(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import cast
 
 import pytest
 
@@ -39,9 +40,16 @@ def _may_raise_priority() -> bool:
 
 
 def _probe(env: dict[str, str], without_cap_sys_nice: bool = False) -> dict[str, object]:
-    out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True, check=True,
-                         preexec_fn=_drop_cap_sys_nice if without_cap_sys_nice else None)
-    return json.loads(out.stdout)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        preexec_fn=_drop_cap_sys_nice if without_cap_sys_nice else None,
+    )
+    return cast(dict[str, object], json.loads(out.stdout))
 
 
 def _drop_cap_sys_nice() -> None:

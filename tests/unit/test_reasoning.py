@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from serve_app.chat_completions import ChatCompletions, PlannedChat
+from serve_app.engines.base import FinishReason as EngineFinishReason
 from serve_app.engines.replay import ReplayEngine
 from serve_app.output_parsing import ChoiceOutput, create_output_parser
 from serve_app.protocol.chat import ChatCompletionRequest
@@ -23,10 +25,13 @@ from tests import harmony_fixtures as h
 from tests.openai_spec import assert_valid
 from tests.sse_client import parse_sse
 
-prose = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40).filter(lambda t: "<think>" not in t and "</think>" not in t and "<|" not in t)
+prose = st.text(st.characters(blacklist_categories=["Cs"]), max_size=40).filter(
+    lambda t: "<think>" not in t and "</think>" not in t and "<|" not in t
+)
 
 
-def _parse(parser: TextParser | None, text: str, cuts: list[int] = ()) -> ParsedOutput:
+def _parse(parser: TextParser | None, text: str, cuts: Sequence[int] = ()) -> ParsedOutput:
+    assert parser is not None
     output = ParsedOutput()
     previous = 0
     for cut in sorted({c for c in cuts if 0 < c < len(text)}) + [len(text)]:
@@ -54,7 +59,16 @@ def _think(starts_in_reasoning: bool = False) -> TextParser:
         ("a < b <think> is not a block", False, "", "a < b <think> is not a block"),
         ("<think>x</thi", False, "x</thi", ""),
     ],
-    ids=["block", "opened-by-prompt", "no-block", "empty-block", "unterminated", "partial-tag", "tag-mid-text", "partial-close"],
+    ids=[
+        "block",
+        "opened-by-prompt",
+        "no-block",
+        "empty-block",
+        "unterminated",
+        "partial-tag",
+        "tag-mid-text",
+        "partial-close",
+    ],
 )
 def test_think_fixtures(text: str, in_reasoning: bool, reasoning: str, content: str) -> None:
     for cuts in ([], list(range(len(text))), [len(text) // 2]):
@@ -83,16 +97,25 @@ def test_think_then_tool_calls() -> None:
 
 
 HARMONY_CASES = {
-    "reasoning-then-answer": (
-        [h.analysis("The user greets."), h.final("Hello!")], "The user greets.", "Hello!", []),
+    "reasoning-then-answer": ([h.analysis("The user greets."), h.final("Hello!")], "The user greets.", "Hello!", []),
     "reasoning-then-call": (
         [h.analysis("Need weather."), h.call("get_weather", '{"city": "Paris"}')],
-        "Need weather.", "", [("get_weather", '{"city": "Paris"}')]),
+        "Need weather.",
+        "",
+        [("get_weather", '{"city": "Paris"}')],
+    ),
     "preamble-is-content": (
         [h.analysis("Plan."), h.preamble("Checking the weather."), h.call("get_weather", "{}")],
-        "Plan.", "Checking the weather.", [("get_weather", "{}")]),
+        "Plan.",
+        "Checking the weather.",
+        [("get_weather", "{}")],
+    ),
     "markup-in-strings": (
-        [h.call("write", '{"text": "a <|end b"}'), h.final("done")], "", "done", [("write", '{"text": "a <|end b"}')]),
+        [h.call("write", '{"text": "a <|end b"}'), h.final("done")],
+        "",
+        "done",
+        [("write", '{"text": "a <|end b"}')],
+    ),
     "unicode": ([h.analysis("ünï ☃"), h.final("Grüße 👋")], "ünï ☃", "Grüße 👋", []),
 }
 
@@ -126,7 +149,7 @@ def test_harmony_reasoning_before_a_forced_call() -> None:
     assert [(c.name, c.arguments) for c in output.calls] == [("f", '{"a": 1}')]
 
 
-def _feed_deltas(choice: ChoiceOutput, pieces: list[str], reason: str | None) -> ParsedOutput:
+def _feed_deltas(choice: ChoiceOutput, pieces: list[str], reason: EngineFinishReason | None) -> ParsedOutput:
     output = ParsedOutput()
     for count, piece in enumerate(pieces, start=1):
         output.apply(choice.feed(piece, count))
@@ -165,7 +188,9 @@ def test_a_turn_that_only_reasoned_is_not_an_empty_success() -> None:
         ("think", None, {}),
     ],
 )
-def test_reasoning_effort_maps_to_the_template_switch(reasoning: Any, effort: str | None, kwargs: dict[str, Any]) -> None:
+def test_reasoning_effort_maps_to_the_template_switch(
+    reasoning: Any, effort: str | None, kwargs: dict[str, Any]
+) -> None:
     """R6.3: the effort reaches each model's own mechanism; models without reasoning ignore it."""
     assert template_kwargs(reasoning, effort) == kwargs
 
@@ -173,7 +198,8 @@ def test_reasoning_effort_maps_to_the_template_switch(reasoning: Any, effort: st
 # Qwen3's mechanism, reduced to the part that matters: `enable_thinking=false` pre-fills an empty block.
 QWEN3_LIKE_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-    "<|im_start|>assistant\n{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% endif %}"
+    "<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% endif %}"
 )
 # DeepSeek-R1 distills open the block in the prompt: the model starts inside its reasoning.
 R1_LIKE_TEMPLATE = "{% for m in messages %}{{ m.content }}\n{% endfor %}<think>\n"
@@ -199,7 +225,11 @@ def test_reasoning_effort_switches_qwen3_thinking_off(tokenizer: Any, tmp_path: 
     prompt = tokenizer.decode(_plan(chat, reasoning_effort="none").generation.prompt_token_ids)
     assert prompt.endswith("<think>\n\n</think>\n\n")
     assert "<think>" not in tokenizer.decode(_plan(chat, reasoning_effort="high").generation.prompt_token_ids)
-    error = chat.plan(ChatCompletionRequest.model_validate({"model": "thinker", "messages": [{"role": "user", "content": "x"}], "reasoning_effort": "max"}))
+    error = chat.plan(
+        ChatCompletionRequest.model_validate(
+            {"model": "thinker", "messages": [{"role": "user", "content": "x"}], "reasoning_effort": "max"}
+        )
+    )
     assert not isinstance(error, PlannedChat) and error.status_code == 400 and error.param == "reasoning_effort"
 
 
@@ -208,7 +238,9 @@ def test_reasoning_in_responses_and_streams(tokenizer: Any, tmp_path: Path) -> N
     chat = _reasoning_chat(tokenizer, R1_LIKE_TEMPLATE, tmp_path, "Two plus two is four.\n</think>\n\nIt is 4.")
     planned = _plan(chat)
     assert planned.meta.starts_in_reasoning
-    body = json.loads(asyncio.run(chat.complete(planned)))
+    result = asyncio.run(chat.complete(planned))
+    assert isinstance(result, bytes), result
+    body = json.loads(result)
     assert_valid(body, "CreateChatCompletionResponse")
     message = body["choices"][0]["message"]
     assert message["reasoning_content"] == message["reasoning"] == "Two plus two is four.\n"
@@ -217,7 +249,9 @@ def test_reasoning_in_responses_and_streams(tokenizer: Any, tmp_path: Path) -> N
     assert 0 < details["reasoning_tokens"] < body["usage"]["completion_tokens"]
 
     async def stream() -> bytes:
-        return b"".join([frame async for frame in chat.stream(_plan(chat, stream=True, stream_options={"include_usage": True}))])
+        return b"".join(
+            [frame async for frame in chat.stream(_plan(chat, stream=True, stream_options={"include_usage": True}))]
+        )
 
     chunks = parse_sse(asyncio.run(stream()))
     for chunk in chunks:

@@ -18,7 +18,9 @@ def _messages(*texts: str) -> list[dict[str, Any]]:
     return [{"role": roles[i % 2], "content": t} for i, t in enumerate(texts)]
 
 
-def _run(tokenizer: Any, messages: list[dict[str, Any]], max_tokens: int = 1000, stop: tuple[str, ...] = ()) -> list[GenerationDelta]:
+def _run(
+    tokenizer: Any, messages: list[dict[str, Any]], max_tokens: int = 1000, stop: tuple[str, ...] = ()
+) -> list[GenerationDelta]:
     engine = ReplayEngine(tokenizer, REPLAY_SCRIPT, max_model_len=8192, token_delay_s=0.0)
     request = GenerationRequest("r", [1, 2, 3], SamplingOptions(max_tokens=max_tokens, stop=stop), messages)
 

@@ -8,8 +8,12 @@ from serve_app.routing import ModelCatalog
 
 MODELS = [
     {"id": "chat", "source": "o/chat", "aliases": ["default"], "engine_args": {"max_model_len": 4096}},
-    {"id": "embed", "source": "o/embed", "task": "embed",
-     "deployment": {"autoscaling": {"min_replicas": 0, "max_replicas": 1}}},
+    {
+        "id": "embed",
+        "source": "o/embed",
+        "task": "embed",
+        "deployment": {"autoscaling": {"min_replicas": 0, "max_replicas": 1}},
+    },
 ]
 CATALOG = ModelCatalog.of(parse_app_config({"models": MODELS}).models)
 

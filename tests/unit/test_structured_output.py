@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -19,8 +19,12 @@ from tests.conftest import REPLAY_SCRIPT
 from tests.openai_spec import assert_valid
 from tests.sse_client import parse_sse
 
-WEATHER = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
-           "required": ["city", "days"], "additionalProperties": False}
+WEATHER = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+    "required": ["city", "days"],
+    "additionalProperties": False,
+}
 
 
 def _json_schema(schema: Any, strict: bool = True, name: str = "weather") -> dict[str, Any]:
@@ -104,8 +108,12 @@ def service(tokenizer: Any) -> ModelService:
 
 
 def _request(ask: str, **fields: Any) -> ChatCompletionRequest:
-    body = {"model": "replay-model", "messages": [{"role": "user", "content": ask}],
-            "response_format": _json_schema(WEATHER), **fields}
+    body = {
+        "model": "replay-model",
+        "messages": [{"role": "user", "content": ask}],
+        "response_format": _json_schema(WEATHER),
+        **fields,
+    }
     return ChatCompletionRequest.model_validate(body)
 
 
@@ -113,6 +121,12 @@ def _complete(service: ModelService, request: ChatCompletionRequest) -> bytes | 
     plan = service.plan(request)
     assert not isinstance(plan, OpenAIError), plan
     return asyncio.run(plan.complete())
+
+
+def _json(result: bytes | OpenAIError) -> dict[str, Any]:
+    """The JSON body of a whole (non-streamed) response, which must not be an error."""
+    assert isinstance(result, bytes), result
+    return cast(dict[str, Any], json.loads(result))
 
 
 def _stream(service: ModelService, request: ChatCompletionRequest) -> list[dict[str, Any]]:
@@ -129,7 +143,7 @@ def test_r7_1_the_schema_reaches_the_engine_and_valid_answers_pass(service: Mode
     plan = service.plan(_request("weather as json"))
     assert not isinstance(plan, OpenAIError)
     assert plan.planned.generation.sampling.json_schema == WEATHER
-    body = json.loads(_complete(service, _request("weather as json")))
+    body = _json(_complete(service, _request("weather as json")))
     assert_valid(body, "CreateChatCompletionResponse")
     assert json.loads(body["choices"][0]["message"]["content"]) == {"city": "Paris", "days": 3}
 
@@ -145,12 +159,12 @@ def test_r7_1_an_answer_that_breaks_the_schema_is_an_error_not_a_success(service
 
 
 def test_r7_2_truncation_is_length_with_the_partial_text(service: ModelService) -> None:
-    body = json.loads(_complete(service, _request("weather as json", max_tokens=3)))
+    body = _json(_complete(service, _request("weather as json", max_tokens=3)))
     assert body["choices"][0]["finish_reason"] == "length"
     assert body["choices"][0]["message"]["content"] and not body["choices"][0]["message"]["content"].endswith("}")
 
 
-TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+TOOL: dict[str, Any] = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
 
 
 @pytest.mark.parametrize(
@@ -167,10 +181,14 @@ TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "ob
         ({"tools": [{**TOOL, "function": {**TOOL["function"], "strict": True}}]}, True, True),
     ],
 )
-def test_routing_sends_only_what_needs_it_through_post_processing(fields: dict[str, Any], structured: bool, tools: bool) -> None:
+def test_routing_sends_only_what_needs_it_through_post_processing(
+    fields: dict[str, Any], structured: bool, tools: bool
+) -> None:
     """Anything to enforce goes through StructuredOutput; free tool calls through ToolParsing; the rest
     straight to the engine."""
     from serve_app.routing import needs_structured_output, needs_tool_parsing
 
-    request = ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "x"}], **fields})
+    request = ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "x"}], **fields}
+    )
     assert (needs_structured_output(request), needs_tool_parsing(request)) == (structured, tools)

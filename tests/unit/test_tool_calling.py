@@ -4,25 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from serve_app.chat_completions import ChatCompletions, PlannedChat
-from serve_app.tool_constraints import forced_call_schema
 from serve_app.engines.replay import ReplayEngine
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.errors import OpenAIError
 from serve_app.routing import needs_structured_output
 from serve_app.structured_output import check_constraints
+from serve_app.tool_constraints import forced_call_schema
 from serve_app.tool_prompts import render_prompt
 from tests.conftest import REPLAY_SCRIPT
 from tests.openai_spec import assert_valid
 from tests.sse_client import parse_sse
 
-TOOLS = [
-    {"type": "function", "function": {"name": "read_file", "description": "Read a file.",
-                                      "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}}},
+TOOLS: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "read_file",
+            "description": "Read a file.",
+            "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
+        },
+    },
     {"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {}}}},
 ]
 ASK = [{"role": "user", "content": "please read the file"}]
@@ -40,40 +46,66 @@ def _plan(chat: ChatCompletions, **fields: Any) -> PlannedChat:
     return planned
 
 
+def _json(result: bytes | OpenAIError) -> dict[str, Any]:
+    """The JSON body of a whole (non-streamed) response, which must not be an error."""
+    assert isinstance(result, bytes), result
+    return cast(dict[str, Any], json.loads(result))
+
+
 def test_tools_reach_a_template_without_tool_support(tokenizer: Any) -> None:
     """SmolLM2's template knows no tools: the built-in Hermes prompt lists them, history is written out."""
-    request = ChatCompletionRequest.model_validate({"model": "m", "tools": TOOLS, "messages": [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "read a.txt"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "read_file", "arguments": "{\"path\": \"a.txt\"}"}}]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "hello"},
-        {"role": "user", "content": "thanks"},
-    ]})
+    request = ChatCompletionRequest.model_validate(
+        {
+            "model": "m",
+            "tools": TOOLS,
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "read a.txt"},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "read_file", "arguments": '{"path": "a.txt"}'},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "call_1", "content": "hello"},
+                {"role": "user", "content": "thanks"},
+            ],
+        }
+    )
     prompt = render_prompt(tokenizer, request, with_tools=True)
     assert prompt.startswith("<|im_start|>system\nBe brief.\n\n# Tools")
     assert json.dumps(TOOLS[0]) in prompt
-    assert '<|im_start|>assistant\n<tool_call>\n{"name": "read_file", "arguments": {"path": "a.txt"}}\n</tool_call><|im_end|>' in prompt
+    assert (
+        '<|im_start|>assistant\n<tool_call>\n{"name": "read_file", "arguments": {"path": "a.txt"}}'
+        "\n</tool_call><|im_end|>" in prompt
+    )
     assert "<|im_start|>user\n<tool_response>\nhello\n</tool_response><|im_end|>" in prompt
     assert "# Tools" not in render_prompt(tokenizer, request, with_tools=False)
 
 
 def test_non_streaming_tool_calls(chat: ChatCompletions) -> None:
     """R3.3/R3.4: calls with call_ ids and JSON-string arguments, content alongside, finish tool_calls."""
-    body = json.loads(asyncio.run(chat.complete(_plan(chat))))
+    body = _json(asyncio.run(chat.complete(_plan(chat))))
     assert_valid(body, "CreateChatCompletionResponse")
     choice = body["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
     assert choice["message"]["content"] == "Let me read it."
     calls = choice["message"]["tool_calls"]
     assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == [
-        ("read_file", {"path": '/tmp/a "b".txt', "lines": [1, 20]}), ("now", {})]
+        ("read_file", {"path": '/tmp/a "b".txt', "lines": [1, 20]}),
+        ("now", {}),
+    ]
     assert len({c["id"] for c in calls}) == 2 and all(c["id"].startswith("call_") for c in calls)
 
 
 def test_streamed_tool_calls_match_the_non_streamed_ones(chat: ChatCompletions) -> None:
     """R4.5 shapes, and R4.6: concatenated fragments equal the non-streamed arguments byte for byte."""
-    whole = json.loads(asyncio.run(chat.complete(_plan(chat))))["choices"][0]["message"]["tool_calls"]
+    whole = _json(asyncio.run(chat.complete(_plan(chat))))["choices"][0]["message"]["tool_calls"]
 
     async def frames() -> bytes:
         return b"".join([f async for f in chat.stream(_plan(chat, stream=True))])
@@ -116,29 +148,44 @@ def test_forced_tool_choice_is_a_decoding_constraint(chat: ChatCompletions) -> N
     assert schema is not None and schema["properties"]["name"] == {"const": "read_file"}
     assert schema["properties"]["arguments"] == TOOLS[0]["function"]["parameters"]
     required = _plan(chat, tool_choice="required").generation.sampling.json_schema
-    assert required is not None and [c["properties"]["name"]["const"] for c in required["anyOf"]] == ["read_file", "now"]
+    assert required is not None and [c["properties"]["name"]["const"] for c in required["anyOf"]] == [
+        "read_file",
+        "now",
+    ]
     assert _plan(chat, tool_choice="auto").generation.sampling.json_schema is None
 
 
 def test_parallel_tool_calls_false_stops_after_the_first_call(chat: ChatCompletions) -> None:
     planned = _plan(chat, parallel_tool_calls=False)
     assert "</tool_call>" in planned.generation.sampling.stop
-    body = json.loads(asyncio.run(chat.complete(planned)))
+    body = _json(asyncio.run(chat.complete(planned)))
     assert [c["function"]["name"] for c in body["choices"][0]["message"]["tool_calls"]] == ["read_file"]
 
 
 def test_forced_call_schema_for_a_named_function() -> None:
-    request = ChatCompletionRequest.model_validate({"model": "m", "messages": ASK, "tools": TOOLS,
-                                                    "tool_choice": {"type": "function", "function": {"name": "now"}}})
+    request = ChatCompletionRequest.model_validate(
+        {
+            "model": "m",
+            "messages": ASK,
+            "tools": TOOLS,
+            "tool_choice": {"type": "function", "function": {"name": "now"}},
+        }
+    )
     schema = forced_call_schema(request)
-    assert schema == {"type": "object", "properties": {"name": {"const": "now"}, "arguments": {"type": "object", "properties": {}}},
-                      "required": ["name", "arguments"], "additionalProperties": False}
+    assert schema == {
+        "type": "object",
+        "properties": {"name": {"const": "now"}, "arguments": {"type": "object", "properties": {}}},
+        "required": ["name", "arguments"],
+        "additionalProperties": False,
+    }
 
 
 def test_strict_tools_under_auto_get_a_structural_tag(chat: ChatCompletions) -> None:
     """R7.3: with a `strict: true` tool the engine gets a structural tag for the model's format; else none."""
     strict = [{**TOOLS[0], "function": {**TOOLS[0]["function"], "strict": True}}, TOOLS[1]]
-    tag = json.loads(_plan(chat, tools=strict).generation.sampling.structural_tag)
+    structural_tag = _plan(chat, tools=strict).generation.sampling.structural_tag
+    assert structural_tag is not None
+    tag = json.loads(structural_tag)
     assert tag["format"]["triggers"] == ["<tool_call>"]
     assert _plan(chat).generation.sampling.structural_tag is None  # no strict tool: the model is free
 
@@ -175,11 +222,16 @@ def test_a_template_without_tools_is_prompted_and_parsed_as_hermes(tokenizer: An
         ("contains", {"type": "object", "properties": {"a": {"type": "array", "contains": {"const": 1}}}}),
     ],
 )
-def test_unenforceable_schemas_are_a_400_naming_the_keyword(chat: ChatCompletions, keyword: str, schema: dict[str, Any]) -> None:
+def test_unenforceable_schemas_are_a_400_naming_the_keyword(
+    chat: ChatCompletions, keyword: str, schema: dict[str, Any]
+) -> None:
     """R7.2/R7.3: before generation, for forced choices and strict tools; free `auto` calls are not checked."""
     tool = {"type": "function", "function": {"name": "f", "parameters": schema}}
-    for fields in ({"tool_choice": "required"}, {"tool_choice": {"type": "function", "function": {"name": "f"}}},
-                   {"tools": [{"type": "function", "function": {"name": "f", "parameters": schema, "strict": True}}]}):
+    for fields in (
+        {"tool_choice": "required"},
+        {"tool_choice": {"type": "function", "function": {"name": "f"}}},
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": schema, "strict": True}}]},
+    ):
         request = ChatCompletionRequest.model_validate({"model": "m", "messages": ASK, "tools": [tool], **fields})
         assert needs_structured_output(request)  # the stage that checks it before generation
         error = check_constraints(request)
@@ -192,7 +244,9 @@ def test_unenforceable_schemas_are_a_400_naming_the_keyword(chat: ChatCompletion
 
 def test_r7_3_a_tool_schema_the_grammar_cannot_compile_is_a_400() -> None:
     tool = {"type": "function", "function": {"name": "f", "parameters": {"$ref": "#/$defs/missing"}}}
-    request = ChatCompletionRequest.model_validate({"model": "m", "messages": ASK, "tools": [tool], "tool_choice": "required"})
+    request = ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": ASK, "tools": [tool], "tool_choice": "required"}
+    )
     error = check_constraints(request)
     assert isinstance(error, OpenAIError) and error.status_code == 400 and "cannot be compiled" in error.message
 
@@ -205,9 +259,19 @@ def test_strict_tag_grammar_admits_text_and_valid_calls_only() -> None:
 
     from serve_app.tool_constraints import strict_tools_tag
 
-    weather = {"type": "function", "function": {"name": "get_weather", "strict": True, "parameters": {
-        "type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "London"]}, "days": {"type": "integer"}},
-        "required": ["city", "days"], "additionalProperties": False}}}
+    weather = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "strict": True,
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "enum": ["Paris", "London"]}, "days": {"type": "integer"}},
+                "required": ["city", "days"],
+                "additionalProperties": False,
+            },
+        },
+    }
     request = ChatCompletionRequest.model_validate({"model": "m", "messages": ASK, "tools": [weather, TOOLS[1]]})
     tag = strict_tools_tag(request, "hermes")
     assert isinstance(tag, str)

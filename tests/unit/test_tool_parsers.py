@@ -4,7 +4,8 @@ byte for byte (R4.6) and the event stream has the shape clients need (R4.5)."""
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -13,18 +14,28 @@ from hypothesis import strategies as st
 from serve_app.tool_parsers import create_parser, parse_complete
 from serve_app.tool_parsers.base import ContentDelta, Event, ParsedOutput, ToolCallArguments, ToolCallStart
 
-json_scalars = st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False, width=32) | st.text(max_size=12)
-json_values = st.recursive(json_scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3), max_leaves=8)
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**6), 10**6)
+    | st.floats(allow_nan=False, allow_infinity=False, width=32)
+    | st.text(max_size=12)
+)
+json_values = st.recursive(
+    json_scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3), max_leaves=8
+)
 arguments = st.dictionaries(st.text(max_size=8), json_values, max_size=4)
 # Python keyword arguments need identifier names.
 identifier_arguments = st.dictionaries(st.from_regex(r"[a-z_][a-z0-9_]{0,7}", fullmatch=True), json_values, max_size=4)
 names = st.from_regex(r"[a-z_][a-z0-9_]{0,15}", fullmatch=True)
 # Text around calls: anything, including near-markers, but never a whole opening marker.
-prose = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
-TRICKY = ["", "{", "}", "<tool", "</tool_call>", "\\n", " ", "{\"name\": 1}", "ünï ☃"]
+prose = st.text(st.characters(blacklist_categories=["Cs"]), max_size=30)
+TRICKY = ["", "{", "}", "<tool", "</tool_call>", "\\n", " ", '{"name": 1}', "ünï ☃"]
 
 
-def _feed_in_chunks(parser_name: str, text: str, cuts: list[int], tools: list[dict[str, Any]]) -> tuple[ParsedOutput, list[Event]]:
+def _feed_in_chunks(
+    parser_name: str, text: str, cuts: list[int], tools: list[dict[str, Any]]
+) -> tuple[ParsedOutput, list[Event]]:
     parser = create_parser(parser_name, tools)
     events: list[Event] = []
     previous = 0
@@ -51,7 +62,9 @@ def _assert_r4_5(events: list[Event]) -> None:
             assert event.index in started and isinstance(event.fragment, str)
 
 
-def _check_split_invariance(parser_name: str, text: str, cuts: list[int], tools: list[dict[str, Any]] | None = None) -> ParsedOutput:
+def _check_split_invariance(
+    parser_name: str, text: str, cuts: list[int], tools: list[dict[str, Any]] | None = None
+) -> ParsedOutput:
     whole = parse_complete(create_parser(parser_name, tools or []), text)
     streamed, events = _feed_in_chunks(parser_name, text, cuts, tools or [])
     _assert_r4_5(events)
@@ -68,7 +81,7 @@ def render_hermes(calls: Calls, texts: list[str], indent: int | None) -> tuple[s
     """Text around and between calls; all of it is content."""
     texts = [t for t in texts if "<tool_call>" not in t] + [""] * (len(calls) + 1)
     parts = [texts[0]]
-    for (name, args), after in zip(calls, texts[1:]):
+    for (name, args), after in zip(calls, texts[1:], strict=False):
         body = json.dumps({"name": name, "arguments": args}, indent=indent, ensure_ascii=False)
         parts.append(f"<tool_call>\n{body}\n</tool_call>{after}")
     return "".join(parts), "".join(texts[: len(calls) + 1])
@@ -110,8 +123,10 @@ def render_qwen3_coder(calls: Calls, texts: list[str], indent: int | None) -> tu
     """Text around XML calls; string values raw (multi-line allowed), others as JSON."""
     texts = [t for t in texts if "<tool_call>" not in t] + [""] * (len(calls) + 1)
     parts = [texts[0]]
-    for (name, args), after in zip(calls, texts[1:]):
-        params = "".join(f"<parameter={k}>\n{v if isinstance(v, str) else json.dumps(v)}\n</parameter>\n" for k, v in args.items())
+    for (name, args), after in zip(calls, texts[1:], strict=False):
+        params = "".join(
+            f"<parameter={k}>\n{v if isinstance(v, str) else json.dumps(v)}\n</parameter>\n" for k, v in args.items()
+        )
         parts.append(f"<tool_call>\n<function={name}>\n{params}</function>\n</tool_call>{after}")
     return "".join(parts), "".join(texts[: len(calls) + 1])
 
@@ -130,8 +145,16 @@ def render_harmony(calls: Calls, texts: list[str], indent: int | None) -> tuple[
 def tools_for(calls: Calls) -> list[dict[str, Any]]:
     """Declared parameter types, which XML formats need to type raw values."""
     return [
-        {"type": "function", "function": {"name": name, "parameters": {"type": "object", "properties": {
-            k: {"type": "string" if isinstance(v, str) else "object"} for k, v in args.items()}}}}
+        {
+            "type": "function",
+            "function": {
+                "name": name,
+                "parameters": {
+                    "type": "object",
+                    "properties": {k: {"type": "string" if isinstance(v, str) else "object"} for k, v in args.items()},
+                },
+            },
+        }
         for name, args in calls
     ]
 
@@ -166,19 +189,38 @@ def test_streaming_equals_non_streaming_and_recovers_the_calls(
 @pytest.mark.parametrize(
     ("text", "content", "calls"),
     [
-        ('Let me look. <tool_call>\n{"name": "read", "arguments": {"path": "a\\"</tool_call>{}.py"}}\n</tool_call>',
-         "Let me look. ", [("read", '{"path": "a\\"</tool_call>{}.py"}')]),
-        ('<tool_call>{"arguments": {"x": [1, {"y": "}"}]}, "name": "f"}</tool_call>', "", [("f", '{"x": [1, {"y": "}"}]}')]),
+        (
+            'Let me look. <tool_call>\n{"name": "read", "arguments": {"path": "a\\"</tool_call>{}.py"}}\n</tool_call>',
+            "Let me look. ",
+            [("read", '{"path": "a\\"</tool_call>{}.py"}')],
+        ),
+        (
+            '<tool_call>{"arguments": {"x": [1, {"y": "}"}]}, "name": "f"}</tool_call>',
+            "",
+            [("f", '{"x": [1, {"y": "}"}]}')],
+        ),
         ('<tool_call>{"name": "now"}</tool_call>', "", [("now", "{}")]),
-        ('<tool_call>{"name": "a", "arguments": {}}</tool_call>\n<tool_call>{"name": "b", "arguments": {"k": "ü☃"}}</tool_call> done',
-         "\n done", [("a", "{}"), ("b", '{"k": "ü☃"}')]),
+        (
+            '<tool_call>{"name": "a", "arguments": {}}</tool_call>\n'
+            '<tool_call>{"name": "b", "arguments": {"k": "ü☃"}}</tool_call> done',
+            "\n done",
+            [("a", "{}"), ("b", '{"k": "ü☃"}')],
+        ),
         ("plain <tool_call>not json</tool_call> text", "plain <tool_call>not json</tool_call> text", []),
         ('cut <tool_call>{"na', 'cut <tool_call>{"na', []),
         ('cut <tool_call>{"name": "f", "arguments": {"a": ', "cut ", [("f", '{"a": ')]),
         ("almost <tool_cal", "almost <tool_cal", []),
     ],
-    ids=["strings-with-markers", "arguments-first-nested", "no-arguments", "two-calls-unicode",
-         "malformed-is-content", "unterminated-header-is-content", "truncated-arguments", "partial-marker"],
+    ids=[
+        "strings-with-markers",
+        "arguments-first-nested",
+        "no-arguments",
+        "two-calls-unicode",
+        "malformed-is-content",
+        "unterminated-header-is-content",
+        "truncated-arguments",
+        "partial-marker",
+    ],
 )
 def test_hermes_fixtures(text: str, content: str, calls: list[tuple[str, str]]) -> None:
     for cuts in ([], list(range(len(text))), [len(text) // 2]):
@@ -199,7 +241,11 @@ def test_arguments_stream_before_the_call_ends() -> None:
 @pytest.mark.parametrize(
     ("parser_name", "text"),
     [
-        ("hermes", '<tool_call>{"name": "a", "arguments": {}}</tool_call><tool_call>{"name": "b", "arguments": {"x": 1}}</tool_call>'),
+        (
+            "hermes",
+            '<tool_call>{"name": "a", "arguments": {}}</tool_call>'
+            '<tool_call>{"name": "b", "arguments": {"x": 1}}</tool_call>',
+        ),
         ("llama3_json", '{"name": "a", "parameters": {}}; {"name": "b", "parameters": {"x": 1}}'),
         ("pythonic", "[a(), b(x=1)]"),
     ],

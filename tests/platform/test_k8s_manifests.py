@@ -38,7 +38,9 @@ def test_there_are_manifests() -> None:
 def test_manifest_validates_against_the_rayservice_crd(path: Path) -> None:
     manifest = yaml.safe_load(path.read_text())
     assert (manifest["apiVersion"], manifest["kind"]) == ("ray.io/v1", "RayService")
-    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in _rayservice_validator().iter_errors(manifest)]
+    errors = [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in _rayservice_validator().iter_errors(manifest)
+    ]
     assert not errors, "\n".join(errors)
 
 

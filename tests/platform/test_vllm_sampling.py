@@ -1,0 +1,38 @@
+"""Engine options -> vLLM's own SamplingParams (R2.1): the extensions reach vLLM, the rest keep its defaults."""
+
+from __future__ import annotations
+
+from serve_app.engines.base import SamplingOptions
+from serve_app.engines.vllm_engine import _sampling_params
+from serve_app.generation import sampling_options
+from serve_app.protocol.chat import ChatCompletionRequest
+
+VOCAB = 1000
+
+
+def _request(**fields: object) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields}
+    )
+
+
+def test_r2_1_vllm_extensions_reach_vllms_sampling_params() -> None:
+    request = _request(top_k=5, min_p=0.1, repetition_penalty=1.3, min_tokens=4, ignore_eos=True, temperature=0.7)
+    options = sampling_options(request, 16, room=100, logprobs=None, vocab_size=VOCAB)
+    assert isinstance(options, SamplingOptions)
+    params = _sampling_params(options)
+    assert (params.top_k, params.min_p, params.repetition_penalty) == (5, 0.1, 1.3)
+    assert (params.min_tokens, params.ignore_eos, params.max_tokens) == (4, True, 16)
+
+
+def test_r2_1_without_extensions_vllm_keeps_its_defaults() -> None:
+    options = sampling_options(_request(), None, room=100, logprobs=None, vocab_size=VOCAB)
+    assert isinstance(options, SamplingOptions)
+    params = _sampling_params(options)
+    assert (params.top_k, params.min_p, params.repetition_penalty, params.min_tokens, params.ignore_eos) == (
+        0,
+        0.0,
+        1.0,
+        0,
+        False,
+    )
