@@ -72,6 +72,6 @@ def restore_normal_priority() -> str | None:
     except PermissionError:
         return (
             f"the engine runs at niceness {niceness}, below the node's other processes, and may not raise "
-            f"its priority: start Ray with RAY_worker_niceness=0 in its environment (see the README)"
+            f"its priority: start Ray with RAY_worker_niceness=0 in its environment (see docs/deployment.md)"
         )
     return None

@@ -1,4 +1,4 @@
-"""Conformance with ../shared/spec/WIRE-CONTRACT.md, rule by rule (R1-R5), against the running app.
+"""Conformance with the wire rules of docs/compatibility.md, rule by rule (R1-R5), against the running app.
 
 Real vLLM on the small model where semantics matter (sampling, logprobs, n, disconnects); the replay
 engine where a rule needs a deterministic or slow stream. Every body and chunk is validated against
