@@ -39,12 +39,13 @@ from serve_app.protocol.chat import (
 from serve_app.protocol.chat import (
     TokenLogprob as WireTokenLogprob,
 )
-from serve_app.protocol.common import FinishReason, Usage
+from serve_app.protocol.common import FinishReason, Usage, valid_text
 from serve_app.protocol.errors import OpenAIError, invalid_request, server_error
+from serve_app.protocol.tools import AllowedToolsChoice, FunctionDefinition, NamedToolChoice
 from serve_app.reasoning import EFFORTS, ReasoningFormat, starts_in_reasoning, template_kwargs
 from serve_app.routing import needs_tool_parsing
 from serve_app.structured_output import ResponseConstraint
-from serve_app.tool_constraints import forced_call_schema, strict_tools_tag
+from serve_app.tool_constraints import callable_functions, forced_call_schema, strict_tools_tag
 from serve_app.tool_parsers.base import ContentDelta, Event, ParsedOutput, ReasoningDelta, TextParser, ToolCallStart
 from serve_app.tool_prompts import render_prompt, template_supports_tools
 
@@ -64,7 +65,7 @@ class ChatMeta:
     n: int
     include_usage: bool
     tool_parser: str | None  # None: no tool calls to read
-    tools: list[dict[str, Any]]  # parsers of XML formats type raw values by the tools' schemas
+    tools: list[FunctionDefinition]  # parsers of XML formats type raw values by the tools' schemas
     parallel_tool_calls: bool
     reasoning_parser: ReasoningFormat | None = None
     starts_in_reasoning: bool = False  # the prompt opened the reasoning block
@@ -120,7 +121,7 @@ class ChatCompletions:
             return invalid_request("top_logprobs requires logprobs to be true.", param="top_logprobs")
         if (error := self._unsupported_content(request.messages)) is not None:
             return error
-        if (error := _unknown_named_tool(request)) is not None:
+        if (error := _undeclared_tool_choice(request)) is not None:
             return error
         if request.reasoning_effort is not None and request.reasoning_effort not in EFFORTS:
             return invalid_request(
@@ -134,7 +135,7 @@ class ChatCompletions:
             )
         except Exception as exc:  # jinja raises TemplateError and others from inside the template
             return invalid_request(f"The model's chat template cannot render these messages: {exc}", param="messages")
-        prompt_ids: list[int] = self.tokenizer.encode(prompt, add_special_tokens=False)
+        prompt_ids: list[int] = self.tokenizer.encode(valid_text(prompt), add_special_tokens=False)
         context = self.engine.max_model_len
         if (error := context_error(len(prompt_ids), context, "messages")) is not None:
             return error
@@ -177,7 +178,7 @@ class ChatCompletions:
             sampling.n,
             request.include_usage,
             parser,
-            request.tools or [],
+            callable_functions(request),
             request.parallel_tool_calls is not False,
             self.reasoning_parser,
             starts_in_reasoning(self.reasoning_parser, prompt),
@@ -190,13 +191,12 @@ class ChatCompletions:
 
     def _unsupported_content(self, messages: list[ChatMessage]) -> OpenAIError | None:
         for i, message in enumerate(messages):
-            for j, part in enumerate(message.content if isinstance(message.content, list) else []):
-                if part.type not in ("text", "refusal"):
-                    return invalid_request(
-                        f"Model '{self.model_id}' accepts text only; messages[{i}].content[{j}] is a "
-                        f"'{part.type}' part. Send text parts, or use a model with that modality.",
-                        param=f"messages[{i}].content[{j}]",
-                    )
+            for j, kind in message.media_parts():
+                return invalid_request(
+                    f"Model '{self.model_id}' accepts text only; messages[{i}].content[{j}] is a "
+                    f"'{kind}' part. Send text parts, or use a model with that modality.",
+                    param=f"messages[{i}].content[{j}]",
+                )
         return None
 
     async def complete(self, chat: PlannedChat) -> bytes | OpenAIError:
@@ -373,15 +373,22 @@ class _ChunkEncoder:
         return self._frame([], usage)
 
 
-def _unknown_named_tool(request: ChatCompletionRequest) -> OpenAIError | None:
-    """R2.3: a named tool_choice must name one of `tools`."""
+def _undeclared_tool_choice(request: ChatCompletionRequest) -> OpenAIError | None:
+    """R2.3: a named tool_choice (or `allowed_tools`) must name functions of `tools`."""
     choice = request.tool_choice
-    if not isinstance(choice, dict):
+    if isinstance(choice, NamedToolChoice):
+        named = [("tool_choice.function.name", choice.function.name)]
+    elif isinstance(choice, AllowedToolsChoice):
+        named = [
+            (f"tool_choice.allowed_tools.tools[{i}].function.name", tool.function.name)
+            for i, tool in enumerate(choice.allowed_tools.tools)
+        ]
+    else:
         return None
-    name = (choice.get("function") or {}).get("name")
-    declared = {(t.get("function") or {}).get("name") for t in request.tools or []}
-    if name not in declared:
-        return invalid_request(f"tool_choice names function {name!r}, which is not in tools.", param="tool_choice")
+    declared = {tool.function.name for tool in request.tools or []}
+    for param, name in named:
+        if name not in declared:
+            return invalid_request(f"tool_choice names function {name!r}, which is not in tools.", param=param)
     return None
 
 

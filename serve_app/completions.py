@@ -14,7 +14,7 @@ from typing import Any
 from serve_app import sse
 from serve_app.engines.base import Engine, GenerationRequest, TokenLogprob
 from serve_app.generation import collect_all, context_error, sampling_options
-from serve_app.protocol.common import FinishReason, Usage
+from serve_app.protocol.common import FinishReason, Usage, valid_text
 from serve_app.protocol.completions import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
 from serve_app.protocol.errors import OpenAIError, invalid_request, server_error
 from serve_app.streaming import merged
@@ -57,6 +57,7 @@ class TextCompletions:
         generations, texts = [], []
         for i, prompt in enumerate(prompts):
             if isinstance(prompt, str):
+                prompt = valid_text(prompt)
                 ids: list[int] = self.tokenizer.encode(prompt, add_special_tokens=False)
                 texts.append(prompt)
             else:

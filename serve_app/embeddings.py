@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from serve_app.engines.base import EmbeddingEngine, EmbeddingShape
+from serve_app.protocol.common import valid_text
 from serve_app.protocol.embeddings import MAX_INPUTS, Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from serve_app.protocol.errors import OpenAIError, invalid_request, server_error
 
@@ -45,7 +46,8 @@ class Embeddings:
         prompts = []
         for i, given in enumerate(inputs):
             if isinstance(given, str):
-                ids: list[int] = self.tokenizer.encode(given) if given else []  # with the model's [CLS]/[SEP]
+                # With the model's [CLS]/[SEP].
+                ids: list[int] = self.tokenizer.encode(valid_text(given)) if given else []
             elif any(not 0 <= t < vocabulary for t in given):
                 return invalid_request(f"input {i} has token ids outside the vocabulary.", param="input")
             else:

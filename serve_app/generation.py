@@ -51,17 +51,24 @@ def sampling_options(
             f"min_tokens ({fields.min_tokens}) is more than the {max_tokens} tokens this request may generate.",
             param="min_tokens",
         )
+    n, temperature, top_p, top_k = fields.n or 1, fields.temperature, fields.top_p, fields.top_k
+    if top_p == 0:  # OpenAI: only the most likely token, greedy decoding; vLLM refuses a top_p of 0
+        temperature, top_p = 0.0, None
+    if temperature == 0 and n > 1:
+        # OpenAI answers n greedy choices; vLLM refuses greedy decoding with n > 1. Sampling from the single
+        # most likely token is the same argmax, in a form vLLM takes.
+        temperature, top_k = 1.0, 1
     return SamplingOptions(
         max_tokens=max_tokens,
-        n=fields.n or 1,
-        temperature=fields.temperature,
-        top_p=fields.top_p,
+        n=n,
+        temperature=temperature,
+        top_p=top_p,
         stop=fields.stop_sequences,
         seed=fields.seed,
         presence_penalty=fields.presence_penalty or 0.0,
         frequency_penalty=fields.frequency_penalty or 0.0,
         logit_bias=logit_bias,
-        top_k=fields.top_k,
+        top_k=top_k,
         min_p=fields.min_p,
         repetition_penalty=fields.repetition_penalty,
         min_tokens=fields.min_tokens or 0,

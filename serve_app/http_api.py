@@ -65,9 +65,11 @@ def create_http_app(backend: ModelBackend, options: ServerOptions) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid_body(_: Request, exc: RequestValidationError) -> Response:
         # OpenAI answers bad bodies with 400 and its envelope; FastAPI's default 422 breaks SDK clients.
-        first = exc.errors()[0]
-        param = _param_path(first["loc"])
-        return error_response(invalid_request(f"Invalid request: {param or 'body'}: {first['msg']}", param=param))
+        # Of a union's errors (one per member the value might have been), the deepest names the place: a
+        # list of parts with a bad part fails as "not a string" too, one level up.
+        deepest = max(exc.errors(), key=lambda error: len(error["loc"]))
+        param = _param_path(deepest["loc"])
+        return error_response(invalid_request(f"Invalid request: {param or 'body'}: {deepest['msg']}", param=param))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -7,10 +7,9 @@ and whole answers feed the same `ChoiceOutput` delta by delta, so they cannot di
 
 from __future__ import annotations
 
-from typing import Any
-
 from serve_app.engines.base import FinishReason as EngineFinishReason
 from serve_app.protocol.common import FinishReason
+from serve_app.protocol.tools import FunctionDefinition
 from serve_app.reasoning import ReasoningFormat, ThinkParser
 from serve_app.tool_parsers import create_parser
 from serve_app.tool_parsers.base import ContentDelta, Event, ReasoningDelta, TextParser, ToolCallStart
@@ -38,7 +37,7 @@ class ParserChain:
 def create_output_parser(
     reasoning: ReasoningFormat | None,
     tool_parser: str | None,
-    tools: list[dict[str, Any]],
+    tools: list[FunctionDefinition],
     parallel_calls: bool,
     starts_in_reasoning: bool = False,
 ) -> TextParser | None:

@@ -72,7 +72,6 @@ def needs_structured_output(request: ChatCompletionRequest) -> bool:
     """Anything to enforce: a `response_format` other than text, or tool calls that must follow their
     schemas (`required`, a named function, strict tools). The structured-output stage checks it before
     generation (and parses tool calls as well)."""
-    response_format = request.response_format
-    if response_format is not None and response_format.get("type") != "text":
+    if request.response_format is not None and request.response_format.type != "text":
         return True
     return needs_tool_parsing(request) and tools_enforced(request)

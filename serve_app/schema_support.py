@@ -47,17 +47,20 @@ def unsupported_keyword(schema: Any, path: str = "") -> tuple[str, str] | None:
     for key in _SUBSCHEMA:
         if key in schema:
             children.append((schema[key], f"{path}.{key}".lstrip(".")))
+    # The schema has not been checked as JSON Schema yet: a list where a mapping belongs is skipped here
+    # and refused by that check.
     for key in _SUBSCHEMA_LISTS:
-        for i, child in enumerate(schema.get(key) or []):
-            children.append((child, f"{path}.{key}[{i}]".lstrip(".")))
+        if isinstance(items := schema.get(key), list):
+            children += [(child, f"{path}.{key}[{i}]".lstrip(".")) for i, child in enumerate(items)]
     for key in _SUBSCHEMA_MAPS:
-        for name, child in (schema.get(key) or {}).items():
-            children.append((child, f"{path}.{key}.{name}".lstrip(".")))
+        if isinstance(mapping := schema.get(key), dict):
+            children += [(child, f"{path}.{key}.{name}".lstrip(".")) for name, child in mapping.items()]
     for child, where in children:
         if (found := unsupported_keyword(child, where)) is not None:
             return found
     return None
 
 
-def explain(keyword: str, where: str, what: str) -> str:
-    return f"{what} uses '{keyword}' (at {where}), which constrained decoding cannot enforce: {UNSUPPORTED[keyword]}."
+def explain(keyword: str, where: str) -> str:
+    """The end of a sentence whose subject is the schema: `uses 'not' (at items), which ...`."""
+    return f"uses '{keyword}' (at {where}), which constrained decoding cannot enforce: {UNSUPPORTED[keyword]}."

@@ -26,11 +26,11 @@ from jsonschema.exceptions import SchemaError
 
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.errors import OpenAIError, invalid_request, server_error
+from serve_app.protocol.tools import ANY_OBJECT, ResponseFormat, ResponseFormatJsonObject, ResponseFormatText
 from serve_app.routing import needs_tool_parsing
 from serve_app.schema_support import explain, unsupported_keyword
 from serve_app.tool_constraints import enforced_schemas
 
-ANY_OBJECT: dict[str, Any] = {"type": "object"}
 VIOLATION_CODE = "response_format_violation"
 QUOTED_OUTPUT_CHARS = 500  # how much of an invalid answer the error quotes back
 SCHEMA_PARAM = "response_format.json_schema.schema"
@@ -76,47 +76,24 @@ def check_constraints(request: ChatCompletionRequest) -> ResponseConstraint | No
     tool schemas its calls must follow, then its `response_format`, returned as the engine's constraint."""
     if needs_tool_parsing(request):
         for param, name, schema in enforced_schemas(request):
-            if (found := unsupported_keyword(schema)) is not None:
-                return invalid_request(explain(*found, f"{param} ({name})"), param=param)
-            if (problem := _compile_problem(_canonical(schema))) is not None:
+            if (problem := _schema_problem(_canonical(schema), strict=True)) is not None:
                 return invalid_request(f"{param} ({name}) {problem}", param=param)
     return response_constraint(request.response_format)
 
 
-def response_constraint(response_format: dict[str, Any] | None) -> ResponseConstraint | None | OpenAIError:
-    """The constraint for a request's `response_format`; None for text; a 400 naming what is wrong."""
-    if response_format is None:
+def response_constraint(response_format: ResponseFormat | None) -> ResponseConstraint | None | OpenAIError:
+    """The constraint for a request's `response_format` (its shape was validated with the request): None
+    for text; a 400 naming what is wrong with its schema."""
+    if response_format is None or isinstance(response_format, ResponseFormatText):
         return None
-    kind = response_format.get("type")
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return _compiled(ANY_OBJECT, "json_object")
-    if kind != "json_schema":
-        return invalid_request(
-            f"response_format.type must be 'text', 'json_object' or 'json_schema'; got {kind!r}.",
-            param="response_format.type",
-        )
-    spec = response_format.get("json_schema")
-    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
-        return invalid_request(
-            "response_format.json_schema needs a non-empty 'name'.", param="response_format.json_schema.name"
-        )
-    schema = spec.get("schema", ANY_OBJECT)
-    if not isinstance(schema, dict):
-        return invalid_request(f"{SCHEMA_PARAM} must be an object.", param=SCHEMA_PARAM)
-    if spec.get("strict") and (found := unsupported_keyword(schema)) is not None:
-        # Strict mode guarantees the schema or refuses it; non-strict enforces what it can and post-checks.
-        return invalid_request(explain(*found, SCHEMA_PARAM), param=SCHEMA_PARAM)
-    return _compiled(schema, "json_schema")
-
-
-def _compiled(schema: dict[str, Any], kind: Literal["json_object", "json_schema"]) -> ResponseConstraint | OpenAIError:
-    schema_json = _canonical(schema)
-    problem = _compile_problem(schema_json)
-    if problem is not None:
+    if isinstance(response_format, ResponseFormatJsonObject):
+        return ResponseConstraint("json_object", _canonical(ANY_OBJECT))
+    spec = response_format.json_schema
+    schema_json = _canonical(spec.schema_)
+    # Strict mode guarantees the schema or refuses it; non-strict enforces what it can and post-checks.
+    if (problem := _schema_problem(schema_json, strict=bool(spec.strict))) is not None:
         return invalid_request(f"{SCHEMA_PARAM} {problem}", param=SCHEMA_PARAM)
-    return ResponseConstraint(kind, schema_json)
+    return ResponseConstraint("json_schema", schema_json)
 
 
 def _canonical(schema: dict[str, Any]) -> str:
@@ -124,12 +101,17 @@ def _canonical(schema: dict[str, Any]) -> str:
 
 
 @functools.lru_cache(maxsize=1024)
-def _compile_problem(schema_json: str) -> str | None:
-    """Compile once per schema: as JSON Schema (for the post-check) and as the engine's grammar."""
+def _schema_problem(schema_json: str, strict: bool) -> str | None:
+    """What is wrong with a schema to enforce, checked once per schema: a keyword strict mode's grammar
+    cannot enforce, then that it is JSON Schema at all (the post-check validates with it), then that the
+    engine's grammar backend compiles it."""
     import xgrammar
 
+    schema = json.loads(schema_json)
+    if strict and (found := unsupported_keyword(schema)) is not None:
+        return explain(*found)
     try:
-        Draft202012Validator.check_schema(json.loads(schema_json))
+        Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
         return f"is not a valid JSON Schema: {exc.message}"
     try:

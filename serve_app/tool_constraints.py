@@ -13,47 +13,61 @@ from typing import Any, cast
 
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.errors import OpenAIError, invalid_request
+from serve_app.protocol.tools import ANY_OBJECT, AllowedToolsChoice, FunctionDefinition, NamedToolChoice
 
-ANY_OBJECT: dict[str, Any] = {"type": "object"}
+
+def _functions(request: ChatCompletionRequest) -> list[FunctionDefinition]:
+    return [tool.function for tool in request.tools or []]
 
 
-def _functions(request: ChatCompletionRequest) -> list[dict[str, Any]]:
-    return [t.get("function") or {} for t in request.tools or []]
+def _forced(request: ChatCompletionRequest) -> bool:
+    choice = request.tool_choice
+    return (
+        choice == "required"
+        or isinstance(choice, NamedToolChoice)
+        or (isinstance(choice, AllowedToolsChoice) and choice.allowed_tools.mode == "required")
+    )
+
+
+def callable_functions(request: ChatCompletionRequest) -> list[FunctionDefinition]:
+    """The functions the model may call: all of `tools`, or those a named or `allowed_tools` choice lets it."""
+    choice = request.tool_choice
+    if isinstance(choice, NamedToolChoice):
+        allowed = {choice.function.name}
+    elif isinstance(choice, AllowedToolsChoice):
+        allowed = {tool.function.name for tool in choice.allowed_tools.tools}
+    else:
+        return _functions(request)
+    return [f for f in _functions(request) if f.name in allowed]
 
 
 def tools_enforced(request: ChatCompletionRequest) -> bool:
     """Calls must follow their schemas: a forced choice, or any tool declared strict."""
-    forced = request.tool_choice == "required" or isinstance(request.tool_choice, dict)
-    return forced or any(f.get("strict") for f in _functions(request))
+    return _forced(request) or any(f.strict for f in _functions(request))
 
 
 def enforced_schemas(request: ChatCompletionRequest) -> list[tuple[str, str, dict[str, Any]]]:
     """(param, function name, schema) of every tool schema the grammar must enforce for this request."""
-    forced = forced_call_schema(request) is not None
+    forced = _forced(request)
     return [
-        (f"tools[{i}].function.parameters", str(function.get("name")), function.get("parameters") or ANY_OBJECT)
+        (f"tools[{i}].function.parameters", function.name, function.schema_or_any)
         for i, function in enumerate(_functions(request))
-        if forced or function.get("strict")
+        if forced or function.strict
     ]
 
 
 def forced_call_schema(request: ChatCompletionRequest) -> dict[str, Any] | None:
     """The JSON a forced tool choice must produce: one `{"name", "arguments"}` object of an allowed tool."""
-    choice = request.tool_choice
-    functions = _functions(request)
-    if isinstance(choice, dict):
-        wanted = (choice.get("function") or {}).get("name")
-        functions = [f for f in functions if f.get("name") == wanted]
-    elif choice != "required":
+    if not _forced(request):
         return None
     calls = [
         {
             "type": "object",
-            "properties": {"name": {"const": f["name"]}, "arguments": f.get("parameters") or ANY_OBJECT},
+            "properties": {"name": {"const": f.name}, "arguments": f.schema_or_any},
             "required": ["name", "arguments"],
             "additionalProperties": False,
         }
-        for f in functions
+        for f in callable_functions(request)
     ]
     return calls[0] if len(calls) == 1 else {"anyOf": calls}
 
@@ -68,8 +82,8 @@ def strict_tools_tag(
     """A structural tag (xgrammar JSON, for vLLM) holding calls to the declared tools once the model opens
     one, when any tool is strict. Non-strict tools stay allowed, as well-formed JSON objects. Models that
     reason get their reasoning block allowed before the calls."""
-    functions = _functions(request)
-    if not any(f.get("strict") for f in functions):
+    functions = callable_functions(request)
+    if not any(f.strict for f in functions):
         return None
     if tool_parser not in XGRAMMAR_FORMATS:
         return invalid_request(
@@ -83,10 +97,7 @@ def strict_tools_tag(
     tools = [
         {
             "type": "function",
-            "function": {
-                "name": f["name"],
-                "parameters": (f.get("parameters") or ANY_OBJECT) if f.get("strict") else ANY_OBJECT,
-            },
+            "function": {"name": f.name, "parameters": f.schema_or_any if f.strict else ANY_OBJECT},
         }
         for f in functions
     ]

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any, cast
 
-from serve_app.protocol.chat import ChatCompletionRequest, ChatMessage
+from serve_app.protocol.chat import AssistantMessage, ChatCompletionRequest, ChatMessage, ToolMessage
+from serve_app.protocol.tools import FunctionDefinition, FunctionTool, ToolCallParam
+from serve_app.tool_constraints import callable_functions
 
 HERMES_SYSTEM = """# Tools
 
@@ -37,7 +39,8 @@ def render_prompt(
 ) -> str:
     """The prompt text for `request`: native tool support when the template has it, else our Hermes prompt.
     `template_kwargs` are the template's own switches (such as reasoning on/off)."""
-    tools = request.tools if with_tools and request.tools else None
+    # Only what the model may call (an `allowed_tools` choice narrows `tools`), as OpenAI's tool objects.
+    tools = [_tool_object(f) for f in callable_functions(request)] if with_tools else None
     kwargs = template_kwargs or {}
     if tools and template_supports_tools(tokenizer):
         messages = [_native_message(m) for m in request.messages]
@@ -59,14 +62,21 @@ def _role(message: ChatMessage) -> str:
     return "system" if message.role == "developer" else message.role
 
 
+def _tool_object(function: FunctionDefinition) -> dict[str, Any]:
+    return FunctionTool(type="function", function=function).model_dump(exclude_none=True)
+
+
+def _calls(message: ChatMessage) -> list[ToolCallParam]:
+    return (message.tool_calls or []) if isinstance(message, AssistantMessage) else []
+
+
 def _native_message(message: ChatMessage) -> dict[str, Any]:
     """Templates with tool support read `tool_calls` (arguments as objects) and `tool_call_id` themselves."""
     rendered: dict[str, Any] = {"role": _role(message), "content": message.text()}
-    extra = message.model_extra or {}
-    if extra.get("tool_calls"):
-        rendered["tool_calls"] = [_call_with_object_arguments(c) for c in extra["tool_calls"]]
-    if extra.get("tool_call_id"):
-        rendered["tool_call_id"] = extra["tool_call_id"]
+    if calls := _calls(message):
+        rendered["tool_calls"] = [_call_with_object_arguments(c) for c in calls]
+    if isinstance(message, ToolMessage):
+        rendered["tool_call_id"] = message.tool_call_id
     if message.name:
         rendered["name"] = message.name
     return rendered
@@ -74,27 +84,24 @@ def _native_message(message: ChatMessage) -> dict[str, Any]:
 
 def _hermes_message(message: ChatMessage) -> dict[str, Any]:
     """Tool calls and results written out as the Hermes format the model is asked to produce."""
-    extra = message.model_extra or {}
     if message.role in ("tool", "function"):
         return {"role": "user", "content": f"<tool_response>\n{message.text()}\n</tool_response>"}
     text = message.text()
-    for call in extra.get("tool_calls") or []:
-        function = call.get("function") or {}
-        body = {"name": function.get("name"), "arguments": _arguments_object(function.get("arguments"))}
+    for call in _calls(message):
+        body = {"name": call.function.name, "arguments": _arguments_object(call.function.arguments)}
         text += f"\n<tool_call>\n{json.dumps(body, ensure_ascii=False)}\n</tool_call>"
     return {"role": _role(message), "content": text.strip("\n") if not message.text() else text}
 
 
-def _call_with_object_arguments(call: dict[str, Any]) -> dict[str, Any]:
-    function = dict(call.get("function") or {})
-    function["arguments"] = _arguments_object(function.get("arguments"))
-    return {**call, "function": function}
+def _call_with_object_arguments(call: ToolCallParam) -> dict[str, Any]:
+    rendered = call.model_dump()
+    rendered["function"]["arguments"] = _arguments_object(call.function.arguments)
+    return rendered
 
 
-def _arguments_object(arguments: Any) -> Any:
-    if isinstance(arguments, str):
-        try:
-            return json.loads(arguments or "{}")
-        except json.JSONDecodeError:
-            return arguments
-    return arguments or {}
+def _arguments_object(arguments: str) -> Any:
+    """The arguments as an object, as templates expect; text that is not JSON stays text."""
+    try:
+        return json.loads(arguments or "{}")
+    except json.JSONDecodeError:
+        return arguments

@@ -5,36 +5,156 @@ Responses carry only fields OpenAI's schema defines; the tests validate them aga
 
 from __future__ import annotations
 
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+)
 
 from serve_app.protocol.common import FinishReason, SamplingFields, Usage
+from serve_app.protocol.tools import (
+    FunctionCallParam,
+    FunctionDefinition,
+    FunctionTool,
+    LegacyFunctionCall,
+    ResponseFormat,
+    ToolCallParam,
+    ToolChoice,
+    shape_field,
+)
 
-Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+class TextPart(BaseModel):
+    # Parts carry extras such as `cache_control`: kept, not refused.
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    type: Literal["text"]
+    text: str
 
 
-class ContentPart(BaseModel):
-    # Parts carry extras such as cache_control; `image_url` and friends keep their payload here too.
-    model_config = ConfigDict(extra="allow")
+class RefusalPart(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
 
-    type: str
-    text: str | None = None
+    type: Literal["refusal"]
+    refusal: str
 
 
-class ChatMessage(BaseModel):
+class MediaPart(BaseModel):
+    """An image, audio or file part: accepted as a shape, refused by text-only models with a clear 400."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    type: Literal["image_url", "input_audio", "file"]
+
+
+_PART_TAGS = {
+    "text": "part-text",
+    "refusal": "part-refusal",
+    "image_url": "part-media",
+    "input_audio": "part-media",
+    "file": "part-media",
+}
+
+
+def _part_tag(value: Any) -> str | None:
+    return _PART_TAGS.get(shape_field(value, "type") or "")
+
+
+_PART_TYPES = "content parts have a type: 'text', 'image_url', 'input_audio', 'file' or (assistant) 'refusal'"
+UserPart = Annotated[
+    Annotated[TextPart, Tag("part-text")] | Annotated[MediaPart, Tag("part-media")],
+    Discriminator(_part_tag, custom_error_type="invalid_content_part", custom_error_message=_PART_TYPES),
+]
+AssistantPart = Annotated[
+    Annotated[TextPart, Tag("part-text")] | Annotated[RefusalPart, Tag("part-refusal")],
+    Discriminator(_part_tag, custom_error_type="invalid_content_part", custom_error_message=_PART_TYPES),
+]
+
+
+class _Message(BaseModel):
     # Clients attach per-message extras (cache_control, reasoning_details, ...): kept, not refused.
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
-    role: Role
-    content: str | list[ContentPart] | None = None
     name: str | None = None
+    content: str | list[Any] | None
 
     def text(self) -> str:
         """The message's text: a string as is, text parts concatenated, null as empty."""
         if isinstance(self.content, list):
-            return "".join(p.text or "" for p in self.content if p.type == "text")
+            return "".join(p.text for p in self.content if isinstance(p, TextPart))
         return self.content or ""
+
+    def media_parts(self) -> list[tuple[int, str]]:
+        """(index, type) of the parts that are not text: what a text-only model cannot read."""
+        parts = self.content if isinstance(self.content, list) else []
+        return [(i, p.type) for i, p in enumerate(parts) if isinstance(p, MediaPart)]
+
+
+class SystemMessage(_Message):
+    role: Literal["system", "developer"]
+    content: str | list[TextPart]
+
+
+class UserMessage(_Message):
+    role: Literal["user"]
+    content: str | list[UserPart]
+
+
+class AssistantMessage(_Message):
+    role: Literal["assistant"]
+    content: str | list[AssistantPart] | None = None
+    refusal: str | None = None
+    tool_calls: list[ToolCallParam] | None = None
+    function_call: FunctionCallParam | None = None  # legacy: the one call of a `functions` turn
+
+
+class ToolMessage(_Message):
+    role: Literal["tool"]
+    content: str | list[TextPart]
+    tool_call_id: str
+
+
+class FunctionMessage(_Message):
+    """Legacy: the result of a `functions` call."""
+
+    role: Literal["function"]
+    name: str
+    content: str | None
+
+
+_ROLE_TAGS = {
+    "system": "role-system",
+    "developer": "role-system",
+    "user": "role-user",
+    "assistant": "role-assistant",
+    "tool": "role-tool",
+    "function": "role-function",
+}
+
+
+def _role_tag(value: Any) -> str | None:
+    return _ROLE_TAGS.get(shape_field(value, "role") or "")
+
+
+ChatMessage = Annotated[
+    Annotated[SystemMessage, Tag("role-system")]
+    | Annotated[UserMessage, Tag("role-user")]
+    | Annotated[AssistantMessage, Tag("role-assistant")]
+    | Annotated[ToolMessage, Tag("role-tool")]
+    | Annotated[FunctionMessage, Tag("role-function")],
+    Discriminator(
+        _role_tag,
+        custom_error_type="invalid_role",
+        custom_error_message="role must be 'system', 'developer', 'user', 'assistant', 'tool' or 'function'",
+    ),
+]
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -42,16 +162,17 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    # Accepted here; tool calling, structured outputs and reasoning give them their meaning.
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    # Typed as OpenAI defines them; tool calling, structured outputs and reasoning give them their meaning.
+    tools: list[FunctionTool] | None = None
+    tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
     reasoning_effort: str | None = None
+    # Legacy function calling: validated as OpenAI defines it, and otherwise ignored (clients use `tools`).
+    functions: list[FunctionDefinition] | None = Field(None, min_length=1)
+    function_call: LegacyFunctionCall | None = None
     # Defined by OpenAI, accepted and ignored: they change nothing an open model can do.
     audio: Any = None
-    function_call: Any = None
-    functions: Any = None
     metadata: Any = None
     modalities: Any = None
     moderation: Any = None
@@ -64,6 +185,16 @@ class ChatCompletionRequest(SamplingFields):
     store: Any = None
     verbosity: Any = None
     web_search_options: Any = None
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _forced_choice_needs_tools(cls, choice: Any, info: ValidationInfo) -> Any:
+        """OpenAI refuses a choice that forces a call when there is nothing to call."""
+        if choice not in (None, "none", "auto") and not info.data.get("tools"):
+            raise ValueError(
+                "a tool_choice that forces a call ('required', a named function, allowed_tools) needs tools"
+            )
+        return choice
 
     @property
     def token_cap(self) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -9,6 +10,16 @@ from pydantic import BaseModel, ConfigDict, Field
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 # Prompts of text completions and inputs of embeddings: a string, strings, token ids, or lists of them.
 TextOrTokens = str | list[str] | list[int] | list[list[int]]
+
+
+# JSON may escape half of a UTF-16 surrogate pair on its own (an agent pasting a file cut mid-character):
+# valid JSON, but not text a tokenizer (or UTF-8) can hold. Python's JSON decoder joins the valid pairs.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(text: str) -> str:
+    """`text` with each lone surrogate replaced by U+FFFD, the replacement character: any JSON string is text."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
 
 
 def one_per_input(given: TextOrTokens) -> list[str | list[int]]:
@@ -21,7 +32,7 @@ def one_per_input(given: TextOrTokens) -> list[str | list[int]]:
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     include_usage: bool | None = None
 
 
@@ -43,7 +54,8 @@ class SamplingFields(VLLMSamplingExtensions):
     """Request fields that chat and text completions share, with OpenAI's ranges."""
 
     # OpenAI adds request fields often; unknown ones are accepted and logged (or refused in strict mode).
-    model_config = ConfigDict(extra="allow")
+    # Types are exact, as OpenAI checks them: "yes" is not a boolean, "0.5" is not a number.
+    model_config = ConfigDict(extra="allow", strict=True)
 
     model: str
     stream: bool | None = False
@@ -53,7 +65,7 @@ class SamplingFields(VLLMSamplingExtensions):
     max_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
     n: int | None = Field(1, ge=1, le=128)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63)  # OpenAI's: an int64
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None

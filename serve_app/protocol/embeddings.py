@@ -13,7 +13,7 @@ MAX_INPUTS = 2048  # OpenAI's cap on inputs per request
 
 class EmbeddingRequest(BaseModel):
     # OpenAI adds request fields often; unknown ones are accepted and logged (or refused in strict mode).
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     model: str
     input: TextOrTokens

@@ -17,7 +17,9 @@ class OpenAIError:
     def body(self) -> bytes:
         """`{"error": {message, type, param, code}}`, the shape every OpenAI client parses (R5.1)."""
         error = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
-        return json.dumps({"error": error}, ensure_ascii=False).encode()
+        # A message may quote the client's input, lone surrogates included: `backslashreplace` writes
+        # those as the JSON escapes they came in as, so the body stays valid UTF-8 and valid JSON.
+        return json.dumps({"error": error}, ensure_ascii=False).encode("utf-8", "backslashreplace")
 
 
 def invalid_request(message: str, param: str | None = None, code: str | None = None) -> OpenAIError:

@@ -14,7 +14,9 @@ import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
+
+from serve_app.protocol.tools import FunctionDefinition
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ def new_call_id() -> str:
 class ToolParser(ABC):
     """One request's parser state. `feed` each text delta, then `finish` once the generation ends."""
 
-    def __init__(self, tools: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, tools: list[FunctionDefinition] | None = None) -> None:
         self.tools = tools or []
         self.calls_started = 0
 
@@ -281,7 +283,7 @@ class JsonCallScanner:
         return []
 
 
-ParserFactory = Callable[[list[dict[str, Any]]], ToolParser]
+ParserFactory = Callable[[list[FunctionDefinition]], ToolParser]
 _REGISTRY: dict[str, ParserFactory] = {}
 
 
@@ -304,7 +306,7 @@ class MarkupModeParser(ToolParser):
     OPENING: str
     AFTER_OPENING: str  # the mode entered when the opening marker is found
 
-    def __init__(self, tools: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, tools: list[FunctionDefinition] | None = None) -> None:
         super().__init__(tools)
         self._pending = ""
         self._mode = "text"
@@ -346,7 +348,7 @@ class FirstCallOnly(ToolParser):
         return [e for e in events if isinstance(e, (ContentDelta, ReasoningDelta)) or e.index == 0]
 
 
-def create_parser(name: str, tools: list[dict[str, Any]], parallel_calls: bool = True) -> ToolParser:
+def create_parser(name: str, tools: list[FunctionDefinition], parallel_calls: bool = True) -> ToolParser:
     from serve_app import tool_parsers  # noqa: F401  (imports every format, filling the registry)
 
     if name not in _REGISTRY:

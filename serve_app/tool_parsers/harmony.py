@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
 
+from serve_app.protocol.tools import FunctionDefinition
 from serve_app.tool_parsers.base import (
     ContentDelta,
     Event,
@@ -42,7 +42,7 @@ FUNCTIONS_NAMESPACE = "functions."
 class HarmonyParser(ToolParser):
     """Calls are recognised when the request declared tools; without tools a recipient's body is content."""
 
-    def __init__(self, tools: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, tools: list[FunctionDefinition] | None = None) -> None:
         super().__init__(tools)
         self._buffer = ""  # a header being read, or the held tail of a body that may be an end marker
         self._body: Callable[[str], Event] | None = None  # where the current message's body goes

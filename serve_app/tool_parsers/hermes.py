@@ -7,8 +7,7 @@ text <tool_call>
 
 from __future__ import annotations
 
-from typing import Any
-
+from serve_app.protocol.tools import FunctionDefinition
 from serve_app.tool_parsers.base import (
     ContentDelta,
     Event,
@@ -25,7 +24,7 @@ OPEN, CLOSE = "<tool_call>", "</tool_call>"
 
 @register("hermes")
 class HermesToolParser(ToolParser):
-    def __init__(self, tools: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, tools: list[FunctionDefinition] | None = None) -> None:
         super().__init__(tools)
         self._pending = ""  # text not yet classified (a possible marker start)
         self._scanner: JsonCallScanner | None = None

@@ -8,8 +8,7 @@ An answer that does not start with a call object is plain content.
 
 from __future__ import annotations
 
-from typing import Any
-
+from serve_app.protocol.tools import FunctionDefinition
 from serve_app.tool_parsers.base import (
     ContentDelta,
     Event,
@@ -25,7 +24,7 @@ PYTHON_TAG = "<|python_tag|>"
 
 @register("llama3_json")
 class Llama3JsonToolParser(ToolParser):
-    def __init__(self, tools: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, tools: list[FunctionDefinition] | None = None) -> None:
         super().__init__(tools)
         self._pending = ""
         self._mode = "decide"  # decide (leading text), calls (between objects), call (in an object), content

@@ -7,8 +7,8 @@ text [TOOL_CALLS]f[ARGS]{"a": 1}[TOOL_CALLS]g[ARGS]{}                           
 from __future__ import annotations
 
 import re
-from typing import Any
 
+from serve_app.protocol.tools import FunctionDefinition
 from serve_app.tool_parsers.base import (
     ContentDelta,
     Event,
@@ -29,7 +29,7 @@ class MistralToolParser(MarkupModeParser):
     # Modes: text, marker (dialect unknown), array, object, name, args.
     OPENING, AFTER_OPENING = MARKER, "marker"
 
-    def __init__(self, tools: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, tools: list[FunctionDefinition] | None = None) -> None:
         super().__init__(tools)
         self._scanner: JsonCallScanner | None = None
         self._depth, self._in_string, self._escaped, self._args_started = 0, False, False, False

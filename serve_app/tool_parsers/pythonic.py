@@ -11,8 +11,8 @@ from __future__ import annotations
 import ast
 import json
 import re
-from typing import Any
 
+from serve_app.protocol.tools import FunctionDefinition
 from serve_app.tool_parsers.base import ContentDelta, Event, ToolCallArguments, ToolParser, coalesce, register
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
@@ -24,7 +24,7 @@ class _NotACall(Exception):
 
 @register("pythonic")
 class PythonicToolParser(ToolParser):
-    def __init__(self, tools: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, tools: list[FunctionDefinition] | None = None) -> None:
         super().__init__(tools)
         self._pending = ""
         self._read = ""  # consumed text, given back as content if no call was announced

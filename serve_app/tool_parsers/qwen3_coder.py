@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from serve_app.protocol.tools import FunctionDefinition
 from serve_app.tool_parsers.base import (
     ContentDelta,
     Event,
@@ -40,15 +41,9 @@ class Qwen3CoderToolParser(MarkupModeParser):
     # Modes: text, function, parameters, value, close.
     OPENING, AFTER_OPENING = CALL_OPEN, "function"
 
-    def __init__(self, tools: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, tools: list[FunctionDefinition] | None = None) -> None:
         super().__init__(tools)
-        self._types = {
-            (t.get("function") or {}).get("name"): {
-                key: (schema or {}).get("type")
-                for key, schema in (((t.get("function") or {}).get("parameters") or {}).get("properties") or {}).items()
-            }
-            for t in self.tools
-        }
+        self._types = {function.name: _property_types(function.schema_or_any) for function in self.tools}
         self._name = ""
         self._key = ""
         self._sent = 0  # parameters sent for the current call
@@ -168,3 +163,12 @@ def _typed(raw: str) -> Any:
         return json.loads(raw.strip())
     except json.JSONDecodeError:
         return raw
+
+
+def _property_types(schema: dict[str, Any]) -> dict[str, Any]:
+    """Each top-level property's declared `type`: string values stream as text, the rest parse as JSON.
+    The schema was checked as JSON Schema only if it is enforced, so its parts may be anything here."""
+    properties = schema.get("properties")
+    if not isinstance(properties, dict):
+        return {}
+    return {key: sub.get("type") if isinstance(sub, dict) else None for key, sub in properties.items()}

@@ -251,7 +251,7 @@ def test_r2_3_named_tool_choice_must_be_declared(http: httpx.Client) -> None:
         "tools": tools,
         "tool_choice": {"type": "function", "function": {"name": "write_file"}},
     }
-    assert _error(http.post("/chat/completions", json=body), 400)["param"] == "tool_choice"
+    assert _error(http.post("/chat/completions", json=body), 400)["param"] == "tool_choice.function.name"
 
 
 def test_r2_4_oversized_cap_is_clamped_not_refused(http: httpx.Client) -> None:

@@ -36,3 +36,11 @@ def test_r2_1_without_extensions_vllm_keeps_its_defaults() -> None:
         0,
         False,
     )
+
+
+def test_openais_greedy_forms_are_accepted_by_vllm() -> None:
+    """vLLM itself refuses `top_p: 0` and greedy `n > 1`; what we map them to, it accepts."""
+    for fields in ({"top_p": 0}, {"n": 2, "temperature": 0}, {"n": 2, "top_p": 0}):
+        options = sampling_options(_request(**fields), 8, room=100, logprobs=None, vocab_size=VOCAB)
+        assert isinstance(options, SamplingOptions)
+        _sampling_params(options)  # raises vLLM's own validation error if it refuses them

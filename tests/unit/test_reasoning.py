@@ -19,6 +19,7 @@ from serve_app.engines.base import FinishReason as EngineFinishReason
 from serve_app.engines.replay import ReplayEngine
 from serve_app.output_parsing import ChoiceOutput, create_output_parser
 from serve_app.protocol.chat import ChatCompletionRequest
+from serve_app.protocol.tools import FunctionDefinition
 from serve_app.reasoning import template_kwargs
 from serve_app.tool_parsers.base import ParsedOutput, TextParser
 from tests import harmony_fixtures as h
@@ -124,7 +125,7 @@ HARMONY_CASES = {
 def test_harmony_fixtures_rendered_by_openai_harmony(case: str) -> None:
     messages, reasoning, content, calls = HARMONY_CASES[case]
     text = h.completion(*messages)
-    tools = [{"type": "function", "function": {"name": "get_weather"}}]
+    tools = [FunctionDefinition(name="get_weather")]
     for cuts in ([], list(range(len(text))), [len(text) // 3, len(text) // 2]):
         output = _parse(create_output_parser("harmony", "harmony", tools, True), text, cuts)
         assert (output.reasoning, output.content) == (reasoning, content)

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from serve_app.protocol.tools import FunctionDefinition
 from serve_app.tool_parsers import create_parser, parse_complete
 from serve_app.tool_parsers.base import ContentDelta, Event, ParsedOutput, ToolCallArguments, ToolCallStart
 
@@ -34,7 +35,7 @@ TRICKY = ["", "{", "}", "<tool", "</tool_call>", "\\n", " ", '{"name": 1}', "ün
 
 
 def _feed_in_chunks(
-    parser_name: str, text: str, cuts: list[int], tools: list[dict[str, Any]]
+    parser_name: str, text: str, cuts: list[int], tools: list[FunctionDefinition]
 ) -> tuple[ParsedOutput, list[Event]]:
     parser = create_parser(parser_name, tools)
     events: list[Event] = []
@@ -63,7 +64,7 @@ def _assert_r4_5(events: list[Event]) -> None:
 
 
 def _check_split_invariance(
-    parser_name: str, text: str, cuts: list[int], tools: list[dict[str, Any]] | None = None
+    parser_name: str, text: str, cuts: list[int], tools: list[FunctionDefinition] | None = None
 ) -> ParsedOutput:
     whole = parse_complete(create_parser(parser_name, tools or []), text)
     streamed, events = _feed_in_chunks(parser_name, text, cuts, tools or [])
@@ -142,19 +143,16 @@ def render_harmony(calls: Calls, texts: list[str], indent: int | None) -> tuple[
     return h.completion(*messages), ("Calling." if indent else "") + texts[1]
 
 
-def tools_for(calls: Calls) -> list[dict[str, Any]]:
+def tools_for(calls: Calls) -> list[FunctionDefinition]:
     """Declared parameter types, which XML formats need to type raw values."""
     return [
-        {
-            "type": "function",
-            "function": {
-                "name": name,
-                "parameters": {
-                    "type": "object",
-                    "properties": {k: {"type": "string" if isinstance(v, str) else "object"} for k, v in args.items()},
-                },
+        FunctionDefinition(
+            name=name,
+            parameters={
+                "type": "object",
+                "properties": {k: {"type": "string" if isinstance(v, str) else "object"} for k, v in args.items()},
             },
-        }
+        )
         for name, args in calls
     ]
 
