@@ -249,6 +249,9 @@ class ServerOptions(StrictModel):
     max_request_body_bytes: int = Field(
         32 * 1024 * 1024, ge=1024, description="Larger request bodies get 413 (default: 32 MiB)."
     )
+    request_body_timeout_s: float = Field(
+        60.0, gt=0, description="The whole request body must arrive within this long; a slower one gets 408."
+    )
     ingress: DeploymentOptions = Field(
         DeploymentOptions(num_cpus=0.0, max_ongoing_requests=1024),
         description="Serve options of `OpenAIIngress`, the HTTP entry point.",

@@ -142,13 +142,14 @@ def create_http_app(backend: ModelBackend, options: ServerOptions) -> FastAPI:
         return await serve(body, "embed")
 
     # Pure ASGI middlewares: Starlette's `@app.middleware("http")` would relay every streamed chunk through
-    # an extra task and memory stream.
+    # an extra task and memory stream. The last added runs first: path, CORS, key, then the body is read
+    # (only for a client with a key).
+    app.add_middleware(_WholeBody, max_bytes=options.max_request_body_bytes, timeout_s=options.request_body_timeout_s)
     app.add_middleware(_Authorize, accepted_keys=[key.encode() for key in options.resolved_api_keys()])
     app.add_middleware(
         CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"], expose_headers=["x-request-id"]
     )
-    # Outermost: runs before routing, so every later layer sees a canonical `/v1/...` path.
-    app.add_middleware(_CanonicalRequest, max_body_bytes=options.max_request_body_bytes)
+    app.add_middleware(_CanonicalRequest)
     return app
 
 
@@ -205,11 +206,10 @@ def _param_path(location: tuple[Any, ...]) -> str | None:
 
 
 class _CanonicalRequest:
-    """Clients build URLs by concatenation: accept `/models`, `/v1//models`; refuse huge bodies with 413."""
+    """Clients build URLs by concatenation: accept `/models`, `/v1//models` as `/v1/models`."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -221,36 +221,79 @@ class _CanonicalRequest:
         if local != "/v1" and not local.startswith("/v1/"):
             local = "/v1" + local
         canonical = root + local if root and path.startswith(root) else local
-        scope = dict(scope, path=canonical, raw_path=canonical.encode())
+        await self.app(dict(scope, path=canonical, raw_path=canonical.encode()), receive, send)
 
+
+class _WholeBody:
+    """The request body is read here, whole, before anything else sees the request: one over the size limit
+    is a 413 (declared or chunked), one that does not arrive within the time limit is a 408. Then the app
+    reads it from memory as if from the socket, and later messages (a client's disconnect) pass through."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            return await self._too_large(send)
-        received = 0
-
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_body_bytes:
-                raise _BodyTooLarge
-            return message
-
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await _send_error(send, self._too_large())
         try:
-            await self.app(scope, counting_receive, send)
-        except _BodyTooLarge:
-            await self._too_large(send)
+            body = await asyncio.wait_for(self._read(receive), self.timeout_s)
+        except TimeoutError:
+            error = OpenAIError(
+                408,
+                f"The request body did not arrive within {self.timeout_s:g} s.",
+                "invalid_request_error",
+                None,
+                "request_timeout",
+            )
+            return await _send_error(send, error)
+        if body is None:
+            return await _send_error(send, self._too_large())
+        replayed = False
 
-    async def _too_large(self, send: Send) -> None:
-        error = OpenAIError(
-            413,
-            f"Request body larger than {self.max_body_bytes} bytes.",
-            "invalid_request_error",
-            None,
-            "request_too_large",
-        )
-        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": error.body()})
+        async def from_memory() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, from_memory, send)
+
+    async def _read(self, receive: Receive) -> bytes | None:
+        """The whole body, or None as soon as it exceeds the limit."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left: nothing to answer
+                return b"".join(chunks)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    def _too_large(self) -> OpenAIError:
+        message = f"Request body larger than {self.max_bytes} bytes."
+        return OpenAIError(413, message, "invalid_request_error", None, "request_too_large")
+
+
+async def _send_error(send: Send, error: OpenAIError) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": error.status_code,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": error.body()})
 
 
 class _Authorize:
@@ -277,7 +320,3 @@ class _Authorize:
             "invalid_api_key",
         )
         await error_response(error)(scope, receive, send)
-
-
-class _BodyTooLarge(Exception):
-    pass

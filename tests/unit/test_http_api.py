@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
+from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
 from fastapi.testclient import TestClient
+from starlette.types import Message, Receive, Scope, Send
 
 from serve_app.config import ServerOptions
 from serve_app.engines.replay import ReplayEngine
-from serve_app.http_api import create_http_app
+from serve_app.http_api import _WholeBody, create_http_app
 from tests.conftest import REPLAY_SCRIPT
 from tests.in_process import InProcessBackend
 from tests.openai_spec import assert_valid
@@ -148,3 +153,55 @@ def test_unexpected_failures_still_answer_with_the_envelope(tokenizer: Any) -> N
     client = TestClient(create_http_app(backend, ServerOptions()), raise_server_exceptions=False)
     error = _assert_error(client.post("/v1/chat/completions", json=HELLO), 500)
     assert error["type"] == "server_error" and "disk on fire" in error["message"]
+
+
+JSON = {"content-type": "application/json"}
+
+
+def _chunked(body: bytes, pieces: int, pause_s: float = 0.0) -> Iterator[bytes]:
+    """A body sent in pieces without a content-length (chunked), optionally slowly."""
+    size = -(-len(body) // pieces)
+    for start in range(0, len(body), size):
+        time.sleep(pause_s)
+        yield body[start : start + size]
+
+
+def test_a_chunked_body_over_the_limit_is_413(tokenizer: Any) -> None:
+    backend = InProcessBackend("replay-model", ReplayEngine(tokenizer, REPLAY_SCRIPT, 512, 0.0), tokenizer)
+    client = TestClient(create_http_app(backend, ServerOptions(max_request_body_bytes=2048)))
+    huge = json.dumps({**HELLO, "messages": [{"role": "user", "content": "x" * 4000}]}).encode()
+    response = client.post("/v1/chat/completions", content=_chunked(huge, 8), headers=JSON)
+    _assert_error(response, 413, "request_too_large")
+    small = json.dumps(HELLO).encode()
+    assert client.post("/v1/chat/completions", content=_chunked(small, 4), headers=JSON).status_code == 200
+
+
+def test_a_body_slower_than_the_timeout_is_408() -> None:
+    """Driven at the ASGI level: the test client reads a streamed body whole before the app sees it."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        message = await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": message["body"]})
+
+    async def call(pause_s: float) -> list[Message]:
+        pieces = [b'{"a": ', b"1}"]
+
+        async def receive() -> Message:
+            await asyncio.sleep(pause_s)
+            body = pieces.pop(0)
+            return {"type": "http.request", "body": body, "more_body": bool(pieces)}
+
+        sent: list[Message] = []
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": []}
+        await _WholeBody(app, max_bytes=1024, timeout_s=0.2)(scope, receive, send)
+        return sent
+
+    slow = asyncio.run(call(pause_s=0.15))
+    assert slow[0]["status"] == 408 and json.loads(slow[1]["body"])["error"]["code"] == "request_timeout"
+    prompt = asyncio.run(call(pause_s=0.0))
+    assert prompt[0]["status"] == 200 and prompt[1]["body"] == b'{"a": 1}'
