@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
+
+from serve_app.protocol.errors import OpenAIError, unavailable
+
+# A deployment that cannot take the request now, or a replica that died or became unreachable while it had
+# it: capacity, not a fault of the request or a bug, so a 503 (or Serve's own 429) that clients retry.
+UNAVAILABLE = (BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError, RayActorError)
 
 
 def by_value(handle: DeploymentHandle) -> DeploymentHandle:
@@ -15,6 +23,15 @@ def by_value(handle: DeploymentHandle) -> DeploymentHandle:
     here needs the object references that only the default gives.
     """
     return handle.options(_by_reference=False)
+
+
+def unavailable_error(exc: BaseException) -> OpenAIError:
+    """The 503 (or 429) for one of `UNAVAILABLE`, with Serve's own retry hint where it has one."""
+    if isinstance(exc, BackPressureError):
+        return unavailable(
+            "The server is at capacity; retry shortly.", exc.retry_after_s or 1.0, status_code=exc.status_code
+        )
+    return unavailable("The server lost the replica serving this request, or has none ready; retry shortly.")
 
 
 def streamed(response: DeploymentResponse[Any] | DeploymentResponseGenerator[Any]) -> DeploymentResponseGenerator[Any]:

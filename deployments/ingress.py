@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator
 from typing import Any, cast
 
@@ -9,12 +10,14 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.handles import by_value, streamed
+from deployments.handles import UNAVAILABLE, by_value, streamed, unavailable_error
 from serve_app.config import ServerOptions
 from serve_app.http_api import GenerationBody, create_http_app
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.errors import OpenAIError
 from serve_app.routing import ModelCatalog, needs_structured_output, needs_tool_parsing
+
+logger = logging.getLogger("ray.serve")
 
 
 @serve.deployment
@@ -60,12 +63,19 @@ class OpenAIIngress:
         return self._engines[request.model]
 
     async def generate(self, request: GenerationBody) -> bytes | OpenAIError:
-        return cast(bytes | OpenAIError, await self._route(request).generate.remote(request))
+        try:
+            return cast(bytes | OpenAIError, await self._route(request).generate.remote(request))
+        except UNAVAILABLE as exc:
+            logger.warning("request for %r: %s", request.model, exc)
+            return unavailable_error(exc)
 
     async def generate_stream(self, request: GenerationBody) -> AsyncGenerator[bytes | OpenAIError, None]:
         frames = streamed(self._route(request).generate_stream.options(stream=True).remote(request))
         try:
             async for item in frames:
                 yield item
+        except UNAVAILABLE as exc:  # first: a 503 status; once the stream started: an error event (R4.8)
+            logger.warning("stream for %r: %s", request.model, exc)
+            yield unavailable_error(exc)
         finally:
             frames.cancel()  # no-op when finished; aborts generation when the client left early

@@ -40,7 +40,7 @@ from serve_app.protocol.chat import (
     TokenLogprob as WireTokenLogprob,
 )
 from serve_app.protocol.common import FinishReason, Usage, valid_text
-from serve_app.protocol.errors import OpenAIError, invalid_request, server_error
+from serve_app.protocol.errors import OpenAIError, internal_error, invalid_request
 from serve_app.protocol.tools import AllowedToolsChoice, FunctionDefinition, NamedToolChoice
 from serve_app.reasoning import EFFORTS, ReasoningFormat, starts_in_reasoning, template_kwargs
 from serve_app.routing import needs_tool_parsing
@@ -261,8 +261,8 @@ async def _render_frames(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta])
                 finished.add(delta.index)
             yield b"".join(out)
             out = []
-    except Exception as exc:
-        yield b"".join(out) + sse.error_frame(server_error(f"The engine failed while generating: {exc}"))
+    except Exception:
+        yield b"".join(out) + sse.error_frame(internal_error(meta.id, "generating"))
         return
     for index, choice in enumerate(choices):
         if index not in finished:  # the engine ended without saying why: it stopped
@@ -300,8 +300,8 @@ async def render_complete(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]
             reasons[delta.index] = delta.finish_reason or reasons[delta.index]
             if delta.logprobs is not None:
                 logprobs[delta.index] = (logprobs[delta.index] or []) + delta.logprobs
-    except Exception as exc:
-        return server_error(f"The engine failed while generating: {exc}")
+    except Exception:
+        return internal_error(meta.id, "generating")
     wire_choices = []
     for index, (choice, output) in enumerate(zip(choices, outputs, strict=True)):
         output.apply(choice.finish(reasons[index]))

@@ -16,7 +16,7 @@ from serve_app.engines.base import Engine, GenerationRequest, TokenLogprob
 from serve_app.generation import collect_all, context_error, sampling_options
 from serve_app.protocol.common import FinishReason, Usage, valid_text
 from serve_app.protocol.completions import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
-from serve_app.protocol.errors import OpenAIError, invalid_request, server_error
+from serve_app.protocol.errors import OpenAIError, internal_error, invalid_request
 from serve_app.streaming import merged
 
 SYSTEM_FINGERPRINT = "agent-serve"
@@ -89,8 +89,8 @@ class TextCompletions:
     async def complete(self, planned: PlannedCompletion) -> bytes | OpenAIError:
         try:
             results = await collect_all(self.engine, planned.generations)
-        except Exception as exc:
-            return server_error(f"The engine failed while generating: {exc}")
+        except Exception:
+            return internal_error(planned.id, "generating")
         choices = [
             CompletionChoice(
                 index=self._choice_index(planned, p, c),
@@ -124,8 +124,8 @@ class TextCompletions:
                 if delta.finish_reason:
                     finished.add(index)
                 yield self._frame(planned, index, text, delta.finish_reason, logprobs)
-        except Exception as exc:
-            yield sse.error_frame(server_error(f"The engine failed while generating: {exc}"))
+        except Exception:
+            yield sse.error_frame(internal_error(planned.id, "generating"))
             return
         for index in range(len(planned.generations) * n):
             if index not in finished:

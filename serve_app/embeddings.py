@@ -16,7 +16,7 @@ from typing import Any
 from serve_app.engines.base import EmbeddingEngine, EmbeddingShape
 from serve_app.protocol.common import valid_text
 from serve_app.protocol.embeddings import MAX_INPUTS, Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
-from serve_app.protocol.errors import OpenAIError, invalid_request, server_error
+from serve_app.protocol.errors import OpenAIError, internal_error, invalid_request
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,8 @@ class Embeddings:
     async def complete(self, planned: PlannedEmbedding) -> bytes | OpenAIError:
         try:
             vectors = await self.engine.embed(planned.id, planned.prompts, planned.dimensions)
-        except Exception as exc:
-            return server_error(f"The engine failed while embedding: {exc}")
+        except Exception:
+            return internal_error(planned.id, "embedding")
         encode = _base64 if planned.request.encoding_format == "base64" else list
         tokens = sum(len(p) for p in planned.prompts)
         response = EmbeddingResponse(

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import secrets
 import time
+import uuid
 from collections.abc import AsyncGenerator
 from typing import Any, Protocol
 
@@ -28,7 +30,7 @@ from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.common import VLLM_SAMPLING_EXTENSIONS
 from serve_app.protocol.completions import CompletionRequest
 from serve_app.protocol.embeddings import EmbeddingRequest
-from serve_app.protocol.errors import OpenAIError, invalid_request, model_not_found
+from serve_app.protocol.errors import OpenAIError, internal_error, invalid_request, model_not_found
 from serve_app.routing import ModelCatalog
 from serve_app.streaming import marking_silences
 
@@ -55,7 +57,13 @@ class ModelBackend(Protocol):
 
 
 def error_response(error: OpenAIError) -> Response:
-    return Response(error.body(), status_code=error.status_code, media_type="application/json")
+    headers = {}
+    if error.retry_after_s is not None:  # both forms, as OpenAI sends them: SDKs read the precise one first
+        headers = {
+            "retry-after": str(math.ceil(error.retry_after_s)),
+            "retry-after-ms": str(int(error.retry_after_s * 1000)),
+        }
+    return Response(error.body(), status_code=error.status_code, media_type="application/json", headers=headers)
 
 
 def create_http_app(backend: ModelBackend, options: ServerOptions) -> FastAPI:
@@ -80,11 +88,10 @@ def create_http_app(backend: ModelBackend, options: ServerOptions) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
-        # A replica that died or is overloaded must still answer with the envelope; 503 tells SDKs to retry.
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        retryable = type(exc).__module__.startswith("ray")
-        status, kind = (503, "service_unavailable") if retryable else (500, "server_error")
-        return error_response(OpenAIError(status, f"{type(exc).__name__}: {exc}", kind, None, kind))
+        # Whatever the backend can tell apart (a replica that went away: 503) it returns as a value; what
+        # reaches here is our bug. The envelope still, with an id to find the traceback by.
+        request_id = request.headers.get("x-request-id") or f"req-{uuid.uuid4().hex}"
+        return error_response(internal_error(request_id, f"serving {request.method} {request.url.path}"))
 
     catalog = backend.catalog
 

@@ -1,9 +1,17 @@
-"""OpenAI's error envelope, as a value: engines and deployments return these instead of raising across Ray."""
+"""OpenAI's error envelope, as a value: engines and deployments return these instead of raising across Ray.
+
+The taxonomy (R5.2): a client's mistake is a 4xx naming the `param`; a lack of capacity, or a replica that
+went away, is a 503 (or 429) with `Retry-After`, which clients retry; our own fault is a 500 whose message
+says so and gives an id, never an exception's text, with the whole story in the log under that id.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
+
+logger = logging.getLogger("agent_serve.errors")
 
 
 @dataclass(frozen=True)
@@ -13,6 +21,7 @@ class OpenAIError:
     type: str = "invalid_request_error"
     param: str | None = None
     code: str | None = None
+    retry_after_s: float | None = None  # 429 and 503: when to try again (the `Retry-After` headers)
 
     def body(self) -> bytes:
         """`{"error": {message, type, param, code}}`, the shape every OpenAI client parses (R5.1)."""
@@ -38,3 +47,19 @@ def model_not_found(model: str) -> OpenAIError:
 
 def server_error(message: str, code: str = "internal_error") -> OpenAIError:
     return OpenAIError(500, message, "server_error", None, code)
+
+
+def unavailable(message: str, retry_after_s: float = 1.0, status_code: int = 503) -> OpenAIError:
+    """No capacity now, or the replica serving the request went away: worth retrying, and clients do."""
+    return OpenAIError(status_code, message, "server_error", None, "service_unavailable", retry_after_s)
+
+
+def internal_error(request_id: str, doing: str) -> OpenAIError:
+    """Our fault, raised while `doing` something for request `request_id`: the traceback of the exception
+    being handled goes to the log under the id, and the client gets the id, not the exception's text.
+    Call it from an `except` block."""
+    logger.exception("request %s: internal error while %s", request_id, doing)
+    return server_error(
+        f"The server had an internal error while {doing}. Request id: {request_id}; "
+        "the server's log has the details under it."
+    )

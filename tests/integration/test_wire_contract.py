@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any, cast
 
 import httpx
@@ -426,9 +427,25 @@ def test_r4_7_the_stream_starts_before_the_first_token(running_app: RunningApp) 
 
 
 def test_r4_8_failure_mid_stream_is_an_error_event_then_done(http: httpx.Client) -> None:
+    """R5.2 too: the event names the request's id, and the replica's log has the traceback under it."""
     chunks = _chat_stream(http, model=REPLAY_MODEL, messages=[{"role": "user", "content": "break down"}])
     assert _content(chunks[:-1]).startswith("This answer")
-    assert "scripted failure" in chunks[-1]["error"]["message"]
+    error, request_id = chunks[-1]["error"], chunks[0]["id"]
+    assert error["type"] == "server_error" and request_id in error["message"]
+    assert "scripted failure" not in error["message"]
+    assert "RuntimeError: scripted failure" in _logged_story(request_id)
+
+
+def _logged_story(request_id: str, within_s: float = 20.0) -> str:
+    """What Ray's logs of this session say from the first line naming `request_id` on (logs are flushed
+    by the replicas' processes on their own schedule, hence the wait)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        for path in sorted(Path("/tmp/ray/session_latest/logs").rglob("*")):
+            if path.is_file() and request_id.encode() in (content := path.read_bytes()):
+                return content[content.index(request_id.encode()) :].decode(errors="replace")[:5000]
+        assert time.monotonic() < deadline, f"no log names {request_id}"
+        time.sleep(0.5)
 
 
 def test_r4_8_client_disconnect_aborts_generation(running_app: RunningApp) -> None:

@@ -127,16 +127,22 @@ def test_stream_options_without_stream_is_a_400(chat: ChatCompletions) -> None:
 
 
 def test_engine_failure_mid_stream_is_an_error_event_then_done(
-    chat: ChatCompletions, tmp_path: Any, tokenizer: Any
+    chat: ChatCompletions, tmp_path: Any, tokenizer: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """R4.8: a failure after the stream started is an `error` event, then [DONE]."""
+    """R4.8: a failure after the stream started is an `error` event, then [DONE]. R5.2: the event gives the
+    request's id, not the exception's text; the log has the traceback under that id."""
     script = tmp_path / "s.yaml"
     script.write_text('replies: [{when: {turn: 5}, text: "never"}]')
     failing = ChatCompletions("m", ReplayEngine(tokenizer, script, 512, 0.0), tokenizer)
     chunks = _stream(failing)
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
-    assert "no reply for turn 0" in chunks[-1]["error"]["message"]
+    error = chunks[-1]["error"]
     assert_valid(chunks[-1], "ErrorResponse")
+    assert (
+        error["type"] == "server_error" and chunks[0]["id"] in error["message"] and "no reply" not in error["message"]
+    )
+    (logged,) = [r for r in caplog.records if chunks[0]["id"] in r.getMessage()]
+    assert logged.exc_info is not None and "no reply for turn 0" in str(logged.exc_info[1])
 
 
 def test_role_chunk_marks_the_first_token_even_without_visible_text() -> None:

@@ -15,6 +15,7 @@ from starlette.types import Message, Receive, Scope, Send
 from serve_app.config import ServerOptions
 from serve_app.engines.replay import ReplayEngine
 from serve_app.http_api import _WholeBody, create_http_app
+from serve_app.protocol.errors import unavailable
 from tests.conftest import REPLAY_SCRIPT
 from tests.in_process import InProcessBackend
 from tests.openai_spec import assert_valid
@@ -142,8 +143,9 @@ def test_validation_error_param_uses_openai_paths(client: TestClient) -> None:
     assert _assert_error(client.post("/v1/chat/completions", json=body), 400)["param"] == "messages[0].content"
 
 
-def test_unexpected_failures_still_answer_with_the_envelope(tokenizer: Any) -> None:
-    """R5.1: even a crash inside the server is the envelope (500), never a bare text body."""
+def test_unexpected_failures_still_answer_with_the_envelope(tokenizer: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """R5.1, R5.2: even a crash inside the server is the envelope (500), never a bare text body; it gives an
+    id and not the exception's text, which the log has under that id, traceback included."""
 
     class CrashingBackend(InProcessBackend):
         async def generate(self, request: Any) -> Any:
@@ -151,8 +153,10 @@ def test_unexpected_failures_still_answer_with_the_envelope(tokenizer: Any) -> N
 
     backend = CrashingBackend("replay-model", ReplayEngine(tokenizer, REPLAY_SCRIPT, 512, 0.0), tokenizer)
     client = TestClient(create_http_app(backend, ServerOptions()), raise_server_exceptions=False)
-    error = _assert_error(client.post("/v1/chat/completions", json=HELLO), 500)
-    assert error["type"] == "server_error" and "disk on fire" in error["message"]
+    error = _assert_error(client.post("/v1/chat/completions", json=HELLO, headers={"x-request-id": "r-42"}), 500)
+    assert error["type"] == "server_error" and "disk on fire" not in error["message"] and "r-42" in error["message"]
+    (logged,) = [r for r in caplog.records if "r-42" in r.getMessage()]
+    assert logged.exc_info is not None and "disk on fire" in str(logged.exc_info[1])
 
 
 JSON = {"content-type": "application/json"}
@@ -205,3 +209,17 @@ def test_a_body_slower_than_the_timeout_is_408() -> None:
     assert slow[0]["status"] == 408 and json.loads(slow[1]["body"])["error"]["code"] == "request_timeout"
     prompt = asyncio.run(call(pause_s=0.0))
     assert prompt[0]["status"] == 200 and prompt[1]["body"] == b'{"a": 1}'
+
+
+def test_no_capacity_is_a_503_with_retry_after(tokenizer: Any) -> None:
+    """R5.2, R10.2: a backend without capacity answers a value the surface turns into a 503 with both
+    `Retry-After` forms, which the SDKs wait out before retrying."""
+
+    class FullBackend(InProcessBackend):
+        async def generate(self, request: Any) -> Any:
+            return unavailable("The server is at capacity; retry shortly.", retry_after_s=2.5)
+
+    backend = FullBackend("replay-model", ReplayEngine(tokenizer, REPLAY_SCRIPT, 512, 0.0), tokenizer)
+    response = TestClient(create_http_app(backend, ServerOptions())).post("/v1/chat/completions", json=HELLO)
+    _assert_error(response, 503, "service_unavailable")
+    assert (response.headers["retry-after"], response.headers["retry-after-ms"]) == ("3", "2500")
