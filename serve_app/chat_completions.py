@@ -307,9 +307,7 @@ async def render_complete(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]
         output.apply(choice.finish(reasons[index]))
         if (error := meta.violation(choice, reasons[index])) is not None:
             return error
-        calls = [
-            ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments or "{}")) for c in output.calls
-        ]
+        calls = [ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)) for c in output.calls]
         # R3.2: content is null only beside tool calls; whitespace-only output is "".
         content = (output.content.strip() or None) if calls else (output.content if output.content.strip() else "")
         reasoning = output.reasoning or None

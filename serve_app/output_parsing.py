@@ -12,7 +12,7 @@ from serve_app.protocol.common import FinishReason
 from serve_app.protocol.tools import FunctionDefinition
 from serve_app.reasoning import ReasoningFormat, ThinkParser
 from serve_app.tool_parsers import create_parser
-from serve_app.tool_parsers.base import ContentDelta, Event, ReasoningDelta, TextParser, ToolCallStart
+from serve_app.tool_parsers.base import ContentDelta, Event, ReasoningDelta, TextBuilder, TextParser, ToolCallStart
 
 
 class ParserChain:
@@ -60,8 +60,8 @@ class ChoiceOutput:
         self.called = False
         self.reasoning_tokens = 0
         self.completion_tokens = 0
-        self.content = ""
-        self._reasoning = ""
+        self._content = TextBuilder()
+        self._reasoning = TextBuilder()
 
     def feed(self, text: str, completion_tokens: int) -> list[Event]:
         """Events for one engine delta; its tokens count as reasoning when it produced reasoning."""
@@ -78,8 +78,12 @@ class ChoiceOutput:
         events = self._account(self._parser.finish() if self._parser is not None else [])
         if self._reasoning and not self.content.strip() and not self.called and engine_reason != "length":
             # R6.2: a turn that only reasoned is not an empty success; its reasoning is the answer.
-            events.append(ContentDelta(self._reasoning.strip()))
+            events.append(ContentDelta(str(self._reasoning).strip()))
         return events
+
+    @property
+    def content(self) -> str:
+        return str(self._content)
 
     def finish_reason(self, engine_reason: EngineFinishReason | None) -> FinishReason:
         # A cap that cut the output, a call included, is `length`: the client must not run a partial call.
@@ -90,9 +94,9 @@ class ChoiceOutput:
     def _account(self, events: list[Event]) -> list[Event]:
         for event in events:
             if isinstance(event, ReasoningDelta):
-                self._reasoning += event.text
+                self._reasoning.append(event.text)
             elif isinstance(event, ContentDelta):
-                self.content += event.text
+                self._content.append(event.text)
             elif isinstance(event, ToolCallStart):
                 self.called = True
         return events

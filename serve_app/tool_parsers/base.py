@@ -10,6 +10,7 @@ content; a call whose header is malformed is handed back as content, never lost.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -17,6 +18,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from serve_app.protocol.tools import FunctionDefinition
+
+# Inside a JSON string, everything up to the next quote or backslash is plain text.
+_PLAIN_STRING_RUN = re.compile(r'[^"\\]+')
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,28 @@ def new_call_id() -> str:
     return f"call_{secrets.token_hex(12)}"
 
 
+class TextBuilder:
+    """Text grown by appends in time linear in its length: a `str` attribute grown with `+=` is copied
+    whole on every append, which made a call whose arguments are a whole file quadratic to parse."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self, text: str = "") -> None:
+        self._parts = [text] if text else []
+
+    def append(self, text: str) -> None:
+        if text:
+            self._parts.append(text)
+
+    def __str__(self) -> str:
+        if len(self._parts) > 1:
+            self._parts = ["".join(self._parts)]
+        return self._parts[0] if self._parts else ""
+
+    def __bool__(self) -> bool:
+        return bool(self._parts)
+
+
 class ToolParser(ABC):
     """One request's parser state. `feed` each text delta, then `finish` once the generation ends."""
 
@@ -88,25 +114,40 @@ class ToolParser(ABC):
 class ParsedCall:
     id: str
     name: str
-    arguments: str
+    fragments: TextBuilder = field(default_factory=TextBuilder)
+
+    @property
+    def arguments(self) -> str:
+        """The whole arguments; `{}` for a call the model wrote none for (R3.3)."""
+        return str(self.fragments) or "{}"
 
 
 @dataclass
 class ParsedOutput:
-    content: str = ""
-    reasoning: str = ""
+    """A choice's events gathered into its whole content, reasoning and calls."""
+
+    content_parts: TextBuilder = field(default_factory=TextBuilder)
+    reasoning_parts: TextBuilder = field(default_factory=TextBuilder)
     calls: list[ParsedCall] = field(default_factory=list)
+
+    @property
+    def content(self) -> str:
+        return str(self.content_parts)
+
+    @property
+    def reasoning(self) -> str:
+        return str(self.reasoning_parts)
 
     def apply(self, events: list[Event]) -> None:
         for event in events:
             if isinstance(event, ContentDelta):
-                self.content += event.text
+                self.content_parts.append(event.text)
             elif isinstance(event, ReasoningDelta):
-                self.reasoning += event.text
+                self.reasoning_parts.append(event.text)
             elif isinstance(event, ToolCallStart):
-                self.calls.append(ParsedCall(event.id, event.name, ""))
+                self.calls.append(ParsedCall(event.id, event.name))
             else:
-                self.calls[event.index].arguments += event.fragment
+                self.calls[event.index].fragments.append(event.fragment)
 
 
 def parse_complete(parser: TextParser, text: str) -> ParsedOutput:
@@ -114,29 +155,48 @@ def parse_complete(parser: TextParser, text: str) -> ParsedOutput:
     output = ParsedOutput()
     output.apply(parser.feed(text))
     output.apply(parser.finish())
-    for call in output.calls:
-        call.arguments = call.arguments or "{}"
     return output
 
 
 def coalesce(events: list[Event]) -> list[Event]:
-    """Merge neighbouring text deltas of one kind and neighbouring argument fragments of the same call."""
+    """Merge neighbouring text deltas of one kind and neighbouring argument fragments of the same call
+    (joined once per run, so a run of many small events costs its length, not its length squared)."""
     merged: list[Event] = []
+    run: list[str] = []
     for event in events:
+        text = _text(event)
+        if text == "":
+            continue
         last = merged[-1] if merged else None
-        if isinstance(event, (ContentDelta, ReasoningDelta)) and type(last) is type(event):
-            merged[-1] = type(event)(last.text + event.text)
-        elif isinstance(event, ToolCallArguments) and isinstance(last, ToolCallArguments) and last.index == event.index:
-            merged[-1] = ToolCallArguments(event.index, last.fragment + event.fragment)
-        elif not _empty(event):
-            merged.append(event)
+        if text is not None and last is not None and _same_run(last, event):
+            run.append(text)
+            continue
+        if len(run) > 1:
+            merged[-1] = _with_text(merged[-1], "".join(run))
+        merged.append(event)
+        run = [text] if text is not None else []
+    if len(run) > 1:
+        merged[-1] = _with_text(merged[-1], "".join(run))
     return merged
 
 
-def _empty(event: Event) -> bool:
+def _text(event: Event) -> str | None:
+    """The text an event carries (None for a call's start, which carries none)."""
     if isinstance(event, (ContentDelta, ReasoningDelta)):
-        return not event.text
-    return isinstance(event, ToolCallArguments) and not event.fragment
+        return event.text
+    return event.fragment if isinstance(event, ToolCallArguments) else None
+
+
+def _same_run(last: Event, event: Event) -> bool:
+    if isinstance(event, ToolCallArguments):
+        return isinstance(last, ToolCallArguments) and last.index == event.index
+    return isinstance(event, (ContentDelta, ReasoningDelta)) and type(last) is type(event)
+
+
+def _with_text(event: Event, text: str) -> Event:
+    if isinstance(event, ToolCallArguments):
+        return ToolCallArguments(event.index, text)
+    return ReasoningDelta(text) if isinstance(event, ReasoningDelta) else ContentDelta(text)
 
 
 def split_at_marker(text: str, marker: str) -> tuple[str, str, bool]:
@@ -169,7 +229,7 @@ class JsonCallScanner:
 
     def __init__(self, on_name: Callable[[str], list[Event]], on_arguments: Callable[[str], list[Event]]) -> None:
         self._on_name, self._on_arguments = on_name, on_arguments
-        self.raw = ""  # everything consumed, to give back as content if the object is not a call
+        self._raw = TextBuilder()  # everything consumed, to give back as content if the object is not a call
         self.done = False  # the object closed
         self.failed = False  # the text stopped being a call object (the rest is not consumed)
         self.named = False
@@ -177,23 +237,40 @@ class JsonCallScanner:
         self._depth = 0
         self._in_string = self._escaped = False
         self._key: str | None = None  # the depth-1 key whose value is being read
-        self._token = ""  # the current depth-1 key or name value, raw
+        self._token = TextBuilder()  # the current depth-1 key or name value, raw
         self._state = "start"  # start, key, colon, value, after_value
-        self._held_arguments = ""
+        self._held_arguments = TextBuilder()
+
+    @property
+    def raw(self) -> str:
+        return str(self._raw)
 
     def feed(self, text: str) -> tuple[list[Event], str]:
-        """Consume until the object closes or stops being a call; returns events and the unconsumed text."""
+        """Consume until the object closes or stops being a call; returns events and the unconsumed text.
+        Inside a string, a run of plain characters (a file's content, say) is taken in one step."""
         events: list[Event] = []
-        for position, char in enumerate(text):
+        position = 0
+        while position < len(text):
+            if self._in_string and not self._escaped and (run := _PLAIN_STRING_RUN.match(text, position)):
+                events += self._string_run(run.group())
+                self._raw.append(run.group())
+                position = run.end()
+                continue
             try:
-                events += self._step(char)
+                events += self._step(text[position])
             except ValueError:
                 self.failed = True
                 return events, text[position:]
-            self.raw += char
+            self._raw.append(text[position])
+            position += 1
             if self.done:
-                return events, text[position + 1 :]
+                return events, text[position:]
         return events, ""
+
+    def _string_run(self, run: str) -> list[Event]:
+        """Plain characters inside a key or value string: what `_step` does to each of them, at once."""
+        self._token.append(run)
+        return self._arguments(run) if self._state == "value" and self._key in self.ARGUMENT_KEYS else []
 
     def _step(self, char: str) -> list[Event]:
         if self._state == "start":
@@ -207,9 +284,9 @@ class JsonCallScanner:
             return self._value_step(char, string_char)
         if self._state == "key":
             if string_char or char == '"':
-                self._token += char
+                self._token.append(char)
                 if not self._in_string and self._token:  # closing quote
-                    self._key, self._token, self._state = json.loads(self._token), "", "colon"
+                    self._key, self._token, self._state = json.loads(str(self._token)), TextBuilder(), "colon"
             elif char == "}":
                 return self._close()
             elif not char.isspace() and char != ",":
@@ -251,7 +328,7 @@ class JsonCallScanner:
                 return events
             if char.isspace() and self._depth == 1:
                 return []  # whitespace around the value, not inside it
-        self._token += char
+        self._token.append(char)
         if self._key in self.ARGUMENT_KEYS:
             return self._arguments(char)
         return []
@@ -259,12 +336,12 @@ class JsonCallScanner:
     def _arguments(self, fragment: str) -> list[Event]:
         self.saw_arguments = True
         if not self.named:
-            self._held_arguments += fragment
+            self._held_arguments.append(fragment)
             return []
         return self._on_arguments(fragment)
 
     def _end_value(self) -> list[Event]:
-        value, self._token = self._token, ""
+        value, self._token = str(self._token), TextBuilder()
         if self._key == "name":
             name = json.loads(value)
             if not isinstance(name, str) or not name:
@@ -272,7 +349,7 @@ class JsonCallScanner:
             self.named = True
             events = self._on_name(name)
             if self._held_arguments:
-                events += self._on_arguments(self._held_arguments)
+                events += self._on_arguments(str(self._held_arguments))
             return events
         return []
 

@@ -46,8 +46,6 @@ def _feed_in_chunks(
     events += parser.finish()
     output = ParsedOutput()
     output.apply(events)
-    for call in output.calls:
-        call.arguments = call.arguments or "{}"
     return output, events
 
 
