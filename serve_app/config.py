@@ -252,6 +252,14 @@ class ServerOptions(StrictModel):
     request_body_timeout_s: float = Field(
         60.0, gt=0, description="The whole request body must arrive within this long; a slower one gets 408."
     )
+    max_generations_per_request: int = Field(
+        128,
+        ge=1,
+        description=(
+            "Generations one request may fan out to (prompts × `n` on /v1/completions, `n` on chat); more is a "
+            "400 naming the field, before anything is queued."
+        ),
+    )
     ingress: DeploymentOptions = Field(
         DeploymentOptions(num_cpus=0.0, max_ongoing_requests=1024),
         description="Serve options of `OpenAIIngress`, the HTTP entry point.",

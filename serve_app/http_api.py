@@ -125,6 +125,8 @@ def create_http_app(backend: ModelBackend, options: ServerOptions) -> FastAPI:
             )
         if unknown:
             logger.info("ignoring unknown request fields: %s", ", ".join(unknown))
+        if (fan_out := _fan_out_error(body, options.max_generations_per_request)) is not None:
+            return error_response(fan_out)
         # An alias is answered as the model it stands for (as OpenAI answers `gpt-4o` with its dated id).
         body = body if body.model == model_id else body.model_copy(update={"model": model_id})
         if isinstance(body, EmbeddingRequest) or not body.stream:
@@ -192,6 +194,22 @@ def _sse_bytes(item: bytes | OpenAIError | None) -> bytes:
     if item is None:
         return sse.KEEP_ALIVE
     return sse.error_frame(item) if isinstance(item, OpenAIError) else item
+
+
+def _fan_out_error(body: GenerationBody, limit: int) -> OpenAIError | None:
+    """A request that fans out into more generations than `limit` is refused at the door: one client's
+    5,000 prompts would otherwise hold an engine (and the connection) for minutes."""
+    if isinstance(body, EmbeddingRequest):
+        return None
+    prompts = len(body.prompts()) if isinstance(body, CompletionRequest) else 1
+    n = body.n or 1
+    if prompts * n <= limit:
+        return None
+    return invalid_request(
+        f"This request asks for {prompts * n} generations ({prompts} prompts × n={n}); "
+        f"this server allows at most {limit} per request.",
+        param="n" if prompts == 1 else "prompt",
+    )
 
 
 _UNION_BRANCH = re.compile(r"^(str|int|float|bool|none|.*[\[\]-].*)$")

@@ -307,6 +307,13 @@ CASES: list[Case] = [
     Case("completion prompt is a number", COMPLETIONS, '{"model": "{model}", "prompt": 5}', 400, "prompt"),
     Case("completion echo is a string", COMPLETIONS, '{"model": "{model}", "prompt": "a", "echo": "yes"}', 400, "echo"),
     Case(
+        "completion fanning out past the limit",
+        COMPLETIONS,
+        json.dumps({"model": "{model}", "prompt": ["a"] * 100, "n": 2}),
+        400,
+        "prompt",
+    ),
+    Case(
         "completion with a lone surrogate",
         COMPLETIONS,
         '{"model": "{model}", "prompt": "broken \\udfff", "max_tokens": 4}',
