@@ -49,8 +49,15 @@ def _deployment(decorated: type) -> Deployment:
     return cast(Deployment, decorated)
 
 
+# Serve's limit on the requests one engine replica holds: high enough never to be reached, because the
+# replica judges every request on arrival and its own admission decides when it runs and when it is full
+# (serve_app/engines/admission.py). Held in Serve's router instead, a request would wait unjudged.
+ENGINE_REPLICA_REQUESTS = 100_000
+
+
 def engine_deployment_options(model: ModelConfig) -> dict[str, Any]:
     options = _serve_options(model.deployment, ENGINE_QUEUE_POLICY)
+    options["max_ongoing_requests"] = ENGINE_REPLICA_REQUESTS
     world_size = model.engine_args.world_size  # the replay engine reserves the same shape: placement is testable
     if world_size > 1:
         # Tensor/pipeline parallel: the replica reserves one GPU bundle per worker; vLLM's Ray executor

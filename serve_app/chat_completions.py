@@ -112,9 +112,9 @@ class ChatCompletions:
     def plan(
         self, request: ChatCompletionRequest, constraint: ResponseConstraint | None = None
     ) -> PlannedChat | OpenAIError:
-        """Validate what only the model can judge (template, context window) and render the prompt.
-        Schemas to enforce were checked before (structured_output.check_constraints); `constraint` is the
-        request's `response_format` as the engine must enforce it."""
+        """Validate what only the model can judge (template, context window, the engine's own checks) and
+        render the prompt. Schemas to enforce were checked before (structured_output.check_constraints);
+        `constraint` is the request's `response_format` as the engine must enforce it."""
         if request.stream_options is not None and not request.stream:
             return invalid_request("stream_options is only allowed when stream is true.", param="stream_options")
         if request.top_logprobs is not None and not request.logprobs:
@@ -187,6 +187,9 @@ class ChatCompletions:
         generation = GenerationRequest(
             request_id, prompt_ids, sampling, [m.model_dump(exclude_none=True) for m in request.messages]
         )
+        if (refused := self.engine.refusal(generation)) is not None:
+            # The engine counts alternatives in `logprobs`; chat asks for them in `top_logprobs`.
+            return dataclasses.replace(refused, param="top_logprobs") if refused.param == "logprobs" else refused
         return PlannedChat(meta, generation)
 
     def _unsupported_content(self, messages: list[ChatMessage]) -> OpenAIError | None:

@@ -80,7 +80,10 @@ class TextCompletions:
                 return sampling
             # A scripted engine matches on messages; a text prompt reads as the user's last message.
             as_message = [{"role": "user", "content": texts[-1]}]
-            generations.append(GenerationRequest(f"{request_id}-{i}", ids, sampling, as_message))
+            generation = GenerationRequest(f"{request_id}-{i}", ids, sampling, as_message)
+            if (refused := self.engine.refusal(generation)) is not None:
+                return refused
+            generations.append(generation)
         return PlannedCompletion(request, request_id, int(time.time()), generations, texts)
 
     def _choice_index(self, planned: PlannedCompletion, prompt_index: int, choice_index: int) -> int:

@@ -69,7 +69,13 @@ class DeploymentOptions(StrictModel):
         0.0, ge=0, description="Ray GPUs per replica (tensor-parallel engines reserve theirs in a placement group)."
     )
     max_ongoing_requests: int = Field(
-        64, ge=1, description="Requests one replica accepts at once; more wait at the caller's handle."
+        64,
+        ge=1,
+        description=(
+            "Requests one replica accepts at once; more wait at the caller's handle. On an engine deployment: "
+            "generations it runs at once (each prompt × `n` of a request counts); more wait in the replica, "
+            "already judged, up to the model's `max_queued_requests`."
+        ),
     )
     graceful_shutdown_timeout_s: float = Field(
         600.0, ge=0, description="A replica being removed finishes its requests for up to this long (long streams)."
@@ -178,6 +184,14 @@ class ModelConfig(StrictModel):
     engine_args: VLLMEngineArgs = Field(VLLMEngineArgs(), description="vLLM's engine arguments.")
     replay: ReplayEngineArgs | None = Field(None, description="Only with `engine: replay`: its script.")
     deployment: DeploymentOptions = Field(DeploymentOptions(), description="The engine deployment's Serve options.")
+    max_queued_requests: int | None = Field(
+        256,
+        ge=0,
+        description=(
+            "Requests that may wait in one engine replica for room (beyond `deployment.max_ongoing_requests` "
+            "generations); more are refused at once with 503 and `Retry-After`. None: no bound."
+        ),
+    )
 
     @field_validator("tool_parser")
     @classmethod
@@ -258,6 +272,14 @@ class ServerOptions(StrictModel):
         description=(
             "Generations one request may fan out to (prompts × `n` on /v1/completions, `n` on chat); more is a "
             "400 naming the field, before anything is queued."
+        ),
+    )
+    max_embedding_inputs: int = Field(
+        2048,
+        ge=1,
+        description=(
+            "Inputs one /v1/embeddings request may carry (OpenAI's cap is 2048); more is a 400 naming `input`, "
+            "before anything is queued."
         ),
     )
     ingress: DeploymentOptions = Field(

@@ -15,7 +15,7 @@ from typing import Any
 
 from serve_app.engines.base import EmbeddingEngine, EmbeddingShape
 from serve_app.protocol.common import valid_text
-from serve_app.protocol.embeddings import MAX_INPUTS, Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
+from serve_app.protocol.embeddings import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from serve_app.protocol.errors import OpenAIError, internal_error, invalid_request
 
 
@@ -40,8 +40,6 @@ class Embeddings:
         inputs = request.inputs()
         if not inputs:
             return invalid_request("input must not be empty.", param="input")
-        if len(inputs) > MAX_INPUTS:
-            return invalid_request(f"input has {len(inputs)} entries; at most {MAX_INPUTS} are allowed.", param="input")
         limit, vocabulary = self.engine.max_model_len, len(self.tokenizer)
         prompts = []
         for i, given in enumerate(inputs):

@@ -125,7 +125,7 @@ def create_http_app(backend: ModelBackend, options: ServerOptions) -> FastAPI:
             )
         if unknown:
             logger.info("ignoring unknown request fields: %s", ", ".join(unknown))
-        if (fan_out := _fan_out_error(body, options.max_generations_per_request)) is not None:
+        if (fan_out := _fan_out_error(body, options)) is not None:
             return error_response(fan_out)
         # An alias is answered as the model it stands for (as OpenAI answers `gpt-4o` with its dated id).
         body = body if body.model == model_id else body.model_copy(update={"model": model_id})
@@ -196,11 +196,15 @@ def _sse_bytes(item: bytes | OpenAIError | None) -> bytes:
     return sse.error_frame(item) if isinstance(item, OpenAIError) else item
 
 
-def _fan_out_error(body: GenerationBody, limit: int) -> OpenAIError | None:
-    """A request that fans out into more generations than `limit` is refused at the door: one client's
-    5,000 prompts would otherwise hold an engine (and the connection) for minutes."""
+def _fan_out_error(body: GenerationBody, options: ServerOptions) -> OpenAIError | None:
+    """A request that fans out into more generations (or embeddings) than the server allows is refused at
+    the door: one client's 5,000 prompts would otherwise hold an engine (and the connection) for minutes."""
     if isinstance(body, EmbeddingRequest):
-        return None
+        inputs, most = len(body.inputs()), options.max_embedding_inputs
+        if inputs <= most:
+            return None
+        return invalid_request(f"input has {inputs} entries; this server allows at most {most}.", param="input")
+    limit = options.max_generations_per_request
     prompts = len(body.prompts()) if isinstance(body, CompletionRequest) else 1
     n = body.n or 1
     if prompts * n <= limit:

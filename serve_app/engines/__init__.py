@@ -6,21 +6,28 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.config import ModelConfig
+from serve_app.engines.admission import AdmittedEngine
 from serve_app.engines.base import Engine
 
 
 def create_engine(model: ModelConfig, model_path: Path, tokenizer: Any) -> Engine:
+    """The model's engine; a generating one behind its admission (`serve_app.engines.admission`)."""
+    engine: Engine
     if model.engine == "replay":
         from serve_app.engines.replay import ReplayEngine
 
         assert model.replay is not None  # the config validator guarantees it
-        return ReplayEngine(tokenizer, model.replay.script, model.replay.max_model_len, model.replay.token_delay_s)
-    from serve_app.engines.vllm_engine import VLLMEngine
+        engine = ReplayEngine(tokenizer, model.replay.script, model.replay.max_model_len, model.replay.token_delay_s)
+    else:
+        from serve_app.engines.vllm_engine import VLLMEngine
 
-    return VLLMEngine(
-        model_path,
-        model.engine_args,
-        served_model_name=model.id,
-        reasoning_parser=model.reasoning_parser,
-        task=model.task,
-    )
+        engine = VLLMEngine(
+            model_path,
+            model.engine_args,
+            served_model_name=model.id,
+            reasoning_parser=model.reasoning_parser,
+            task=model.task,
+        )
+    if model.task == "embed":
+        return engine
+    return AdmittedEngine(engine, model.id, model.deployment.max_ongoing_requests, model.max_queued_requests)

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from serve_app.protocol.errors import OpenAIError
+
 FinishReason = Literal["stop", "length"]
 
 
@@ -87,6 +89,11 @@ class Engine(ABC):
     @property
     @abstractmethod
     def max_model_len(self) -> int: ...
+
+    def refusal(self, request: GenerationRequest) -> OpenAIError | None:
+        """What the engine would refuse about this request (or "full, retry"), said when the request is
+        planned: before a stream is committed and before it waits for room."""
+        return None
 
     @abstractmethod
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]: ...

@@ -23,6 +23,7 @@ from serve_app.engines.base import (
     TokenLogprob,
     token_bytes,
 )
+from serve_app.protocol.errors import OpenAIError, invalid_request
 from serve_app.reasoning import VLLM_REASONING_PARSERS
 
 
@@ -85,6 +86,7 @@ class VLLMEngine(Engine):
         # the cluster's Prometheus scrapes with Serve's. Recording them through Ray costs CPU per token.
         loggers = [RayPrometheusStatLogger] if self._args.ray_metrics else None
         self._llm = AsyncLLM.from_engine_args(args, usage_context=UsageContext.OPENAI_API_SERVER, stat_loggers=loggers)
+        self._supported_tasks = await self._llm.get_supported_tasks()
 
     @property
     def max_model_len(self) -> int:
@@ -92,6 +94,23 @@ class VLLMEngine(Engine):
 
     def num_unfinished_requests(self) -> int:
         return int(self._llm.output_processor.get_num_unfinished_requests())
+
+    def refusal(self, request: GenerationRequest) -> OpenAIError | None:
+        """vLLM's own checks of the request (sampling parameters against the model, the grammar, the
+        prompt), run now by the code `generate` will run, so that what vLLM refuses is a 400 before the
+        request waits or streams."""
+        from vllm.exceptions import VLLMClientError
+        from vllm.inputs import TokensPrompt
+
+        prompt = TokensPrompt(prompt_token_ids=request.prompt_token_ids)
+        try:
+            params = _sampling_params(request.sampling)
+            self._llm.input_processor.process_inputs(
+                request.request_id, prompt, params, supported_tasks=self._supported_tasks
+            )
+        except (ValueError, VLLMClientError) as exc:  # the request's fault, as vLLM tells it (some name the field)
+            return invalid_request(f"The engine refused this request: {exc}", param=getattr(exc, "parameter", None))
+        return None
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         from vllm.inputs import TokensPrompt

@@ -8,8 +8,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serve_app.protocol.common import TextOrTokens, one_per_input
 
-MAX_INPUTS = 2048  # OpenAI's cap on inputs per request
-
 
 class EmbeddingRequest(BaseModel):
     # OpenAI adds request fields often; unknown ones are accepted and logged (or refused in strict mode).

@@ -21,7 +21,9 @@ REPLAY_MODEL = "smollm2-replay"
 # Replay engines emitting reasoning-model output through SmolLM2's tokenizer (R6).
 THINK_MODEL = "replay-think"
 HARMONY_MODEL = "replay-harmony"
-ALL_MODELS = [VLLM_MODEL, REPLAY_MODEL, THINK_MODEL, HARMONY_MODEL]
+# A replay engine that runs one generation at a time and lets one request wait: admission (issue #17).
+NARROW_MODEL = "replay-narrow"
+ALL_MODELS = [VLLM_MODEL, REPLAY_MODEL, THINK_MODEL, HARMONY_MODEL, NARROW_MODEL]
 # all-MiniLM-L6-v2 on vLLM's pooling runner, as configs/multi-model.yaml serves it, with the same alias.
 EMBEDDING_MODEL = "all-minilm-l6-v2"
 EMBEDDING_ALIAS = "text-embedding-minilm"
@@ -121,6 +123,14 @@ def running_app(model_dir: object, tmp_path_factory: pytest.TempPathFactory) -> 
                 "tool_parser": "harmony",
                 "replay": {"script": str(_harmony_script(tmp_path_factory.mktemp("harmony")))},
                 "deployment": {"num_cpus": 0.1},
+            },
+            {
+                "id": NARROW_MODEL,
+                "source": EMBEDDED_SOURCE,
+                "engine": "replay",
+                "replay": {"script": str(REPLAY_SCRIPT), "max_model_len": 512},
+                "deployment": {"num_cpus": 0.1, "max_ongoing_requests": 1},
+                "max_queued_requests": 1,
             },
             _shipped_embedding_model(on_gpu),
         ],

@@ -107,3 +107,9 @@ def test_each_model_serves_its_own_endpoints(http: httpx.Client) -> None:
     error = _error(http.post("/chat/completions", json=chat), 400)
     assert error["code"] == "model_not_supported" and "/v1/embeddings" in error["message"]
     assert _error(http.post("/embeddings", json={"model": "nope", "input": "x"}), 404)["code"] == "model_not_found"
+
+
+def test_more_inputs_than_the_server_allows_are_refused_at_the_door(http: httpx.Client) -> None:
+    """Fan-out is bounded (issue #17): `server.max_embedding_inputs`, OpenAI's 2048 by default."""
+    error = _error(http.post("/embeddings", json={"model": EMBEDDING_MODEL, "input": ["a"] * 2049}), 400)
+    assert error["param"] == "input" and "2049" in error["message"]

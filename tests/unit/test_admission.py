@@ -1,0 +1,160 @@
+"""Admission to an engine (issue #17): requests are judged on arrival, then wait their turn; a request counts
+for each generation it fans out to; a full queue is a 503 with `Retry-After`, decided when the request is
+planned; siblings of a failed generation are cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from serve_app.chat_completions import ChatCompletions, PlannedChat
+from serve_app.completions import PlannedCompletion, TextCompletions
+from serve_app.engines.admission import Admission, AdmittedEngine
+from serve_app.engines.base import GenerationRequest, SamplingOptions
+from serve_app.engines.replay import ReplayEngine
+from serve_app.protocol.chat import ChatCompletionRequest
+from serve_app.protocol.completions import CompletionRequest
+from serve_app.protocol.errors import OpenAIError
+
+
+async def _settle() -> None:
+    """Let every ready task run (a few loop turns)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_generations_beyond_the_limit_wait_their_turn() -> None:
+    async def scenario() -> None:
+        admission = Admission(max_running=2)
+        await admission.acquire(1)
+        await admission.acquire(1)
+        third = asyncio.create_task(admission.acquire(1))
+        await _settle()
+        assert not third.done() and admission.waiting == 1
+        admission.release(1)
+        await _settle()
+        assert third.done() and admission.running == 2 and admission.waiting == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_request_counts_once_per_generation_and_is_not_overtaken() -> None:
+    """n=3 on an engine that runs 2 at once: it runs alone (never never), and a lighter request that
+    would fit beside the running one still waits behind it: first come, first served."""
+
+    async def scenario() -> None:
+        admission = Admission(max_running=2)
+        await admission.acquire(1)
+        heavy = asyncio.create_task(admission.acquire(3))
+        light = asyncio.create_task(admission.acquire(1))
+        await _settle()
+        assert not heavy.done() and not light.done()
+        assert admission.waiting_weight == 4
+        admission.release(1)
+        await _settle()
+        assert heavy.done() and not light.done() and admission.running == 3
+        admission.release(3)
+        await _settle()
+        assert light.done() and admission.running == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_waiter_that_leaves_gives_its_turn_away() -> None:
+    async def scenario() -> None:
+        admission = Admission(max_running=1)
+        await admission.acquire(1)
+        first = asyncio.create_task(admission.acquire(1))
+        second = asyncio.create_task(admission.acquire(1))
+        await _settle()
+        first.cancel()  # its client left while it waited
+        await _settle()
+        assert admission.waiting == 1
+        admission.release(1)
+        await _settle()
+        assert second.done() and admission.running == 1 and admission.waiting == 0
+
+    asyncio.run(scenario())
+
+
+@pytest.fixture
+def slow_script(tmp_path: Path) -> Path:
+    path = tmp_path / "script.yaml"
+    replies = [
+        {"when": {"last_message": "fail"}, "text": "one two three four five", "fail_after_tokens": 2},
+        {"text": "a long answer " * 20},
+    ]
+    path.write_text(yaml.safe_dump({"token_delay_s": 0.01, "replies": replies}))
+    return path
+
+
+def _chat(content: str, **fields: Any) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": content}], **fields}
+    )
+
+
+def _generation(request_id: str, n: int = 1) -> GenerationRequest:
+    return GenerationRequest(request_id, [1, 2, 3], SamplingOptions(max_tokens=8, n=n))
+
+
+def test_a_full_queue_is_a_503_with_retry_after_when_the_request_is_planned(tokenizer: Any, slow_script: Path) -> None:
+    async def scenario() -> None:
+        engine = AdmittedEngine(ReplayEngine(tokenizer, slow_script, 512, None), "m", max_running=1, max_waiting=1)
+        chat = ChatCompletions("m", engine, tokenizer)
+        running = chat.plan(_chat("hello"))
+        waiting = chat.plan(_chat("hello"))
+        assert isinstance(running, PlannedChat) and isinstance(waiting, PlannedChat)
+        first = asyncio.create_task(chat.complete(running))
+        second = asyncio.create_task(chat.complete(waiting))
+        await _settle()
+        assert engine.num_unfinished_requests() == 2  # one in the engine, one waiting: the queue depth
+
+        refused = chat.plan(_chat("hello"))
+        assert isinstance(refused, OpenAIError)
+        assert (refused.status_code, refused.code, refused.retry_after_s) == (503, "service_unavailable", 1.0)
+        # A request the engine would refuse anyway is still told why, not "retry": judged first.
+        too_long = chat.plan(_chat("word " * 600))
+        assert isinstance(too_long, OpenAIError) and too_long.code == "context_length_exceeded"
+
+        answers = await asyncio.gather(first, second)
+        assert all(isinstance(answer, bytes) for answer in answers)
+        assert engine.num_unfinished_requests() == 0
+        assert isinstance(chat.plan(_chat("hello")), PlannedChat)  # room again
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_generation_cancels_its_siblings(tokenizer: Any, slow_script: Path) -> None:
+    """Two prompts of one completions request: the first fails after two tokens; the second, a long answer,
+    is cancelled then rather than generated for nobody."""
+
+    async def scenario() -> None:
+        replay = ReplayEngine(tokenizer, slow_script, 512, None)
+        completions = TextCompletions("m", AdmittedEngine(replay, "m", max_running=8, max_waiting=None), tokenizer)
+        request = CompletionRequest.model_validate({"model": "m", "prompt": ["fail", "go on"], "max_tokens": 100})
+        planned = completions.plan(request)
+        assert isinstance(planned, PlannedCompletion)
+        answer = await completions.complete(planned)
+        assert isinstance(answer, OpenAIError) and answer.status_code == 500
+        assert replay.num_unfinished_requests() == 0  # the sibling is not running on
+
+    asyncio.run(scenario())
+
+
+def test_admission_bookkeeping_survives_a_failed_generation(tokenizer: Any, slow_script: Path) -> None:
+    async def scenario() -> None:
+        engine = AdmittedEngine(ReplayEngine(tokenizer, slow_script, 512, None), "m", max_running=1, max_waiting=0)
+        request = GenerationRequest(
+            "r", tokenizer.encode("x"), SamplingOptions(max_tokens=8), [{"role": "user", "content": "fail"}]
+        )
+        with pytest.raises(RuntimeError):
+            async for _ in engine.generate(request):
+                pass
+        assert engine.refusal(_generation("next")) is None  # nothing holds the place of the failed one
+
+    asyncio.run(scenario())
