@@ -216,7 +216,9 @@ def _fan_out_error(body: GenerationBody, options: ServerOptions) -> OpenAIError 
     )
 
 
-_UNION_BRANCH = re.compile(r"^(str|int|float|bool|none|.*[\[\]-].*)$")
+# pydantic names the union member it tried: 'str', 'list[dict[str,any]]', a tag such as 'json-schema', or a
+# model's class name ('FunctionName'); OpenAI's field names are none of these.
+_UNION_BRANCH = re.compile(r"^(str|int|float|bool|none|[A-Z].*|.*[\[\]-].*)$")
 
 
 def _param_path(location: tuple[Any, ...]) -> str | None:
@@ -228,7 +230,7 @@ def _param_path(location: tuple[Any, ...]) -> str | None:
         if isinstance(part, int):
             path += f"[{part}]"
         elif _UNION_BRANCH.match(str(part)):
-            continue  # pydantic names the union member it tried: 'str', 'list[dict[str,any]]', ...
+            continue
         else:
             path += f".{part}" if path else str(part)
     return path or None

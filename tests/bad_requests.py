@@ -174,6 +174,7 @@ CASES: list[Case] = [
     ),
     chat("legacy functions is a string", 400, "functions", functions="get_weather"),
     chat("legacy function_call unknown word", 400, "function_call", function_call="maybe"),
+    chat("legacy function_call name is a number", 400, "function_call.name", function_call={"name": 5}),
     # messages
     chat("no messages", 400, "messages", messages=[]),
     chat("messages is a string", 400, "messages", messages="hi"),
