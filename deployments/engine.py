@@ -45,7 +45,7 @@ class LLMServer:
         logger.info("starting %s engine for model %r from %s", model.engine, model.id, model_path)
         await self._engine.start()
         self._service = ModelService(
-            model.id, self._engine, tokenizer, model.tool_parser, model.reasoning_parser, model.task
+            model.id, self._engine, tokenizer, model.tool_parser, model.reasoning_parser, model.task, model.compact_json
         )
         self._batch_interval_s = stream_batch_interval_s
 

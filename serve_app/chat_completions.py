@@ -44,8 +44,8 @@ from serve_app.protocol.errors import OpenAIError, internal_error, invalid_reque
 from serve_app.protocol.tools import AllowedToolsChoice, FunctionDefinition, NamedToolChoice
 from serve_app.reasoning import EFFORTS, ReasoningFormat, starts_in_reasoning, template_kwargs
 from serve_app.routing import needs_tool_parsing
-from serve_app.structured_output import ResponseConstraint
-from serve_app.tool_constraints import callable_functions, forced_call_schema, strict_tools_tag
+from serve_app.structured_output import ResponseConstraint, arguments_violation
+from serve_app.tool_constraints import callable_functions, enforced_schemas, forced_call_schema, strict_tools_tag
 from serve_app.tool_parsers.base import ContentDelta, Event, ParsedOutput, ReasoningDelta, TextParser, ToolCallStart
 from serve_app.tool_prompts import render_prompt, template_supports_tools
 
@@ -70,11 +70,21 @@ class ChatMeta:
     reasoning_parser: ReasoningFormat | None = None
     starts_in_reasoning: bool = False  # the prompt opened the reasoning block
     response_constraint: ResponseConstraint | None = None  # answers are post-checked against it
+    enforced_tools: tuple[str, ...] = ()  # functions whose call arguments are post-checked (forced, strict)
 
     def violation(self, choice: ChoiceOutput, engine_reason: EngineFinishReason | None) -> OpenAIError | None:
-        """R7.1: a finished answer (not cut by the cap, not a tool call) that breaks `response_format`."""
+        """A finished answer (not cut by the cap) that breaks what was enforced: the arguments of a call to
+        an enforced tool (R7.3), or else `response_format` (R7.1)."""
+        if engine_reason == "length":
+            return None
+        if choice.called:
+            enforced = {f.name: f for f in self.tools if f.name in self.enforced_tools}
+            for call in choice.calls:
+                if call.name in enforced and (error := arguments_violation(enforced[call.name], call.arguments)):
+                    return error
+            return None
         constraint = self.response_constraint
-        if constraint is None or engine_reason == "length" or choice.called:
+        if constraint is None:
             return None
         reason = constraint.violation(choice.content)
         return None if reason is None else constraint.violation_error(reason, choice.content)
@@ -102,12 +112,14 @@ class ChatCompletions:
         tokenizer: Any,
         tool_parser: str = "hermes",
         reasoning_parser: ReasoningFormat | None = None,
+        compact_json: bool = True,
     ) -> None:
         self.model_id = model_id
         self.engine = engine
         self.tokenizer = tokenizer
         self.tool_parser = tool_parser
         self.reasoning_parser = reasoning_parser
+        self.compact_json = compact_json
 
     def plan(
         self, request: ChatCompletionRequest, constraint: ResponseConstraint | None = None
@@ -152,7 +164,7 @@ class ChatCompletions:
             sampling = dataclasses.replace(sampling, skip_special_tokens=False)
         parser = None
         if constraint is not None and not with_tools:  # R7.1: enforced while decoding (after any reasoning)
-            sampling = dataclasses.replace(sampling, json_schema=constraint.schema)
+            sampling = dataclasses.replace(sampling, json_schema=constraint.grammar_schema)
         if with_tools:
             forced = forced_call_schema(request)
             if forced is not None:  # R7.3: `required` / a named function, enforced while decoding
@@ -162,7 +174,9 @@ class ChatCompletions:
                 # harmony models write every message, calls included, in harmony whatever the prompt says.
                 native = template_supports_tools(self.tokenizer) or self.tool_parser == "harmony"
                 parser = self.tool_parser if native else "hermes"
-                tag = strict_tools_tag(request, parser, reasoning=self.reasoning_parser is not None)
+                tag = strict_tools_tag(
+                    request, parser, reasoning=self.reasoning_parser is not None, compact=self.compact_json
+                )
                 if isinstance(tag, OpenAIError):
                     return tag
                 sampling = dataclasses.replace(sampling, structural_tag=tag)
@@ -183,6 +197,7 @@ class ChatCompletions:
             self.reasoning_parser,
             starts_in_reasoning(self.reasoning_parser, prompt),
             constraint,
+            tuple(name for _, name, _ in enforced_schemas(request)) if with_tools else (),
         )
         generation = GenerationRequest(
             request_id, prompt_ids, sampling, [m.model_dump(exclude_none=True) for m in request.messages]

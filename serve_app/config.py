@@ -184,6 +184,14 @@ class ModelConfig(StrictModel):
     engine_args: VLLMEngineArgs = Field(VLLMEngineArgs(), description="vLLM's engine arguments.")
     replay: ReplayEngineArgs | None = Field(None, description="Only with `engine: replay`: its script.")
     deployment: DeploymentOptions = Field(DeploymentOptions(), description="The engine deployment's Serve options.")
+    compact_json: bool = Field(
+        True,
+        description=(
+            "Constrained JSON (tool arguments, `response_format`) without free whitespace between tokens, so "
+            "no token is spent on layout; under `auto` with strict tools, at most one whitespace character at "
+            "a time. Turn off for a model that writes worse JSON without its trained layout."
+        ),
+    )
     max_queued_requests: int | None = Field(
         256,
         ge=0,

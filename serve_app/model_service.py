@@ -55,13 +55,14 @@ class ModelService:
         tool_parser: str = "hermes",
         reasoning_parser: ReasoningFormat | None = None,
         task: ModelTask = "generate",
+        compact_json: bool = True,
     ) -> None:
         self.engine = engine
         self._endpoints: dict[type, Endpoint]
         if task == "embed":
             self._endpoints = {EmbeddingRequest: Embeddings(model_id, cast(EmbeddingEngine, engine), tokenizer)}
             return
-        self.chat = ChatCompletions(model_id, engine, tokenizer, tool_parser, reasoning_parser)
+        self.chat = ChatCompletions(model_id, engine, tokenizer, tool_parser, reasoning_parser, compact_json)
         self._endpoints = {
             ChatCompletionRequest: self.chat,
             CompletionRequest: TextCompletions(model_id, engine, tokenizer),

@@ -12,7 +12,16 @@ from serve_app.protocol.common import FinishReason
 from serve_app.protocol.tools import FunctionDefinition
 from serve_app.reasoning import ReasoningFormat, ThinkParser
 from serve_app.tool_parsers import create_parser
-from serve_app.tool_parsers.base import ContentDelta, Event, ReasoningDelta, TextBuilder, TextParser, ToolCallStart
+from serve_app.tool_parsers.base import (
+    ContentDelta,
+    Event,
+    ParsedCall,
+    ReasoningDelta,
+    TextBuilder,
+    TextParser,
+    ToolCallArguments,
+    ToolCallStart,
+)
 
 
 class ParserChain:
@@ -62,6 +71,7 @@ class ChoiceOutput:
         self.completion_tokens = 0
         self._content = TextBuilder()
         self._reasoning = TextBuilder()
+        self.calls: list[ParsedCall] = []  # what the post-check of enforced tool schemas reads
 
     def feed(self, text: str, completion_tokens: int) -> list[Event]:
         """Events for one engine delta; its tokens count as reasoning when it produced reasoning."""
@@ -99,4 +109,7 @@ class ChoiceOutput:
                 self._content.append(event.text)
             elif isinstance(event, ToolCallStart):
                 self.called = True
+                self.calls.append(ParsedCall(event.id, event.name))
+            elif isinstance(event, ToolCallArguments):
+                self.calls[event.index].fragments.append(event.fragment)
         return events

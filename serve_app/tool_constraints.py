@@ -14,6 +14,7 @@ from typing import Any, cast
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.errors import OpenAIError, invalid_request
 from serve_app.protocol.tools import ANY_OBJECT, AllowedToolsChoice, FunctionDefinition, NamedToolChoice
+from serve_app.schema_support import relocated
 
 
 def _functions(request: ChatCompletionRequest) -> list[FunctionDefinition]:
@@ -57,19 +58,25 @@ def enforced_schemas(request: ChatCompletionRequest) -> list[tuple[str, str, dic
 
 
 def forced_call_schema(request: ChatCompletionRequest) -> dict[str, Any] | None:
-    """The JSON a forced tool choice must produce: one `{"name", "arguments"}` object of an allowed tool."""
+    """The JSON a forced tool choice must produce: one `{"name", "arguments"}` object of an allowed tool.
+
+    Each tool's parameters go under `$defs` of the wrapping schema, their local references rewritten to
+    point there: a `"$ref": "#/$defs/user"` written for the parameters' own root (as pydantic, the Agents
+    SDK and LangChain write nested models) would otherwise point at the wrapper's root and not resolve."""
     if not _forced(request):
         return None
+    functions = callable_functions(request)
+    definitions = {f"call_{i}": relocated(f.schema_or_any, f"#/$defs/call_{i}") for i, f in enumerate(functions)}
     calls = [
         {
             "type": "object",
-            "properties": {"name": {"const": f.name}, "arguments": f.schema_or_any},
+            "properties": {"name": {"const": f.name}, "arguments": {"$ref": f"#/$defs/call_{i}"}},
             "required": ["name", "arguments"],
             "additionalProperties": False,
         }
-        for f in callable_functions(request)
+        for i, f in enumerate(functions)
     ]
-    return calls[0] if len(calls) == 1 else {"anyOf": calls}
+    return {"$defs": definitions} | (calls[0] if len(calls) == 1 else {"anyOf": calls})
 
 
 # Our tool-call formats -> xgrammar's built-in structural tags for the same syntax.
@@ -77,11 +84,12 @@ XGRAMMAR_FORMATS = {"hermes": "qwen_3", "llama3_json": "llama", "qwen3_coder": "
 
 
 def strict_tools_tag(
-    request: ChatCompletionRequest, tool_parser: str, reasoning: bool = False
+    request: ChatCompletionRequest, tool_parser: str, reasoning: bool = False, compact: bool = True
 ) -> str | OpenAIError | None:
     """A structural tag (xgrammar JSON, for vLLM) holding calls to the declared tools once the model opens
     one, when any tool is strict. Non-strict tools stay allowed, as well-formed JSON objects. Models that
-    reason get their reasoning block allowed before the calls."""
+    reason get their reasoning block allowed before the calls. `compact`: at most one whitespace character
+    at a time inside the arguments (structural tags have no whitespace-free mode)."""
     functions = callable_functions(request)
     if not any(f.strict for f in functions):
         return None
@@ -102,6 +110,10 @@ def strict_tools_tag(
         for f in functions
     ]
     tag = xgrammar.get_model_structural_tag(
-        XGRAMMAR_FORMATS[tool_parser], tools=tools, tool_choice="auto", reasoning="enabled" if reasoning else "disabled"
+        XGRAMMAR_FORMATS[tool_parser],
+        tools=tools,
+        tool_choice="auto",
+        reasoning="enabled" if reasoning else "disabled",
+        max_whitespace_cnt=1 if compact else None,
     )
     return cast(str, tag.model_dump_json())

@@ -17,7 +17,7 @@ The checks, each failing the run: `not_a_server_error`, `status_code_conformance
 deserializer registered below), `response_headers_conformance`, `openai_fields_only` (ours: R3.6, no
 fields OpenAI does not define, as tests/openai_spec.py checks them), no error event in a 200 stream, and
 a per-request timeout (a hung connection, or a stream that does not end in time). One exception, on
-replay models only: see UNENFORCED_CODE.
+replay models only: see UNENFORCED_CODES.
 
 Not used: `positive_data_acceptance` and `negative_data_rejection`. The server refuses spec-valid
 requests it does not support (image parts, `suffix`, 1.0 as an integer, ...) and accepts some
@@ -72,11 +72,12 @@ MODES = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
 # A model card's `max_model_len` is the one field we add to OpenAI's `Model` (vLLM sends it too; agent
 # clients size their context by it); tests/integration/test_wire_contract.py checks it.
 MODEL_CARD_EXTRAS = ("max_model_len",)
-# An answer that breaks `response_format` is a 500 with this code, or an error event once streaming, by
-# design (R7.1, serve_app/structured_output.py). vLLM's grammar rules it out (answers cut by max_tokens
-# are exempt); the replay engine plays its script whatever the request says, so on replay models (run
-# with follows_grammar=False) exactly these errors are counted (`unenforced`) instead of failed.
-UNENFORCED_CODE = "response_format_violation"
+# An answer that breaks `response_format` or an enforced tool's parameters is a 500 with one of these codes,
+# or an error event once streaming, by design (R7.1, R7.3, serve_app/structured_output.py). vLLM's grammar
+# rules them out (answers cut by max_tokens are exempt); the replay engine plays its script whatever the
+# request says, so on replay models (run with follows_grammar=False) exactly these errors are counted
+# (`unenforced`) instead of failed.
+UNENFORCED_CODES = ("response_format_violation", "tool_arguments_violation")
 
 
 def _json_response(schema_name: str) -> dict[str, Any]:
@@ -253,7 +254,7 @@ class Summary:
     statuses: Counter[str] = field(default_factory=Counter)  # "POST /chat/completions 200" -> n
     streamed: int = 0  # 2xx answers that were SSE streams
     server_errors: int = 0  # 5xx answers and streams with error events (each also a failure)
-    # 500 response_format_violation from an engine that cannot follow a grammar (see UNENFORCED_CODE).
+    # 500 response_format_violation from an engine that cannot follow a grammar (see UNENFORCED_CODES).
     unenforced: int = 0
     negative_accepted: int = 0  # schema-invalid requests answered 2xx (lenient by design; counted only)
     # Spec-valid requests refused (4xx), by the `param` the error names: unsupported features, stricter
@@ -288,7 +289,7 @@ class Summary:
             f"(seed {self.seed}); {self.streamed} streamed; {self.server_errors} server errors (5xx or error "
             f"events); {len(self.failures)} failures",
             f"  {self.negative_accepted} schema-invalid requests answered 2xx; {self.unenforced} "
-            "response_format answers the replay engine could not follow (500 response_format_violation, R7.1)",
+            "answers the replay engine could not constrain (500 response_format_violation or tool_arguments_violation)",
         ]
         lines += [f"  {key}: {n} cases" for key, n in sorted(self.cases.items())]
         lines += [f"  {key}: {n}" for key, n in sorted(self.statuses.items())]
@@ -426,7 +427,7 @@ def _run_operation(
         unenforced = (
             bool(errors)
             and not follows_grammar
-            and all(isinstance(e, dict) and e.get("code") == UNENFORCED_CODE for e in errors)
+            and all(isinstance(e, dict) and e.get("code") in UNENFORCED_CODES for e in errors)
         )
         summary.unenforced += unenforced
         summary.server_errors += bool(errors) and not unenforced
@@ -434,7 +435,7 @@ def _run_operation(
             problems.append(f"error events in a {response.status_code} stream (a server error, R4.8): {errors}")
         if response.stream_cut_short:
             problems.append(f"the stream did not end within {timeout_s}s")
-        # A tolerated 500 (see UNENFORCED_CODE) must still be the envelope, with only OpenAI's fields.
+        # A tolerated 500 (see UNENFORCED_CODES) must still be the envelope, with only OpenAI's fields.
         checks: list[schemathesis.CheckFunction] = (
             [openai_fields_only] if unenforced and response.status_code >= 500 else CHECKS
         )
@@ -465,7 +466,7 @@ def run(
 ) -> Summary:
     """`max_examples` cases per operation and mode (fewer where the spec allows fewer, as GET /models).
     `max_tokens`: cap generated answers (and one choice per request) for slow engines.
-    `follows_grammar=False` for a replay model: see UNENFORCED_CODE."""
+    `follows_grammar=False` for a replay model: see UNENFORCED_CODES."""
     operations = tuple(operations)
     schema = load_schema(
         base_url, generation_model, embedding_model, operations=operations, timeout_s=timeout_s, max_tokens=max_tokens

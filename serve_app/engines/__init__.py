@@ -27,6 +27,7 @@ def create_engine(model: ModelConfig, model_path: Path, tokenizer: Any) -> Engin
             served_model_name=model.id,
             reasoning_parser=model.reasoning_parser,
             task=model.task,
+            compact_json=model.compact_json,
         )
     if model.task == "embed":
         return engine

@@ -35,10 +35,12 @@ class VLLMEngine(Engine):
         served_model_name: str,
         reasoning_parser: str | None = None,
         task: ModelTask = "generate",
+        compact_json: bool = True,
     ) -> None:
         self._model_path = model_path
         self._args = args
         self._task = task
+        self._compact_json = compact_json
         self._served_model_name = served_model_name
         self._reasoning_parser = reasoning_parser
         self._llm: Any = None
@@ -54,6 +56,9 @@ class VLLMEngine(Engine):
             "pipeline_parallel_size": args.pipeline_parallel_size,
             # Our logs carry the request lines; vLLM's per-request logging would double them.
             "enable_log_requests": False,
+            # The grammar backend our schema checks compile with (structured_output.py), whose compact mode
+            # leaves no free whitespace in constrained JSON.
+            "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": self._compact_json},
         }
         optional = {
             "max_model_len": args.max_model_len,
@@ -74,6 +79,7 @@ class VLLMEngine(Engine):
         if self._args.kv_cache_space_gib is not None:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self._args.kv_cache_space_gib)
         from vllm import AsyncEngineArgs
+        from vllm.config import StructuredOutputsConfig
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
         from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
@@ -81,7 +87,10 @@ class VLLMEngine(Engine):
         # vLLM picks scheduler defaults (batched tokens, sequences per step) by usage context: we serve the
         # OpenAI API, so we take the defaults `vllm serve` takes, and the same engine arguments mean the
         # same engine.
-        args = AsyncEngineArgs(**self.engine_args())
+        kwargs = self.engine_args()
+        # A plain mapping in `engine_args` (and in a config's `extra`); vLLM takes its config object here.
+        kwargs["structured_outputs_config"] = StructuredOutputsConfig(**kwargs["structured_outputs_config"])
+        args = AsyncEngineArgs(**kwargs)
         # Opt-in: vLLM's metrics (queue, KV cache use, token latencies) through Ray's metrics agent, which
         # the cluster's Prometheus scrapes with Serve's. Recording them through Ray costs CPU per token.
         loggers = [RayPrometheusStatLogger] if self._args.ray_metrics else None

@@ -221,6 +221,60 @@ def test_forced_calls_from_the_real_model_always_validate(http: httpx.Client, mo
     assert len(truncated) <= 2, f"calls cut by the 400-token cap: {truncated}"
 
 
+# The shape pydantic, the OpenAI Agents SDK and LangChain give nested models: `$defs` and `$ref` (issue #18).
+WITH_REFS: dict[str, Any] = {
+    "$defs": {
+        "User": {
+            "type": "object",
+            "properties": {"name": {"type": "string", "maxLength": 20}, "role": {"enum": ["dev", "ops"]}},
+            "required": ["name", "role"],
+            "additionalProperties": False,
+        }
+    },
+    "type": "object",
+    "properties": {
+        "owner": {"$ref": "#/$defs/User"},
+        "team": {"type": "array", "items": {"$ref": "#/$defs/User"}, "maxItems": 2},
+    },
+    "required": ["owner", "team"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("mode", ["required", "named", "strict under auto"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_tools_with_defs_and_refs_work_under_every_tool_choice(http: httpx.Client, mode: str, stream: bool) -> None:
+    """R7.3: references into the parameters' own `$defs` resolve wherever the schema is placed (before
+    #18, a forced choice was a 500 "Pointer '/$defs/User' does not exist"). Every finished call validates."""
+    tool = {
+        "type": "function",
+        "function": {"name": "assign", "parameters": WITH_REFS, "strict": mode == "strict under auto"},
+    }
+    choice: Any = {"required": "required", "named": {"type": "function", "function": {"name": "assign"}}}.get(mode)
+    body = {
+        "model": VLLM_MODEL,
+        "tools": [tool, NOW],
+        "max_tokens": 200,
+        "temperature": 0.7,
+        "seed": 7,
+        "messages": [{"role": "user", "content": "Assign the task to Ada (dev) with Bob (ops) on her team."}],
+    } | ({"tool_choice": choice} if choice is not None else {})
+    if stream:
+        calls, finishes = _stream_calls(http, body)
+    else:
+        response = http.post("/chat/completions", json=body)
+        assert response.status_code == 200, response.text
+        message = response.json()["choices"][0]
+        calls = [c["function"] for c in message["message"].get("tool_calls") or []]
+        finishes = [message["finish_reason"]]
+    if mode != "strict under auto":
+        assert finishes in (["tool_calls"], ["length"]), finishes
+    if finishes == ["tool_calls"]:
+        schemas = {"assign": WITH_REFS, "now": NOW["function"]["parameters"]}
+        for call in calls:
+            jsonschema.validate(json.loads(call["arguments"]), schemas[call["name"]])
+
+
 def test_strict_tools_under_auto_reach_the_engine_as_a_grammar(http: httpx.Client) -> None:
     """vLLM compiles the structural tag for a strict tool (a bad tag would fail the request); any call the
     model makes validates. (The grammar itself is checked string by string in the unit tests.)"""

@@ -73,3 +73,14 @@ def test_relative_links_resolve(page: Path) -> None:
         if "://" not in target and not (page.parent / target).exists()
     ]
     assert not broken, f"{page.name} links to missing files: {broken}"
+
+
+def test_the_json_schema_table_is_the_tested_one() -> None:
+    """Issue #18: the keyword table in the docs lists exactly the rows tests/unit/test_schema_keywords.py
+    checks, with the same treatments."""
+    from tests.schema_keywords import KEYWORDS
+
+    page = (ROOT / "docs" / "tools-and-structured-outputs.md").read_text()
+    section = page.split("## JSON Schema support", 1)[1].split("\n## ", 1)[0]
+    documented = re.findall(r"^\| `([^`]+)` \| ([^|]+) \|$", section, flags=re.MULTILINE)
+    assert documented == [(row.name, row.treatment) for row in KEYWORDS]

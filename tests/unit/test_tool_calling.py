@@ -146,7 +146,8 @@ def test_forced_tool_choice_is_a_decoding_constraint(chat: ChatCompletions) -> N
     named = _plan(chat, tool_choice={"type": "function", "function": {"name": "read_file"}})
     schema = named.generation.sampling.json_schema
     assert schema is not None and schema["properties"]["name"] == {"const": "read_file"}
-    assert schema["properties"]["arguments"] == TOOLS[0]["function"]["parameters"]
+    assert schema["properties"]["arguments"] == {"$ref": "#/$defs/call_0"}
+    assert schema["$defs"]["call_0"] == TOOLS[0]["function"]["parameters"]
     required = _plan(chat, tool_choice="required").generation.sampling.json_schema
     assert required is not None and [c["properties"]["name"]["const"] for c in required["anyOf"]] == [
         "read_file",
@@ -173,8 +174,9 @@ def test_forced_call_schema_for_a_named_function() -> None:
     )
     schema = forced_call_schema(request)
     assert schema == {
+        "$defs": {"call_0": {"type": "object", "properties": {}}},
         "type": "object",
-        "properties": {"name": {"const": "now"}, "arguments": {"type": "object", "properties": {}}},
+        "properties": {"name": {"const": "now"}, "arguments": {"$ref": "#/$defs/call_0"}},
         "required": ["name", "arguments"],
         "additionalProperties": False,
     }
@@ -217,7 +219,8 @@ def test_a_template_without_tools_is_prompted_and_parsed_as_hermes(tokenizer: An
         ("allOf", {"allOf": [{"type": "object"}, {"required": ["a"]}]}),
         ("patternProperties", {"type": "object", "patternProperties": {"^x": {"type": "string"}}}),
         ("uniqueItems", {"type": "object", "properties": {"a": {"type": "array", "uniqueItems": True}}}),
-        ("multipleOf", {"type": "object", "properties": {"n": {"type": "integer", "multipleOf": 3}}}),
+        ("multipleOf", {"type": "object", "properties": {"n": {"type": "number", "multipleOf": 0.5}}}),
+        ("format", {"type": "object", "properties": {"c": {"type": "string", "format": "color"}}}),
         ("dependentRequired", {"type": "object", "dependentRequired": {"a": ["b"]}}),
         ("contains", {"type": "object", "properties": {"a": {"type": "array", "contains": {"const": 1}}}}),
     ],
