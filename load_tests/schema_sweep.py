@@ -10,11 +10,13 @@ classified:
 
 - finished (`tool_calls` or `stop`): valid when every call's arguments (or the content, for a
   `response_format`) validate against the schema; a text answer under `auto` is a valid finished answer;
-- cut: `finish_reason: "length"`, the token cap reached first;
+- cut: `finish_reason: "length"`, the token cap reached first inside constrained output (under `auto`, a
+  text answer without a call that reaches the cap is counted apart, as "text cut": nothing constrained it);
 - error: a non-200 answer or an error event (a post-check violation counts here).
 
-Prints, per model: answers, finished, valid among finished (must be 100%), cut by the cap, errors, mean
-completion tokens; then per mode. The ratio of cut answers (compact / spaced) is the point.
+Prints, per model: answers, finished, valid among finished (must be 100%), cut by the cap (among the
+constrained answers), text cut, errors, mean completion tokens; then per mode. The ratio of cut answers
+(compact / spaced) is the point.
 """
 
 from __future__ import annotations
@@ -296,7 +298,10 @@ def _ask(client: httpx.Client, job: tuple[str, int, str, bool], options: argpars
     if error:
         return Outcome(model, mode, stream, "error", tokens, error)
     if finish == "length":
-        return Outcome(model, mode, stream, "cut", tokens)
+        # Under `auto` a model that answers in text is not constrained: its text running into the cap is no
+        # constrained output cut short, and is counted apart.
+        free_text = mode == "strict under auto" and not calls
+        return Outcome(model, mode, stream, "text cut" if free_text else "cut", tokens)
     schema = SCHEMAS[index][1]
     try:
         if mode == "json_schema":
@@ -316,18 +321,26 @@ def _report(outcomes: list[Outcome]) -> None:
     for outcome in outcomes:
         groups[(outcome.model, "all")].append(outcome)
         groups[(outcome.model, outcome.mode)].append(outcome)
-    columns = ("answers", "finished", "valid/finished", "cut", "errors", "tokens")
+    columns = ("answers", "finished", "valid/finished", "cut", "text cut", "errors", "tokens")
     print(f"\n{'model':15} {'mode':18} " + " ".join(f"{c:>{max(len(c), 7)}}" for c in columns))
     cut_share: dict[str, float] = {}
     for (model, mode), group in sorted(groups.items()):
         kinds = Counter(o.kind for o in group)
         finished = kinds["valid"] + kinds["invalid"]
         valid = f"{100 * kinds['valid'] / finished:.1f}%" if finished else "-"
-        cut = kinds["cut"] / len(group)
+        cut = kinds["cut"] / max(1, len(group) - kinds["text cut"])  # among answers that were constrained
         if mode == "all":
             cut_share[model] = cut
         mean_tokens = statistics.mean(o.completion_tokens for o in group)
-        cells = (len(group), finished, valid, f"{100 * cut:.1f}%", kinds["error"], f"{mean_tokens:.1f}")
+        cells = (
+            len(group),
+            finished,
+            valid,
+            f"{100 * cut:.1f}%",
+            kinds["text cut"],
+            kinds["error"],
+            f"{mean_tokens:.1f}",
+        )
         print(
             f"{model:15} {mode:18} " + " ".join(f"{c:>{max(len(n), 7)}}" for n, c in zip(columns, cells, strict=True))
         )
