@@ -227,21 +227,25 @@ class Outcome:
     model: str
     mode: str
     stream: bool
-    kind: str  # "valid", "invalid", "cut", "error"
+    kind: str  # "valid", "invalid", "cut", "text cut", "error"
     completion_tokens: int
     detail: str = ""
 
 
 def _body(model: str, index: int, mode: str, stream: bool, options: argparse.Namespace) -> dict[str, Any]:
     task, schema = SCHEMAS[index]
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": [{"role": "user", "content": task}],
-        "max_tokens": options.max_tokens,
-        "temperature": options.temperature,
-        "seed": index,
-        "stream": stream,
-    } | ({"stream_options": {"include_usage": True}} if stream else {})
+    body: dict[str, Any] = (
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": task}],
+            "max_tokens": options.max_tokens,
+            "temperature": options.temperature,
+            "seed": index,
+            "stream": stream,
+        }
+        | ({"repetition_penalty": options.repetition_penalty} if options.repetition_penalty else {})
+        | ({"stream_options": {"include_usage": True}} if stream else {})
+    )
     if mode == "json_schema":
         return body | {
             "response_format": {
@@ -301,7 +305,9 @@ def _ask(client: httpx.Client, job: tuple[str, int, str, bool], options: argpars
         # Under `auto` a model that answers in text is not constrained: its text running into the cap is no
         # constrained output cut short, and is counted apart.
         free_text = mode == "strict under auto" and not calls
-        return Outcome(model, mode, stream, "text cut" if free_text else "cut", tokens)
+        written = calls[-1]["arguments"] if calls else content
+        detail = f"schema {index} ({SCHEMAS[index][0]!r}): ...{written[-120:]!r}"
+        return Outcome(model, mode, stream, "text cut" if free_text else "cut", tokens, detail)
     schema = SCHEMAS[index][1]
     try:
         if mode == "json_schema":
@@ -345,7 +351,7 @@ def _report(outcomes: list[Outcome]) -> None:
             f"{model:15} {mode:18} " + " ".join(f"{c:>{max(len(n), 7)}}" for n, c in zip(columns, cells, strict=True))
         )
     for outcome in outcomes:
-        if outcome.kind in ("invalid", "error"):
+        if outcome.kind in ("invalid", "error", "cut"):
             print(f"  {outcome.kind}: {outcome.model} {outcome.mode} stream={outcome.stream}: {outcome.detail}")
     compact, spaced = cut_share.get("sweep-compact", 0.0), cut_share.get("sweep-spaced", 0.0)
     print(f"\ncut by the cap: compact {100 * compact:.1f}%, spaced {100 * spaced:.1f}%", end="")
@@ -363,8 +369,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=200)
     parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--repetition-penalty", type=float, default=None, help="vLLM's, on every request")
     parser.add_argument("--dtype", default="float32", help="the engines' dtype (float32 is fast on every CPU)")
     parser.add_argument("--schemas", type=int, default=len(SCHEMAS), help="only the first N schemas")
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
+    parser.add_argument("--streams", nargs="+", choices=["whole", "streamed"], default=["whole", "streamed"])
     options = parser.parse_args()
 
     import ray
@@ -386,6 +395,7 @@ def main() -> None:
             "deployment": {"num_cpus": 0.5},
         }
         for model, compact in MODELS.items()
+        if model in options.models
     ]
     port = _free_port()
     prepare_node_environment()
@@ -398,9 +408,10 @@ def main() -> None:
             for index in range(options.schemas)
             for mode in MODES
             for stream in (False, True)
-            for model in MODELS
+            if ("streamed" if stream else "whole") in options.streams
+            for model in options.models
         ]
-        shape = f"{options.schemas} schemas x {len(MODES)} modes x streamed or not x {len(MODELS)} models"
+        shape = f"{options.schemas} schemas x {len(MODES)} modes x {options.streams} x {options.models}"
         print(f"{len(jobs)} requests: {shape}", flush=True)
         started = time.monotonic()
         with httpx.Client(base_url=f"http://127.0.0.1:{port}/v1", timeout=600) as client:
