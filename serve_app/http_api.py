@@ -90,8 +90,7 @@ def create_http_app(backend: ModelBackend, options: ServerOptions) -> FastAPI:
     async def _unexpected(request: Request, exc: Exception) -> Response:
         # Whatever the backend can tell apart (a replica that went away: 503) it returns as a value; what
         # reaches here is our bug. The envelope still, with an id to find the traceback by.
-        request_id = request.headers.get("x-request-id") or f"req-{uuid.uuid4().hex}"
-        return error_response(internal_error(request_id, f"serving {request.method} {request.url.path}"))
+        return error_response(internal_error(_request_id(request), f"serving {request.method} {request.url.path}"))
 
     catalog = backend.catalog
 
@@ -112,7 +111,7 @@ def create_http_app(backend: ModelBackend, options: ServerOptions) -> FastAPI:
             return error_response(model_not_found(model))
         return JSONResponse(await model_card(model, model_id))
 
-    async def serve(body: GenerationBody, task: ModelTask) -> Response:
+    async def serve(body: GenerationBody, task: ModelTask, request_id: str) -> Response:
         model_id = catalog.resolve(body.model, task)
         if isinstance(model_id, OpenAIError):
             return error_response(model_id)
@@ -136,19 +135,19 @@ def create_http_app(backend: ModelBackend, options: ServerOptions) -> FastAPI:
                 if isinstance(result, OpenAIError)
                 else Response(result, media_type="application/json")
             )
-        return await _stream_response(backend.generate_stream(body), options.keep_alive_interval_s)
+        return await _stream_response(backend.generate_stream(body), options.keep_alive_interval_s, request_id)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest) -> Response:
-        return await serve(body, "generate")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        return await serve(body, "generate", _request_id(request))
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest) -> Response:
-        return await serve(body, "generate")
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        return await serve(body, "generate", _request_id(request))
 
     @app.post("/v1/embeddings")
-    async def embeddings(body: EmbeddingRequest) -> Response:
-        return await serve(body, "embed")
+    async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
+        return await serve(body, "embed", _request_id(request))
 
     # Pure ASGI middlewares: Starlette's `@app.middleware("http")` would relay every streamed chunk through
     # an extra task and memory stream. The last added runs first: path, CORS, key, then the body is read
@@ -162,7 +161,14 @@ def create_http_app(backend: ModelBackend, options: ServerOptions) -> FastAPI:
     return app
 
 
-async def _stream_response(frames: AsyncGenerator[bytes | OpenAIError, None], keep_alive_s: float) -> Response:
+def _request_id(request: Request) -> str:
+    """The client's `x-request-id`, or a new one: what an internal error's message and log line carry."""
+    return request.headers.get("x-request-id") or f"req-{uuid.uuid4().hex}"
+
+
+async def _stream_response(
+    frames: AsyncGenerator[bytes | OpenAIError, None], keep_alive_s: float, request_id: str
+) -> Response:
     """Wait for the first item to pick the status; if the engine is slow to start, commit to a stream."""
     items = marking_silences(frames, keep_alive_s)
     first = await anext(items)
@@ -172,20 +178,24 @@ async def _stream_response(frames: AsyncGenerator[bytes | OpenAIError, None], ke
     # A silence first means queued behind other requests: headers and keep-alives go out now (R4.1, R4.7)
     # and a later error becomes an error event (R4.8).
     return StreamingResponse(
-        _sse(first, items),
+        _sse(first, items, request_id),
         media_type="text/event-stream",
         headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
     )
 
 
 async def _sse(
-    first: bytes | OpenAIError | None, rest: AsyncGenerator[bytes | OpenAIError | None, None]
+    first: bytes | OpenAIError | None, rest: AsyncGenerator[bytes | OpenAIError | None, None], request_id: str
 ) -> AsyncGenerator[bytes, None]:
-    """Frames as they come; an SSE comment for each silence of the engine (clients time out at 300 s)."""
+    """Frames as they come; an SSE comment for each silence of the engine (clients time out at 300 s). A
+    failure the backend did not turn into a value still ends the stream with an error event and [DONE]
+    (R4.8): a dropped connection is what clients handle worst."""
     try:
         yield _sse_bytes(first)
         async for item in rest:
             yield _sse_bytes(item)
+    except Exception:
+        yield sse.error_frame(internal_error(request_id, "streaming the response"))
     finally:
         await rest.aclose()  # stops generation upstream
 

@@ -223,3 +223,25 @@ def test_no_capacity_is_a_503_with_retry_after(tokenizer: Any) -> None:
     response = TestClient(create_http_app(backend, ServerOptions())).post("/v1/chat/completions", json=HELLO)
     _assert_error(response, 503, "service_unavailable")
     assert (response.headers["retry-after"], response.headers["retry-after-ms"]) == ("3", "2500")
+
+
+def test_a_failure_after_the_stream_started_ends_it_with_an_error_event_and_done(
+    tokenizer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """R4.8: whatever breaks once the stream is committed (a replica lost in a way the backend did not turn
+    into a value), the client gets an error event naming the request id, then [DONE], never a cut body."""
+
+    class BreakingBackend(InProcessBackend):
+        async def generate_stream(self, request: Any) -> Any:
+            frames = super().generate_stream(request)
+            yield await anext(frames)
+            raise ConnectionResetError("the engine replica went away")
+
+    backend = BreakingBackend("replay-model", ReplayEngine(tokenizer, REPLAY_SCRIPT, 512, 0.0), tokenizer)
+    client = TestClient(create_http_app(backend, ServerOptions()))
+    response = client.post("/v1/chat/completions", json={**HELLO, "stream": True}, headers={"x-request-id": "r-7"})
+    assert response.status_code == 200
+    chunks = parse_sse(response.content)  # asserts the stream ends with [DONE]
+    assert chunks[-1]["error"]["type"] == "server_error" and "r-7" in chunks[-1]["error"]["message"]
+    (logged,) = [r for r in caplog.records if "r-7" in r.getMessage()]
+    assert logged.exc_info is not None and "went away" in str(logged.exc_info[1])
