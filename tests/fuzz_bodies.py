@@ -9,11 +9,12 @@ sends the bodies to the app in process, tests/integration/test_fuzz_live.py to t
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from hypothesis import event
 from hypothesis import strategies as st
 
+from tests.bad_requests import Response
 from tests.openai_spec import assert_valid
 from tests.sse_client import parse_sse
 
@@ -121,25 +122,7 @@ def completion_bodies(model: str, fixed: Mapping[str, Any] | None = None) -> st.
     return bodies({"model": model, "prompt": "hi"}, COMPLETION_FIELDS, {"prompt": prompts}, model, fixed)
 
 
-class HTTPResponse(Protocol):
-    """What both httpx's and Starlette's test client's responses offer."""
-
-    @property
-    def status_code(self) -> int: ...
-
-    @property
-    def text(self) -> str: ...
-
-    @property
-    def content(self) -> bytes: ...
-
-    @property
-    def headers(self) -> Mapping[str, str]: ...
-
-    def json(self) -> Any: ...
-
-
-def check(response: HTTPResponse, response_schema: str, chunk_check: Callable[[dict[str, Any]], None]) -> None:
+def check(response: Response, response_schema: str, chunk_check: Callable[[dict[str, Any]], None]) -> None:
     """Never a 5xx; a 4xx is 400/404/413 with the error envelope; a 2xx a spec-valid body or stream."""
     event(f"status {response.status_code}")
     assert response.status_code < 500, response.text

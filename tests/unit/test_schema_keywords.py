@@ -62,16 +62,16 @@ class Placements:
     def __init__(self, compiler: Any, tokenizer: Any) -> None:
         self.compiler, self.stop = compiler, tokenizer.eos_token_id
 
-    def _json_grammar(self, schema: dict[str, Any]) -> Any:
+    def json_grammar(self, schema: dict[str, Any]) -> Any:
         # As vLLM compiles JSON constraints with `disable_any_whitespace` (our `compact_json` default).
         return self.compiler.compile_json_schema(json.dumps(schema), any_whitespace=False, separators=(",", ":"))
 
     def accepted(self, row: Keyword, value: Any) -> dict[str, bool]:
         """Per place: whether some layout of the answer `{"a": value}` gets through the grammar."""
         grammars = {
-            "response_format": self._json_grammar(_strict_format(row.schema)),
-            "tool_choice required": self._json_grammar(_forced(row.schema, "required")),
-            "named function": self._json_grammar(_forced(row.schema, {"type": "function", "function": {"name": "f"}})),
+            "response_format": self.json_grammar(_strict_format(row.schema)),
+            "tool_choice required": self.json_grammar(_forced(row.schema, "required")),
+            "named function": self.json_grammar(_forced(row.schema, {"type": "function", "function": {"name": "f"}})),
         }
         tag = strict_tools_tag(_request(row.schema, strict=True), "hermes")
         assert isinstance(tag, str)
@@ -159,7 +159,7 @@ def test_non_strict_response_formats_decode_without_it_and_check_after(
 ) -> None:
     constraint = response_constraint(_response_format(row.schema, strict=False))
     assert isinstance(constraint, ResponseConstraint)
-    grammar = placements._json_grammar(constraint.grammar_schema)
+    grammar = placements.json_grammar(constraint.grammar_schema)
     assert any(_accepts(grammar, text, tokenizer.eos_token_id) for text in _layouts({"a": row.valid}))
     assert constraint.violation(json.dumps({"a": row.valid})) is None
     if row.treatment == NOT_ENFORCED:
@@ -185,6 +185,6 @@ def test_what_the_grammar_lets_through_is_caught_after(placements: Placements, r
 @pytest.mark.parametrize("name", sorted(ENFORCED_FORMATS))
 def test_every_enforced_format_is_enforced(placements: Placements, tokenizer: Any, name: str) -> None:
     valid, invalid = FORMAT_EXAMPLES[name]
-    grammar = placements._json_grammar(_strict_format({"type": "string", "format": name}))
+    grammar = placements.json_grammar(_strict_format({"type": "string", "format": name}))
     assert any(_accepts(grammar, text, tokenizer.eos_token_id) for text in _layouts(valid))
     assert not any(_accepts(grammar, text, tokenizer.eos_token_id) for text in _layouts(invalid))
