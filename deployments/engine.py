@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,10 @@ from serve_app.structured_output import ResponseConstraint
 
 logger = logging.getLogger("ray.serve")
 
+ENGINE_WATCH_INTERVAL_S = 0.5
+# After its engine died, how long a replica stays to answer what it carried (503s) before it exits.
+LEAVE_GRACE_S = 1.0
+
 
 @serve.deployment(health_check_period_s=10, health_check_timeout_s=30)
 class LLMServer:
@@ -48,6 +53,18 @@ class LLMServer:
             model.id, self._engine, tokenizer, model.tool_parser, model.reasoning_parser, model.task, model.compact_json
         )
         self._batch_interval_s = stream_batch_interval_s
+        self._model_id = model.id
+        self._watch = asyncio.create_task(self._leave_when_the_engine_dies())
+
+    async def _leave_when_the_engine_dies(self) -> None:
+        """A dead EngineCore does not come back, and until the next health check Serve would go on routing
+        requests here (answered fast, with 503s, this replica looks the least busy). So the replica exits:
+        Serve's routers drop it at once and its controller starts a replacement."""
+        while not self._engine.lost():
+            await asyncio.sleep(ENGINE_WATCH_INTERVAL_S)
+        logger.error("the engine of model %r died; this replica exits so that Serve replaces it", self._model_id)
+        await asyncio.sleep(LEAVE_GRACE_S)
+        os._exit(1)  # Ray's exit_actor() works only inside an actor method call, not from a background task
 
     async def generate(
         self, request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest
@@ -90,4 +107,5 @@ class LLMServer:
 
     async def __del__(self) -> None:
         if hasattr(self, "_engine"):  # not when scaled down (or deleted) while still starting
+            self._watch.cancel()  # an engine shut down on purpose is no engine lost
             await self._engine.shutdown()

@@ -8,7 +8,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 
-from serve_app.protocol.errors import OpenAIError, unavailable
+from serve_app.protocol.errors import OpenAIError, replica_lost, unavailable
 
 # A deployment that cannot take the request now, or a replica that died or became unreachable while it had
 # it: capacity, not a fault of the request or a bug, so a 503 (or Serve's own 429) that clients retry.
@@ -31,7 +31,7 @@ def unavailable_error(exc: BaseException) -> OpenAIError:
         return unavailable(
             "The server is at capacity; retry shortly.", exc.retry_after_s or 1.0, status_code=exc.status_code
         )
-    return unavailable("The server lost the replica serving this request, or has none ready; retry shortly.")
+    return replica_lost()
 
 
 def streamed(response: DeploymentResponse[Any] | DeploymentResponseGenerator[Any]) -> DeploymentResponseGenerator[Any]:

@@ -4,18 +4,21 @@ the ingress forwards them untouched). Each stage owns per-request state and scal
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from deployments.handles import by_value, streamed
+from deployments.handles import UNAVAILABLE, by_value, streamed, unavailable_error
 from serve_app.chat_completions import ChatMeta, render_complete, render_stream
-from serve_app.engines.base import GenerationDelta
+from serve_app.engines.base import EngineLost, GenerationDelta
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.errors import OpenAIError
 from serve_app.streaming import accepted_then_batched
 from serve_app.structured_output import ResponseConstraint
+
+logger = logging.getLogger("ray.serve")
 
 
 class OutputStage:
@@ -39,26 +42,38 @@ class OutputStage:
         return meta if isinstance(meta, OpenAIError) else (meta, stream)
 
     async def generate(self, request: ChatCompletionRequest) -> bytes | OpenAIError:
-        started = await self._start(request)
-        if isinstance(started, OpenAIError):
-            return started
-        meta, stream = started
-        return await render_complete(meta, _deltas(stream))
+        try:
+            started = await self._start(request)
+            if isinstance(started, OpenAIError):
+                return started
+            meta, stream = started
+            return await render_complete(meta, _deltas(stream))
+        except UNAVAILABLE as exc:  # the engine's replica went away: an error value, as every other
+            logger.warning("request for %r: %s", request.model, exc)
+            return unavailable_error(exc)
 
     async def generate_stream(self, request: ChatCompletionRequest) -> AsyncGenerator[bytes | OpenAIError, None]:
-        started = await self._start(request)
-        if isinstance(started, OpenAIError):
-            yield started
-            return
-        meta, stream = started
-        async for frames in accepted_then_batched(render_stream(meta, _deltas(stream)), self._batch_interval_s):
-            yield frames
+        try:
+            started = await self._start(request)
+            if isinstance(started, OpenAIError):
+                yield started
+                return
+            meta, stream = started
+            async for frames in accepted_then_batched(render_stream(meta, _deltas(stream)), self._batch_interval_s):
+                yield frames
+        except UNAVAILABLE as exc:  # before the first frame, a 503 status; after it, an error event (R4.8)
+            logger.warning("stream for %r: %s", request.model, exc)
+            yield unavailable_error(exc)
 
 
 async def _deltas(stream: DeploymentResponseGenerator[Any]) -> AsyncIterator[GenerationDelta]:
+    """The engine's deltas; its replica dying becomes the renderers' `EngineLost` (they know no Ray)."""
     try:
         async for batch in stream:
             for delta in batch:
                 yield delta
+    except UNAVAILABLE as exc:
+        logger.warning("engine stream lost: %s", exc)
+        raise EngineLost(str(exc)) from exc
     finally:
         stream.cancel()  # no-op when finished; aborts generation when the client left early

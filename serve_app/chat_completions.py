@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from serve_app import sse
-from serve_app.engines.base import Engine, GenerationDelta, GenerationRequest, TokenLogprob
+from serve_app.engines.base import Engine, EngineLost, GenerationDelta, GenerationRequest, TokenLogprob
 from serve_app.engines.base import FinishReason as EngineFinishReason
 from serve_app.generation import context_error, sampling_options
 from serve_app.output_parsing import ChoiceOutput, create_output_parser
@@ -40,7 +40,7 @@ from serve_app.protocol.chat import (
     TokenLogprob as WireTokenLogprob,
 )
 from serve_app.protocol.common import FinishReason, Usage, valid_text
-from serve_app.protocol.errors import OpenAIError, internal_error, invalid_request
+from serve_app.protocol.errors import OpenAIError, internal_error, invalid_request, replica_lost
 from serve_app.protocol.tools import AllowedToolsChoice, FunctionDefinition, NamedToolChoice
 from serve_app.reasoning import EFFORTS, ReasoningFormat, starts_in_reasoning, template_kwargs
 from serve_app.routing import needs_tool_parsing
@@ -279,6 +279,9 @@ async def _render_frames(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta])
                 finished.add(delta.index)
             yield b"".join(out)
             out = []
+    except EngineLost:
+        yield b"".join(out) + sse.error_frame(replica_lost())
+        return
     except Exception:
         yield b"".join(out) + sse.error_frame(internal_error(meta.id, "generating"))
         return
@@ -318,6 +321,8 @@ async def render_complete(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]
             reasons[delta.index] = delta.finish_reason or reasons[delta.index]
             if delta.logprobs is not None:
                 logprobs[delta.index] = (logprobs[delta.index] or []) + delta.logprobs
+    except EngineLost:
+        return replica_lost()
     except Exception:
         return internal_error(meta.id, "generating")
     wire_choices = []

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from serve_app import sse
-from serve_app.engines.base import Engine, GenerationRequest, TokenLogprob
+from serve_app.engines.base import Engine, EngineLost, GenerationRequest, TokenLogprob
 from serve_app.generation import collect_all, context_error, sampling_options
 from serve_app.protocol.common import FinishReason, Usage, valid_text
 from serve_app.protocol.completions import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
-from serve_app.protocol.errors import OpenAIError, internal_error, invalid_request
+from serve_app.protocol.errors import OpenAIError, internal_error, invalid_request, replica_lost
 from serve_app.streaming import merged
 
 SYSTEM_FINGERPRINT = "agent-serve"
@@ -92,6 +92,8 @@ class TextCompletions:
     async def complete(self, planned: PlannedCompletion) -> bytes | OpenAIError:
         try:
             results = await collect_all(self.engine, planned.generations)
+        except EngineLost:
+            return replica_lost()
         except Exception:
             return internal_error(planned.id, "generating")
         choices = [
@@ -127,6 +129,9 @@ class TextCompletions:
                 if delta.finish_reason:
                     finished.add(index)
                 yield self._frame(planned, index, text, delta.finish_reason, logprobs)
+        except EngineLost:
+            yield sse.error_frame(replica_lost())
+            return
         except Exception:
             yield sse.error_frame(internal_error(planned.id, "generating"))
             return

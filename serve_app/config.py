@@ -122,6 +122,14 @@ class VLLMEngineArgs(StrictModel):
         None, gt=0, le=1, description="GPU only: share of GPU memory vLLM may take; none: vLLM's."
     )
     max_num_seqs: int | None = Field(None, ge=1, description="Sequences decoded together at most; none: vLLM's.")
+    stall_timeout_s: float | None = Field(
+        120,
+        gt=0,
+        description=(
+            "A hung engine: with requests in it and no output for this long, its EngineCore is killed, the "
+            "requests end with 503s and the replica is replaced. Longer than the slowest prefill. None: no watch."
+        ),
+    )
     ray_metrics: bool = Field(
         False,
         description=(
@@ -143,6 +151,16 @@ class ReplayEngineArgs(StrictModel):
     script: Path = Field(description="The replay script (YAML or JSON): which text answers which request.")
     max_model_len: int = Field(8192, ge=16, description="Context window the replay engine enforces.")
     token_delay_s: float | None = Field(None, ge=0, description="Overrides the script's delay.")
+
+
+class RepetitionGuard(StrictModel):
+    """The penalty on a constrained value that repeats itself (`serve_app/engines/repetition_guard.py`): a
+    token extending a repeat of `k + 1` tokens inside one value loses `multiplier * base ** (k -
+    allowed_length)` from its logit once `k >= allowed_length`."""
+
+    multiplier: float = Field(0.8, ge=0, description="The penalty of the shortest repeat it acts on.")
+    base: float = Field(1.75, ge=1, description="How fast the penalty grows with each more token repeated.")
+    allowed_length: int = Field(3, ge=1, description="Repeats of up to this many tokens are free.")
 
 
 class ModelConfig(StrictModel):
@@ -190,6 +208,14 @@ class ModelConfig(StrictModel):
             "Constrained JSON (tool arguments, `response_format`) without free whitespace between tokens, so "
             "no token is spent on layout; under `auto` with strict tools, at most one whitespace character at "
             "a time. Turn off for a model that writes worse JSON without its trained layout."
+        ),
+    )
+    repetition_guard: RepetitionGuard | None = Field(
+        RepetitionGuard(),
+        description=(
+            "vLLM engines: on constrained requests (forced or strict tool calls, `response_format`), penalize a "
+            "value that repeats itself, so that a looping string ends instead of running into the token cap. "
+            "None: off."
         ),
     )
     max_queued_requests: int | None = Field(

@@ -112,6 +112,9 @@ async def collect(deltas: AsyncIterator[GenerationDelta], n: int) -> GenerationR
 async def collect_all(engine: Engine, requests: list[GenerationRequest]) -> list[GenerationResult]:
     """All generations of a request, concurrently. One that fails cancels its siblings (their engine
     requests are aborted) and the failure is raised: the answer is lost anyway, so nothing else runs for it."""
-    async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(collect(engine.generate(r), r.sampling.n)) for r in requests]
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(collect(engine.generate(r), r.sampling.n)) for r in requests]
+    except ExceptionGroup as failed:  # the first failure is the story; the others are its consequence
+        raise failed.exceptions[0] from None
     return [task.result() for task in tasks]

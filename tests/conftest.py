@@ -24,9 +24,10 @@ def cuda_gpu_count() -> int:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """One Ray per process: the multi-node cluster tests start and stop theirs before the integration
-    tests start the session's (which lives until the end)."""
-    items.sort(key=lambda item: item.get_closest_marker("distributed") is None)
+    """One Ray per process: the multi-node cluster tests, then the fault tests, start and stop theirs before
+    the integration tests start the session's (which lives until the end)."""
+    order = ("distributed", "reliability")
+    items.sort(key=lambda item: next((i for i, m in enumerate(order) if item.get_closest_marker(m)), len(order)))
 
 
 @pytest.fixture(scope="session")

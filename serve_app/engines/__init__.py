@@ -28,6 +28,7 @@ def create_engine(model: ModelConfig, model_path: Path, tokenizer: Any) -> Engin
             reasoning_parser=model.reasoning_parser,
             task=model.task,
             compact_json=model.compact_json,
+            repetition_guard=model.repetition_guard,
         )
     if model.task == "embed":
         return engine

@@ -119,6 +119,9 @@ class AdmittedEngine(Engine):
         finally:
             self._admission.release(weight)
 
+    def lost(self) -> bool:
+        return self._engine.lost()
+
     def num_unfinished_requests(self) -> int:
         """What the engine holds, and the generations waiting to get in: the queue depth autoscaling reads."""
         return self._engine.num_unfinished_requests() + self._admission.waiting_weight

@@ -77,6 +77,11 @@ class GenerationDelta:
     logprobs: list[TokenLogprob] | None = None
 
 
+class EngineLost(Exception):
+    """Raised by a stream of deltas whose engine went away mid-generation (its replica died): a lack of
+    capacity, not a bug, so the answer becomes a 503 (or an error event) the client retries."""
+
+
 class Engine(ABC):
     """One model's generator. `start` may take long (weights, warm-up); `generate` streams deltas.
 
@@ -105,6 +110,10 @@ class Engine(ABC):
     @abstractmethod
     async def check_health(self) -> None:
         """Raise if the engine can no longer serve."""
+
+    def lost(self) -> bool:
+        """Whether the engine's own process died: nothing more can be served, now or later."""
+        return False
 
     async def shutdown(self) -> None:
         return None

@@ -7,15 +7,18 @@ which places its workers in the placement group the Serve replica was started in
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
-from serve_app.config import ModelTask, VLLMEngineArgs
+from serve_app.config import ModelTask, RepetitionGuard, VLLMEngineArgs
 from serve_app.engines.base import (
     EmbeddingShape,
     Engine,
+    EngineLost,
     GenerationDelta,
     GenerationRequest,
     SamplingOptions,
@@ -23,8 +26,16 @@ from serve_app.engines.base import (
     TokenLogprob,
     token_bytes,
 )
-from serve_app.protocol.errors import OpenAIError, invalid_request
+from serve_app.engines.stall_watch import StallWatch
+from serve_app.protocol.errors import OpenAIError, invalid_request, replica_lost
 from serve_app.reasoning import VLLM_REASONING_PARSERS
+
+logger = logging.getLogger("agent_serve.engine")
+
+STALL_CHECK_INTERVAL_S = 1.0
+
+GUARD_PROCESSOR = "serve_app.engines.vllm_repetition_guard:RepetitionGuardProcessor"
+"""Loaded by vLLM in its EngineCore, by name."""
 
 
 class VLLMEngine(Engine):
@@ -36,14 +47,22 @@ class VLLMEngine(Engine):
         reasoning_parser: str | None = None,
         task: ModelTask = "generate",
         compact_json: bool = True,
+        repetition_guard: RepetitionGuard | None = None,
     ) -> None:
         self._model_path = model_path
         self._args = args
         self._task = task
         self._compact_json = compact_json
+        self._guard_args = (
+            None
+            if repetition_guard is None
+            else [repetition_guard.multiplier, repetition_guard.base, repetition_guard.allowed_length]
+        )
         self._served_model_name = served_model_name
         self._reasoning_parser = reasoning_parser
         self._llm: Any = None
+        self._stall: StallWatch | None = None
+        self._stall_task: asyncio.Task[None] | None = None
 
     def engine_args(self) -> dict[str, Any]:
         args = self._args
@@ -66,6 +85,8 @@ class VLLMEngine(Engine):
             "max_num_seqs": args.max_num_seqs,
         }
         kwargs.update({k: v for k, v in optional.items() if v is not None})
+        if self._guard_args is not None and self._task == "generate":
+            kwargs["logits_processors"] = [GUARD_PROCESSOR]
         if args.world_size > 1:
             kwargs["distributed_executor_backend"] = "ray"
         if self._task == "embed":
@@ -96,6 +117,28 @@ class VLLMEngine(Engine):
         loggers = [RayPrometheusStatLogger] if self._args.ray_metrics else None
         self._llm = AsyncLLM.from_engine_args(args, usage_context=UsageContext.OPENAI_API_SERVER, stat_loggers=loggers)
         self._supported_tasks = await self._llm.get_supported_tasks()
+        if self._args.stall_timeout_s is not None:
+            self._stall = StallWatch(self._args.stall_timeout_s)
+            self._stall_task = asyncio.create_task(self._end_a_stalled_engine(self._stall))
+
+    async def _end_a_stalled_engine(self, stall: StallWatch) -> None:
+        """A hung EngineCore is killed: vLLM then reports it dead, and what follows is an engine's death
+        (the requests end with 503s, the replica leaves and is replaced)."""
+        while not stall.stalled(busy=self.num_unfinished_requests() > 0):
+            await asyncio.sleep(STALL_CHECK_INTERVAL_S)
+            if self.lost():
+                return
+        manager = self._llm.engine_core.resources.engine_manager
+        processes = getattr(manager, "processes", [])
+        logger.error(
+            "the engine of model %r made no progress for %s s with %d requests in it: killing its EngineCore %s",
+            self._served_model_name,
+            self._args.stall_timeout_s,
+            self.num_unfinished_requests(),
+            [process.pid for process in processes],
+        )
+        for process in processes:
+            os.kill(process.pid, signal.SIGKILL)  # also ends a stopped process
 
     @property
     def max_model_len(self) -> int:
@@ -111,9 +154,11 @@ class VLLMEngine(Engine):
         from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
 
+        if self.lost():  # refused before the stream starts: a 503 the client retries, elsewhere
+            return replica_lost()
         prompt = TokensPrompt(prompt_token_ids=request.prompt_token_ids)
         try:
-            params = _sampling_params(request.sampling)
+            params = _sampling_params(request.sampling, self._guard_args)
             self._llm.input_processor.process_inputs(
                 request.request_id, prompt, params, supported_tasks=self._supported_tasks
             )
@@ -121,15 +166,30 @@ class VLLMEngine(Engine):
             return invalid_request(f"The engine refused this request: {exc}", param=getattr(exc, "parameter", None))
         return None
 
+    def lost(self) -> bool:
+        """vLLM's monitor thread marks the engine dead the moment the EngineCore process exits."""
+        return self._llm is not None and bool(self._llm.engine_core.resources.engine_dead)
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        try:
+            async for delta in self._generate(request):
+                yield delta
+        except EngineDeadError as exc:
+            raise EngineLost(f"the EngineCore of model {self._served_model_name!r} died") from exc
+
+    async def _generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         from vllm.inputs import TokensPrompt
 
         completion_tokens: dict[int, int] = {}
         prompt = TokensPrompt(prompt_token_ids=request.prompt_token_ids)
         # Leaving this loop early (client gone) closes vLLM's generator, which aborts the request.
         async for output in self._llm.generate(
-            prompt, _sampling_params(request.sampling), request_id=request.request_id
+            prompt, _sampling_params(request.sampling, self._guard_args), request_id=request.request_id
         ):
+            if self._stall is not None:
+                self._stall.moved()
             for choice in output.outputs:
                 if choice.finish_reason == "abort":
                     raise RuntimeError("the engine aborted the request")
@@ -168,13 +228,18 @@ class VLLMEngine(Engine):
         await self._llm.check_health()
 
     async def shutdown(self) -> None:
+        if self._stall_task is not None:
+            self._stall_task.cancel()
         if self._llm is not None:
             self._llm.shutdown()
 
 
-def _sampling_params(sampling: SamplingOptions) -> Any:
+def _sampling_params(sampling: SamplingOptions, guard_args: list[float] | None) -> Any:
+    """vLLM's parameters; a constrained request carries the repetition guard's settings (`guard_args`)."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+    from serve_app.engines.repetition_guard import GUARD_ARG
 
     optional: dict[str, Any] = {
         "temperature": sampling.temperature,
@@ -187,6 +252,8 @@ def _sampling_params(sampling: SamplingOptions) -> Any:
         optional["structured_outputs"] = StructuredOutputsParams(json=sampling.json_schema)
     elif sampling.structural_tag is not None:
         optional["structured_outputs"] = StructuredOutputsParams(structural_tag=sampling.structural_tag)
+    if "structured_outputs" in optional and guard_args is not None:
+        optional["extra_args"] = {GUARD_ARG: guard_args}
     return SamplingParams(
         n=sampling.n,
         max_tokens=sampling.max_tokens,

@@ -54,6 +54,11 @@ def unavailable(message: str, retry_after_s: float = 1.0, status_code: int = 503
     return OpenAIError(status_code, message, "server_error", None, "service_unavailable", retry_after_s)
 
 
+def replica_lost() -> OpenAIError:
+    """The replica serving the request died (or none is ready): a 503 worth retrying."""
+    return unavailable("The server lost the replica serving this request, or has none ready; retry shortly.")
+
+
 def internal_error(request_id: str, doing: str) -> OpenAIError:
     """Our fault, raised while `doing` something for request `request_id`: the traceback of the exception
     being handled goes to the log under the id, and the client gets the id, not the exception's text.

@@ -5,6 +5,7 @@ planned; siblings of a failed generation are cancelled."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,12 @@ import yaml
 from serve_app.chat_completions import ChatCompletions, PlannedChat
 from serve_app.completions import PlannedCompletion, TextCompletions
 from serve_app.engines.admission import Admission, AdmittedEngine
-from serve_app.engines.base import GenerationRequest, SamplingOptions
+from serve_app.engines.base import EngineLost, GenerationDelta, GenerationRequest, SamplingOptions
 from serve_app.engines.replay import ReplayEngine
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.completions import CompletionRequest
 from serve_app.protocol.errors import OpenAIError
+from tests.sse_client import parse_sse
 
 
 async def _settle() -> None:
@@ -142,6 +144,29 @@ def test_a_failed_generation_cancels_its_siblings(tokenizer: Any, slow_script: P
         answer = await completions.complete(planned)
         assert isinstance(answer, OpenAIError) and answer.status_code == 500
         assert replay.num_unfinished_requests() == 0  # the sibling is not running on
+
+    asyncio.run(scenario())
+
+
+def test_an_engine_lost_under_a_fan_out_is_a_503_not_our_bug(tokenizer: Any, slow_script: Path) -> None:
+    """Issue #19: the engine's process dies under a two-prompt request: the first failure (`EngineLost`, not the
+    group of failures it caused) decides the answer, a 503 to retry."""
+
+    class Dying(ReplayEngine):
+        async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
+            async for delta in super().generate(request):
+                yield delta
+                raise EngineLost("the EngineCore died")
+
+    async def scenario() -> None:
+        completions = TextCompletions("m", Dying(tokenizer, slow_script, 512, None), tokenizer)
+        request = CompletionRequest.model_validate({"model": "m", "prompt": ["go on", "go on"], "max_tokens": 50})
+        planned = completions.plan(request)
+        assert isinstance(planned, PlannedCompletion)
+        answer = await completions.complete(planned)
+        assert isinstance(answer, OpenAIError) and (answer.status_code, answer.code) == (503, "service_unavailable")
+        frames = b"".join([frame async for frame in completions.stream(planned)])
+        assert parse_sse(frames)[-1]["error"]["code"] == "service_unavailable"
 
     asyncio.run(scenario())
 

@@ -1,0 +1,95 @@
+"""Faults injected for real (issue #19) into an app of this package's own: a replay engine wherever what is
+tested is the serving stack's handling of the fault, and the embedded model on real vLLM for the faults of
+vLLM's own processes. The app runs in a Ray of its own, started before and stopped after these tests (they
+run after the distributed ones, before the session's app)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import yaml
+
+from tests.conftest import EMBEDDED_SOURCE
+
+APP = "faults"
+SLOW_MODEL = "replay-slow"
+# The embedded model on real vLLM: for the faults of vLLM's own processes.
+VLLM_MODEL = "vllm-faults"
+# Its hung-engine deadline: far above a step of the small model, short enough for a test.
+STALL_TIMEOUT_S = 10.0
+TOKEN_DELAY_S = 0.03
+# ~300 tokens, ~9 s: long enough to be killed in the middle.
+LONG_TEXT = " ".join(f"word{i}" for i in range(100))
+TOOL_TEXT = LONG_TEXT + '\n<tool_call>\n{"name": "read_file", "arguments": {"path": "a.txt"}}\n</tool_call>'
+JSON_TEXT = '{"words": "' + LONG_TEXT + '"}'
+
+
+@dataclass(frozen=True)
+class FaultApp:
+    base_url: str  # ends with /v1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return cast(int, s.getsockname()[1])
+
+
+def _script(directory: Path) -> Path:
+    replies: list[dict[str, Any]] = [
+        {"when": {"last_message": "(?i)use the tool"}, "text": TOOL_TEXT},
+        {"when": {"last_message": "(?i)as json"}, "text": JSON_TEXT},
+        {"text": LONG_TEXT},
+    ]
+    path = directory / "slow_script.yaml"
+    path.write_text(yaml.safe_dump({"token_delay_s": TOKEN_DELAY_S, "replies": replies}))
+    return path
+
+
+@pytest.fixture(scope="package")
+def fault_app(model_dir: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultApp]:
+    import ray
+    from ray import serve
+
+    from serve_app import build_app
+    from serve_app.ray_settings import CONTROLLER_OPTIONS, prepare_node_environment
+
+    args = {
+        "models": [
+            {
+                "id": SLOW_MODEL,
+                "source": EMBEDDED_SOURCE,
+                "engine": "replay",
+                "replay": {"script": str(_script(tmp_path_factory.mktemp("faults")))},
+                "deployment": {"num_cpus": 0.1},
+            },
+            {
+                "id": VLLM_MODEL,
+                "source": EMBEDDED_SOURCE,
+                "engine_args": {
+                    "max_model_len": 2048,
+                    "dtype": "float32",
+                    "enforce_eager": True,
+                    "kv_cache_space_gib": 1,
+                    "stall_timeout_s": STALL_TIMEOUT_S,
+                },
+                "deployment": {"num_cpus": 1},
+            },
+        ],
+        "server": {"keep_alive_interval_s": 1.0},
+    }
+    port = _free_port()
+    prepare_node_environment()
+    ray.init(namespace="agent-serve-faults")
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port}, controller_options=CONTROLLER_OPTIONS)
+        serve.run(build_app(args), name=APP, route_prefix="/")
+        yield FaultApp(f"http://127.0.0.1:{port}/v1")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
