@@ -35,7 +35,7 @@ def build_app(args: dict[str, Any] | AppConfig) -> Application:
     structured_output = (
         _deployment(StructuredOutput).options(**_serve_options(config.server.structured_output)).bind(engines, interval)
     )
-    ingress_options = _serve_options(config.server.ingress)
+    ingress_options = _serve_options(config.server.ingress) | {"max_ongoing_requests": OUT_OF_REACH_REQUESTS}
     catalog = ModelCatalog.of(config.models)
     return (
         _deployment(OpenAIIngress)
@@ -49,15 +49,18 @@ def _deployment(decorated: type) -> Deployment:
     return cast(Deployment, decorated)
 
 
-# Serve's limit on the requests one engine replica holds: high enough never to be reached, because the
-# replica judges every request on arrival and its own admission decides when it runs and when it is full
-# (serve_app/engines/admission.py). Held in Serve's router instead, a request would wait unjudged.
-ENGINE_REPLICA_REQUESTS = 100_000
+# Serve's limit on the requests one engine or ingress replica holds: high enough never to be reached,
+# because the replica decides itself. An engine replica judges every request on arrival and its admission
+# decides when it runs and when it is full (serve_app/engines/admission.py): held in Serve's router
+# instead, a request would wait unjudged. An ingress replica refuses past `server.ingress.
+# max_ongoing_requests` with OpenAI's 503 (`http_api._Capacity`): held by Serve, a request would wait
+# without a bound, or be refused with Serve's plain-text body.
+OUT_OF_REACH_REQUESTS = 100_000
 
 
 def engine_deployment_options(model: ModelConfig) -> dict[str, Any]:
     options = _serve_options(model.deployment, ENGINE_QUEUE_POLICY)
-    options["max_ongoing_requests"] = ENGINE_REPLICA_REQUESTS
+    options["max_ongoing_requests"] = OUT_OF_REACH_REQUESTS
     world_size = model.engine_args.world_size  # the replay engine reserves the same shape: placement is testable
     if world_size > 1:
         # Tensor/pipeline parallel: the replica reserves one GPU bundle per worker; vLLM's Ray executor
@@ -81,6 +84,7 @@ def _serve_options(options: DeploymentOptions, autoscaling_policy: str | None = 
         actor["accelerator_type"] = options.accelerator_type
     serve_options: dict[str, Any] = {
         "max_ongoing_requests": options.max_ongoing_requests,
+        "max_queued_requests": -1 if options.max_queued_requests is None else options.max_queued_requests,
         "graceful_shutdown_timeout_s": options.graceful_shutdown_timeout_s,
         "ray_actor_options": actor,
     }

@@ -77,6 +77,16 @@ class DeploymentOptions(StrictModel):
             "already judged, up to the model's `max_queued_requests`."
         ),
     )
+    max_queued_requests: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Requests that may wait at the callers for a replica of this deployment (Serve's "
+            "`max_queued_requests`); more are refused at once with 503 and `Retry-After`. None: no bound. "
+            "Engines bound their waiting with the model's `max_queued_requests` instead; this one applies to "
+            "them only while no replica is up."
+        ),
+    )
     graceful_shutdown_timeout_s: float = Field(
         600.0, ge=0, description="A replica being removed finishes its requests for up to this long (long streams)."
     )
@@ -300,6 +310,15 @@ class ServerOptions(StrictModel):
     request_body_timeout_s: float = Field(
         60.0, gt=0, description="The whole request body must arrive within this long; a slower one gets 408."
     )
+    request_deadline_s: float | None = Field(
+        1800.0,
+        gt=0,
+        description=(
+            "A generation request running longer is ended and its generation stopped: a 504 `deadline_exceeded`, "
+            "or (streams) that error event and [DONE], within one keep-alive interval. Longer than an agent's "
+            "longest answer. None: no deadline."
+        ),
+    )
     max_generations_per_request: int = Field(
         128,
         ge=1,
@@ -318,14 +337,17 @@ class ServerOptions(StrictModel):
     )
     ingress: DeploymentOptions = Field(
         DeploymentOptions(num_cpus=0.0, max_ongoing_requests=1024),
-        description="Serve options of `OpenAIIngress`, the HTTP entry point.",
+        description=(
+            "Serve options of `OpenAIIngress`, the HTTP entry point. Its `max_ongoing_requests` is enforced by "
+            "the replica itself: one request more is refused at once with 503 and `Retry-After`."
+        ),
     )
     tool_parsing: DeploymentOptions = Field(
-        DeploymentOptions(num_cpus=0.0, max_ongoing_requests=1024),
+        DeploymentOptions(num_cpus=0.0, max_ongoing_requests=1024, max_queued_requests=1024),
         description="Serve options of `ToolParsing`, which turns the model's text into tool calls.",
     )
     structured_output: DeploymentOptions = Field(
-        DeploymentOptions(num_cpus=0.0, max_ongoing_requests=1024),
+        DeploymentOptions(num_cpus=0.0, max_ongoing_requests=1024, max_queued_requests=1024),
         description="Serve options of `StructuredOutput`, which checks, compiles and enforces schemas.",
     )
 

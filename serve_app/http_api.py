@@ -8,13 +8,15 @@ streams alive while the engine is silent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import re
 import secrets
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Coroutine
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
@@ -30,7 +32,14 @@ from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.common import VLLM_SAMPLING_EXTENSIONS
 from serve_app.protocol.completions import CompletionRequest
 from serve_app.protocol.embeddings import EmbeddingRequest
-from serve_app.protocol.errors import OpenAIError, internal_error, invalid_request, model_not_found
+from serve_app.protocol.errors import (
+    OpenAIError,
+    deadline_exceeded,
+    internal_error,
+    invalid_request,
+    model_not_found,
+    unavailable,
+)
 from serve_app.routing import ModelCatalog
 from serve_app.streaming import marking_silences
 
@@ -111,7 +120,7 @@ def create_http_app(backend: ModelBackend, options: ServerOptions) -> FastAPI:
             return error_response(model_not_found(model))
         return JSONResponse(await model_card(model, model_id))
 
-    async def serve(body: GenerationBody, task: ModelTask, request_id: str) -> Response:
+    async def serve(body: GenerationBody, task: ModelTask, request: Request) -> Response:
         model_id = catalog.resolve(body.model, task)
         if isinstance(model_id, OpenAIError):
             return error_response(model_id)
@@ -128,30 +137,34 @@ def create_http_app(backend: ModelBackend, options: ServerOptions) -> FastAPI:
             return error_response(fan_out)
         # An alias is answered as the model it stands for (as OpenAI answers `gpt-4o` with its dated id).
         body = body if body.model == model_id else body.model_copy(update={"model": model_id})
+        deadline = _Deadline.starting_now(options.request_deadline_s)
         if isinstance(body, EmbeddingRequest) or not body.stream:
-            result = await backend.generate(body)
+            result = await _whole_answer(backend.generate(body), request, deadline)
             return (
                 error_response(result)
                 if isinstance(result, OpenAIError)
                 else Response(result, media_type="application/json")
             )
-        return await _stream_response(backend.generate_stream(body), options.keep_alive_interval_s, request_id)
+        return await _stream_response(
+            backend.generate_stream(body), options.keep_alive_interval_s, _request_id(request), deadline
+        )
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        return await serve(body, "generate", _request_id(request))
+        return await serve(body, "generate", request)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        return await serve(body, "generate", _request_id(request))
+        return await serve(body, "generate", request)
 
     @app.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
-        return await serve(body, "embed", _request_id(request))
+        return await serve(body, "embed", request)
 
     # Pure ASGI middlewares: Starlette's `@app.middleware("http")` would relay every streamed chunk through
     # an extra task and memory stream. The last added runs first: path, CORS, key, then the body is read
-    # (only for a client with a key).
+    # (only for a client with a key), then the request takes its place (only once its body is in).
+    app.add_middleware(_Capacity, max_ongoing=options.ingress.max_ongoing_requests)
     app.add_middleware(_WholeBody, max_bytes=options.max_request_body_bytes, timeout_s=options.request_body_timeout_s)
     app.add_middleware(_Authorize, accepted_keys=[key.encode() for key in options.resolved_api_keys()])
     app.add_middleware(
@@ -166,8 +179,61 @@ def _request_id(request: Request) -> str:
     return request.headers.get("x-request-id") or f"req-{uuid.uuid4().hex}"
 
 
+@dataclass(frozen=True)
+class _Deadline:
+    """When a request must be over (`server.request_deadline_s` after it arrived)."""
+
+    seconds: float
+    at: float  # on the event loop's clock
+
+    @classmethod
+    def starting_now(cls, seconds: float | None) -> _Deadline | None:
+        return None if seconds is None else cls(seconds, asyncio.get_running_loop().time() + seconds)
+
+    def passed(self) -> bool:
+        return asyncio.get_running_loop().time() > self.at
+
+    def error(self) -> OpenAIError:
+        return deadline_exceeded(self.seconds)
+
+
+async def _whole_answer(
+    call: Coroutine[Any, Any, bytes | OpenAIError], request: Request, deadline: _Deadline | None
+) -> bytes | OpenAIError:
+    """The backend's whole answer, unless the client leaves or the deadline passes first: then the call is
+    cancelled, which Serve passes down the handles to the engine, which stops generating (issue #19). A
+    streamed answer needs none of this: Starlette ends a stream whose client left."""
+    answer = asyncio.ensure_future(call)
+    left = asyncio.ensure_future(_client_left(request))
+    try:
+        timeout = None if deadline is None else deadline.at - asyncio.get_running_loop().time()
+        await asyncio.wait({answer, left}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        left.cancel()
+    if answer.done():
+        return answer.result()
+    answer.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await answer
+    if left.done() and not left.cancelled():
+        logger.info("request %s: the client left before its answer; generation stopped", _request_id(request))
+        return CLIENT_LEFT
+    assert deadline is not None
+    return deadline.error()
+
+
+async def _client_left(request: Request) -> None:
+    """Returns when the client disconnects (the body was read whole before, so nothing else is waiting)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+# What a request whose client left is answered with: nobody reads it (nginx's 499 names the case in logs).
+CLIENT_LEFT = OpenAIError(499, "The client closed the connection before the answer.", "invalid_request_error")
+
+
 async def _stream_response(
-    frames: AsyncGenerator[bytes | OpenAIError, None], keep_alive_s: float, request_id: str
+    frames: AsyncGenerator[bytes | OpenAIError, None], keep_alive_s: float, request_id: str, deadline: _Deadline | None
 ) -> Response:
     """Wait for the first item to pick the status; if the engine is slow to start, commit to a stream."""
     items = marking_silences(frames, keep_alive_s)
@@ -178,21 +244,28 @@ async def _stream_response(
     # A silence first means queued behind other requests: headers and keep-alives go out now (R4.1, R4.7)
     # and a later error becomes an error event (R4.8).
     return StreamingResponse(
-        _sse(first, items, request_id),
+        _sse(first, items, request_id, deadline),
         media_type="text/event-stream",
         headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
     )
 
 
 async def _sse(
-    first: bytes | OpenAIError | None, rest: AsyncGenerator[bytes | OpenAIError | None, None], request_id: str
+    first: bytes | OpenAIError | None,
+    rest: AsyncGenerator[bytes | OpenAIError | None, None],
+    request_id: str,
+    deadline: _Deadline | None,
 ) -> AsyncGenerator[bytes, None]:
     """Frames as they come; an SSE comment for each silence of the engine (clients time out at 300 s). A
     failure the backend did not turn into a value still ends the stream with an error event and [DONE]
-    (R4.8): a dropped connection is what clients handle worst."""
+    (R4.8): a dropped connection is what clients handle worst. Past the `deadline` (checked at each frame
+    and each silence) the stream ends with the deadline's error event."""
     try:
         yield _sse_bytes(first)
         async for item in rest:
+            if deadline is not None and deadline.passed():
+                yield sse.error_frame(deadline.error())
+                return
             yield _sse_bytes(item)
     except Exception:
         yield sse.error_frame(internal_error(request_id, "streaming the response"))
@@ -335,6 +408,29 @@ async def _send_error(send: Send, error: OpenAIError) -> None:
         }
     )
     await send({"type": "http.response.body", "body": error.body()})
+
+
+class _Capacity:
+    """At most `max_ongoing` requests (POST: generations and embeddings) in this ingress replica at once; one
+    more is refused at once with a 503, `Retry-After` and OpenAI's body (issue #19): it would otherwise wait
+    in Serve's queue without a bound. Listing models stays free."""
+
+    def __init__(self, app: ASGIApp, max_ongoing: int) -> None:
+        self.app = app
+        self.max_ongoing = max_ongoing
+        self.ongoing = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        if self.ongoing >= self.max_ongoing:
+            full = unavailable(f"The server is at capacity: {self.ongoing} requests are in progress. Retry shortly.")
+            return await error_response(full)(scope, receive, send)
+        self.ongoing += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.ongoing -= 1
 
 
 class _Authorize:

@@ -40,9 +40,14 @@ REPLICA_ENV_VARS = {
 
 # The fallback proxy calls the ingress by value over Serve's gRPC channel, as our deployments call each
 # other (`deployments.handles.by_value`), rather than making each streamed chunk a Ray object.
+# HAProxy reloads whenever the ingress replicas change (a redeploy, autoscaling); the old HAProxy process
+# keeps serving the connections it has, but only for `hard-stop-after` (Ray's default: 120 s), then cuts
+# them. Agents wait minutes for one answer, so the old process may finish them for as long as a stopping
+# replica does (`graceful_shutdown_timeout_s`, 600 s by default) and more.
 PROXY_ENV_VARS = {
     "RAY_SERVE_PROXY_USE_GRPC": "1",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    "RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S": "900",
     **DIRECT_INGRESS_ENV_VARS,
 }
 

@@ -59,6 +59,17 @@ def replica_lost() -> OpenAIError:
     return unavailable("The server lost the replica serving this request, or has none ready; retry shortly.")
 
 
+def deadline_exceeded(deadline_s: float) -> OpenAIError:
+    """The request ran past the server's deadline (`server.request_deadline_s`); its generation was stopped."""
+    return OpenAIError(
+        504,
+        f"The request took longer than the server's deadline of {deadline_s:g} s and was stopped.",
+        "server_error",
+        None,
+        "deadline_exceeded",
+    )
+
+
 def internal_error(request_id: str, doing: str) -> OpenAIError:
     """Our fault, raised while `doing` something for request `request_id`: the traceback of the exception
     being handled goes to the log under the id, and the client gets the id, not the exception's text.

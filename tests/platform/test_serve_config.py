@@ -98,3 +98,16 @@ def test_engines_autoscale_on_their_queue_the_others_on_ongoing_requests() -> No
     ).server
     ingress = _serve_options(server.ingress)["autoscaling_config"]
     assert "policy" not in ingress and ingress["target_ongoing_requests"] == 256
+
+
+def test_the_post_processing_stages_bound_their_queues_and_serve_accepts_it() -> None:
+    """Issue #19: requests waiting for a `ToolParsing` or `StructuredOutput` replica are bounded by default
+    (Serve refuses past it, which the ingress answers with a 503); nothing is bounded unless configured."""
+    from ray.serve.schema import DeploymentSchema
+
+    server = parse_app_config(MINIMAL).server
+    for stage in (server.tool_parsing, server.structured_output):
+        options = _serve_options(stage)
+        assert options["max_queued_requests"] == 1024
+        DeploymentSchema(name="stage", max_queued_requests=options["max_queued_requests"])
+    assert _serve_options(server.ingress)["max_queued_requests"] == -1  # Serve's "no bound"

@@ -20,6 +20,8 @@ APP = "faults"
 SLOW_MODEL = "replay-slow"
 # The embedded model on real vLLM: for the faults of vLLM's own processes.
 VLLM_MODEL = "vllm-faults"
+# `StructuredOutput` takes this many requests at once and lets 2 more wait: a burst beyond is shed.
+STAGE_ONGOING = 8
 # Its hung-engine deadline: far above a step of the small model, short enough for a test.
 STALL_TIMEOUT_S = 10.0
 TOKEN_DELAY_S = 0.03
@@ -27,11 +29,22 @@ TOKEN_DELAY_S = 0.03
 LONG_TEXT = " ".join(f"word{i}" for i in range(100))
 TOOL_TEXT = LONG_TEXT + '\n<tool_call>\n{"name": "read_file", "arguments": {"path": "a.txt"}}\n</tool_call>'
 JSON_TEXT = '{"words": "' + LONG_TEXT + '"}'
+# ~5,000 tokens, ~150 s: longer than HAProxy's default drain window on a reload (120 s).
+VERY_LONG_TEXT = " ".join(f"word{i}" for i in range(1700))
 
 
 @dataclass(frozen=True)
 class FaultApp:
     base_url: str  # ends with /v1
+    args: dict[str, Any]  # the application's arguments, for a test that redeploys it changed
+
+    def deploy(self, args: dict[str, Any]) -> None:
+        """`serve deploy` of changed arguments, as an operator would: returns once the new version runs."""
+        from ray import serve
+
+        from serve_app import build_app
+
+        serve.run(build_app(args), name=APP, route_prefix="/")
 
 
 def _free_port() -> int:
@@ -42,6 +55,7 @@ def _free_port() -> int:
 
 def _script(directory: Path) -> Path:
     replies: list[dict[str, Any]] = [
+        {"when": {"last_message": "(?i)a very long story"}, "text": VERY_LONG_TEXT},
         {"when": {"last_message": "(?i)use the tool"}, "text": TOOL_TEXT},
         {"when": {"last_message": "(?i)as json"}, "text": JSON_TEXT},
         {"text": LONG_TEXT},
@@ -81,7 +95,10 @@ def fault_app(model_dir: object, tmp_path_factory: pytest.TempPathFactory) -> It
                 "deployment": {"num_cpus": 1},
             },
         ],
-        "server": {"keep_alive_interval_s": 1.0},
+        "server": {
+            "keep_alive_interval_s": 1.0,
+            "structured_output": {"num_cpus": 0, "max_ongoing_requests": STAGE_ONGOING, "max_queued_requests": 2},
+        },
     }
     port = _free_port()
     prepare_node_environment()
@@ -89,7 +106,7 @@ def fault_app(model_dir: object, tmp_path_factory: pytest.TempPathFactory) -> It
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port}, controller_options=CONTROLLER_OPTIONS)
         serve.run(build_app(args), name=APP, route_prefix="/")
-        yield FaultApp(f"http://127.0.0.1:{port}/v1")
+        yield FaultApp(f"http://127.0.0.1:{port}/v1", args)
     finally:
         serve.shutdown()
         ray.shutdown()

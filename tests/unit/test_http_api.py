@@ -245,3 +245,116 @@ def test_a_failure_after_the_stream_started_ends_it_with_an_error_event_and_done
     assert chunks[-1]["error"]["type"] == "server_error" and "r-7" in chunks[-1]["error"]["message"]
     (logged,) = [r for r in caplog.records if "r-7" in r.getMessage()]
     assert logged.exc_info is not None and "went away" in str(logged.exc_info[1])
+
+
+def test_a_request_past_the_deadline_is_stopped_and_answered(tokenizer: Any) -> None:
+    """Issue #19: past `request_deadline_s`, a whole answer is a 504 `deadline_exceeded` and a stream ends with
+    that error event and [DONE] (at its next frame or keep-alive); either way the backend's call is cancelled,
+    which stops the generation."""
+    stopped: list[str] = []
+
+    class SlowBackend(InProcessBackend):
+        async def generate(self, request: Any) -> Any:
+            try:
+                await asyncio.sleep(30)
+            finally:
+                stopped.append("whole")
+
+        async def generate_stream(self, request: Any) -> Any:
+            try:
+                while True:
+                    yield b'data: {"choices": []}\n\n'
+                    await asyncio.sleep(0.05)
+            finally:
+                stopped.append("stream")
+
+    backend = SlowBackend("replay-model", ReplayEngine(tokenizer, REPLAY_SCRIPT, 512, 0.0), tokenizer)
+    options = ServerOptions(request_deadline_s=0.3, keep_alive_interval_s=0.1)
+    client = TestClient(create_http_app(backend, options))
+    error = _assert_error(client.post("/v1/chat/completions", json=HELLO), 504, "deadline_exceeded")
+    assert "0.3 s" in error["message"]
+    response = client.post("/v1/chat/completions", json={**HELLO, "stream": True})
+    assert response.status_code == 200
+    assert parse_sse(response.content)[-1]["error"]["code"] == "deadline_exceeded"
+    assert sorted(stopped) == ["stream", "whole"]
+
+
+def test_past_the_ingress_capacity_a_request_is_refused_at_once_with_a_503(tokenizer: Any) -> None:
+    """Issue #19: an ingress replica holds at most `server.ingress.max_ongoing_requests` requests; one more is
+    refused at once (503, both retry headers, OpenAI's body) instead of waiting without a bound; listing
+    models is not counted; a freed place is taken again."""
+    import httpx
+
+    release = asyncio.Event()
+
+    class HeldBackend(InProcessBackend):
+        async def generate(self, request: Any) -> Any:
+            await release.wait()
+            return await super().generate(request)
+
+    backend = HeldBackend("replay-model", ReplayEngine(tokenizer, REPLAY_SCRIPT, 512, 0.0), tokenizer)
+    options = ServerOptions.model_validate({"ingress": {"num_cpus": 0, "max_ongoing_requests": 2}})
+    app = create_http_app(backend, options)
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            held = [asyncio.create_task(client.post("/v1/chat/completions", json=HELLO)) for _ in range(2)]
+            await asyncio.sleep(0.1)
+            refused = await client.post("/v1/chat/completions", json=HELLO)
+            assert refused.status_code == 503 and refused.json()["error"]["code"] == "service_unavailable"
+            assert refused.headers["retry-after"] == "1" and refused.headers["retry-after-ms"] == "1000"
+            assert_valid(refused.json(), "ErrorResponse")
+            assert (await client.get("/v1/models")).status_code == 200
+            release.set()
+            assert [r.status_code for r in await asyncio.gather(*held)] == [200, 200]
+            assert (await client.post("/v1/chat/completions", json=HELLO)).status_code == 200
+
+    asyncio.run(scenario())
+
+
+def test_a_client_that_leaves_a_whole_answer_cancels_the_generation(tokenizer: Any) -> None:
+    """Issue #19: a non-streaming request whose client disconnects is cancelled at once (Serve passes the
+    cancellation down to the engine), not generated to the end for nobody."""
+    cancelled = asyncio.Event()
+
+    class SlowBackend(InProcessBackend):
+        async def generate(self, request: Any) -> Any:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+    backend = SlowBackend("replay-model", ReplayEngine(tokenizer, REPLAY_SCRIPT, 512, 0.0), tokenizer)
+    app = create_http_app(backend, ServerOptions())
+    body = json.dumps(HELLO).encode()
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("test", 80),
+        "client": ("client", 1),
+        "root_path": "",
+    }
+
+    async def scenario() -> None:
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> Message:
+            if messages:
+                return messages.pop()
+            await asyncio.sleep(0.2)  # the client leaves while the answer is generated
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            pass
+
+        await asyncio.wait_for(app(scope, receive, send), timeout=10)
+        assert cancelled.is_set()
+
+    asyncio.run(scenario())

