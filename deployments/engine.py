@@ -107,5 +107,6 @@ class LLMServer:
 
     async def __del__(self) -> None:
         if hasattr(self, "_engine"):  # not when scaled down (or deleted) while still starting
-            self._watch.cancel()  # an engine shut down on purpose is no engine lost
+            if hasattr(self, "_watch"):  # not when the engine failed to start
+                self._watch.cancel()  # an engine shut down on purpose is no engine lost
             await self._engine.shutdown()

@@ -254,11 +254,15 @@ def ask(client: httpx.Client, model: str, kind: str, stream: bool) -> Answer:
 
 
 def _engine_core_pid() -> int | None:
+    """The vLLM model's EngineCore (vLLM titles its process `VLLM::EngineCore`), if one runs now."""
     for process in psutil.process_iter(["cmdline"]):
         if f"ServeReplica:{APP}:LLMServer:{VLLM}" in " ".join(process.info["cmdline"] or []):
             for child in process.children(recursive=True):
-                if "EngineCore" in " ".join(child.cmdline()):
-                    return int(child.pid)
+                try:
+                    if "EngineCore" in " ".join(child.cmdline()):
+                        return int(child.pid)
+                except psutil.Error:  # gone meanwhile
+                    continue
     return None
 
 
