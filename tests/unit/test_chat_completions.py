@@ -145,37 +145,41 @@ def test_engine_failure_mid_stream_is_an_error_event_then_done(
     assert logged.exc_info is not None and "no reply for turn 0" in str(logged.exc_info[1])
 
 
+def _plain_meta() -> Any:
+    """A one-choice answer without tools, usage or a response format: what the renderers need to know."""
+    from serve_app.chat_completions import ChatMeta
+
+    return ChatMeta(
+        id="chatcmpl-1",
+        created=0,
+        model="m",
+        prompt_tokens=3,
+        n=1,
+        include_usage=False,
+        tool_parser=None,
+        tools=[],
+        parallel_tool_calls=True,
+    )
+
+
 def test_an_engine_lost_mid_answer_is_a_503_to_retry_not_our_bug() -> None:
     """Issue #19, R5.2: the engine's replica dying under a post-processing stage (`EngineLost` from the deltas)
     is `service_unavailable`, as an error event then [DONE] once streaming, as a 503 with `Retry-After` whole."""
-    from serve_app.chat_completions import ChatMeta, render_complete, render_stream
+    from serve_app.chat_completions import render_complete, render_stream
     from serve_app.engines.base import EngineLost, GenerationDelta
 
     async def engine() -> Any:
         yield GenerationDelta(text="Hel", completion_tokens=1)
         raise EngineLost("the replica died")
 
-    def meta() -> ChatMeta:
-        return ChatMeta(
-            id="chatcmpl-1",
-            created=0,
-            model="m",
-            prompt_tokens=3,
-            n=1,
-            include_usage=False,
-            tool_parser=None,
-            tools=[],
-            parallel_tool_calls=True,
-        )
-
     async def streamed() -> bytes:
-        return b"".join([item async for item in render_stream(meta(), engine())])
+        return b"".join([item async for item in render_stream(_plain_meta(), engine())])
 
     chunks = parse_sse(asyncio.run(streamed()))
     assert chunks[-2]["choices"][0]["delta"]["content"] == "Hel"
     assert_valid(chunks[-1], "ErrorResponse")
     assert chunks[-1]["error"]["code"] == "service_unavailable"
-    whole = asyncio.run(render_complete(meta(), engine()))
+    whole = asyncio.run(render_complete(_plain_meta(), engine()))
     assert isinstance(whole, OpenAIError) and (whole.status_code, whole.code) == (503, "service_unavailable")
     assert whole.retry_after_s is not None and whole.retry_after_s > 0
 
@@ -184,7 +188,7 @@ def test_role_chunk_marks_the_first_token_even_without_visible_text() -> None:
     """R4.2: the role chunk goes out with the engine's first output, also when that output has no text
     (a special token, skipped when detokenized): otherwise the client sees nothing until the text starts,
     and a load generator times a late first token."""
-    from serve_app.chat_completions import ChatMeta, render_stream
+    from serve_app.chat_completions import render_stream
     from serve_app.engines.base import GenerationDelta
 
     asked: list[int] = []
@@ -195,18 +199,7 @@ def test_role_chunk_marks_the_first_token_even_without_visible_text() -> None:
             yield GenerationDelta(text=text, completion_tokens=count, finish_reason="stop" if text else None)
 
     async def run() -> list[tuple[list[int], bytes]]:
-        meta = ChatMeta(
-            id="chatcmpl-1",
-            created=0,
-            model="m",
-            prompt_tokens=3,
-            n=1,
-            include_usage=False,
-            tool_parser=None,
-            tools=[],
-            parallel_tool_calls=True,
-        )
-        return [(list(asked), item) async for item in render_stream(meta, engine())]
+        return [(list(asked), item) async for item in render_stream(_plain_meta(), engine())]
 
     items = asyncio.run(run())
     assert items[0] == ([], b"")  # accepted: headers only
