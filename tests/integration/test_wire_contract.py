@@ -346,9 +346,21 @@ def test_r2_sampling_logprobs_have_openais_shape(http: httpx.Client) -> None:
     assert len(content) == body["usage"]["completion_tokens"]
     assert all(len(t["top_logprobs"]) == 3 and t["logprob"] <= 0 for t in content)
     assert "".join(t["token"] for t in content) == body["choices"][0]["message"]["content"]
-    chunks = _chat_stream(http, model=VLLM_MODEL, messages=HI, max_tokens=6, logprobs=True, top_logprobs=2)
-    streamed = [t for c in chunks for t in ((c["choices"][0].get("logprobs") or {}).get("content") or [])]
-    assert len(streamed) == 6 and all(len(t["top_logprobs"]) == 2 for t in streamed)
+    # Sampled, so the model may stop before the cap: count against the stream's own usage, not the cap.
+    chunks = _chat_stream(
+        http,
+        model=VLLM_MODEL,
+        messages=HI,
+        max_tokens=6,
+        logprobs=True,
+        top_logprobs=2,
+        stream_options={"include_usage": True},
+    )
+    choices = [c["choices"][0] for c in chunks if c["choices"]]
+    streamed = [t for c in choices for t in ((c.get("logprobs") or {}).get("content") or [])]
+    assert len(streamed) == chunks[-1]["usage"]["completion_tokens"]
+    assert all(len(t["top_logprobs"]) == 2 for t in streamed)
+    assert "".join(t["token"] for t in streamed) == "".join(c["delta"].get("content") or "" for c in choices)
 
 
 def test_r2_sampling_n_choices_streamed_with_their_indexes(http: httpx.Client) -> None:
