@@ -4,20 +4,30 @@ Serve reads them from environment variables when its processes start, so they tr
 environments: the replicas' in each deployment's options (`build_app` adds them, whatever starts the
 app), the controller's and its proxies' in the Serve controller's (`controller_options` in a Serve
 config or `serve.start`; the proxies it starts inherit its environment). One is a setting of Ray itself, read by
-each node's raylet from the environment it starts in: `prepare_node_environment` sets it wherever this
-project starts Ray, the manifests' pod environments set it on KubeRay.
+each node's raylet from the environment it starts in, and one names the HAProxy program each proxy starts:
+`prepare_node_environment` sets both wherever this project starts Ray, the manifests' pod environments set
+them on KubeRay.
 """
 
 from __future__ import annotations
 
 import os
+import sysconfig
+from pathlib import Path
 from typing import Any
+
+from serve_app.haproxy_without_splice import BINARY_PATH_VARIABLE
 
 # Ray starts every worker process (each replica, and so the vLLM engine processes a replica spawns) at
 # niceness 15, below everything else on the node: the engine then yields the CPU to any other process
 # there (a log shipper, a load generator, Ray's own agents), which bare `vllm serve` does not do. On a
 # 2-core node, niceness 0 moved our throughput next to bare vLLM's from 0.90 to 1.03 at concurrency 8.
 NODE_ENV_VARS = {"RAY_worker_niceness": "0"}
+
+# HAProxy without splice(), so that a client that leaves is noticed (why: haproxy_without_splice.py). The
+# program is the console script `pip install` puts next to this environment's Python; the images put it at a
+# fixed path, which the manifests name.
+HAPROXY_PROGRAM = "agent-serve-haproxy"
 
 # HTTP goes from HAProxy (one native process per proxy node, configured by Serve as replicas come and go)
 # straight to the ingress replicas, each serving HTTP itself: Serve's Python proxy, a hop and CPU for every
@@ -55,8 +65,11 @@ CONTROLLER_OPTIONS: dict[str, Any] = {"runtime_env": {"env_vars": PROXY_ENV_VARS
 
 
 def prepare_node_environment() -> None:
-    """Before this process starts Ray: the raylet it starts reads `NODE_ENV_VARS` (an explicit setting wins)."""
-    for name, value in NODE_ENV_VARS.items():
+    """Before this process starts Ray: the raylet it starts, and every process it starts, read `NODE_ENV_VARS`
+    and the HAProxy program where this environment has it (an explicit setting wins)."""
+    program = Path(sysconfig.get_path("scripts")) / HAPROXY_PROGRAM
+    haproxy = {BINARY_PATH_VARIABLE: str(program)} if program.is_file() else {}
+    for name, value in {**NODE_ENV_VARS, **haproxy}.items():
         os.environ.setdefault(name, value)
 
 

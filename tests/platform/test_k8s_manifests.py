@@ -12,11 +12,14 @@ from ray.serve.schema import ServeDeploySchema
 
 from serve_app.builder import build_app
 from serve_app.config import parse_app_config
-from serve_app.ray_settings import CONTROLLER_OPTIONS, NODE_ENV_VARS
+from serve_app.haproxy_without_splice import BINARY_PATH_VARIABLE
+from serve_app.ray_settings import CONTROLLER_OPTIONS, HAPROXY_PROGRAM, NODE_ENV_VARS
 from tests.conftest import ROOT
 from tests.openai_spec import closed, reference_dir, rewrite_schema
 
 MANIFESTS = sorted((ROOT / "k8s").glob("*.yaml"))
+# The console scripts' directory in each image: the CPU image's system Python, the GPU image's venv.
+IMAGE_HAPROXY_PROGRAMS = {f"/usr/local/bin/{HAPROXY_PROGRAM}", f"/opt/venv/bin/{HAPROXY_PROGRAM}"}
 
 
 def _strict(schema: dict[str, Any]) -> dict[str, Any]:
@@ -57,7 +60,7 @@ def test_embedded_serve_config_builds_the_application(path: Path) -> None:
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
 def test_manifest_runs_a_shared_endpoint_the_way_a_team_needs(path: Path) -> None:
     """Head without replicas, bounded autoscaling worker groups, Prometheus scraping, keys from a Secret, and
-    Ray's node settings (`NODE_ENV_VARS`) in every pod."""
+    Ray's node settings (`NODE_ENV_VARS`) and the HAProxy program in every pod."""
     cluster = yaml.safe_load(path.read_text())["spec"]["rayClusterConfig"]
     head = cluster["headGroupSpec"]
     assert head["rayStartParams"]["num-cpus"] == "0"
@@ -70,4 +73,6 @@ def test_manifest_runs_a_shared_endpoint_the_way_a_team_needs(path: Path) -> Non
         (container,) = pod["spec"]["containers"]
         keys = next(e for e in container["env"] if e["name"] == "AGENT_SERVE_API_KEYS")
         assert keys["valueFrom"]["secretKeyRef"]["name"] == "agent-serve-api-keys"
-        assert NODE_ENV_VARS.items() <= {e["name"]: e.get("value") for e in container["env"]}.items()
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert NODE_ENV_VARS.items() <= env.items()
+        assert env[BINARY_PATH_VARIABLE] in IMAGE_HAPROXY_PROGRAMS, env  # where the image's pip put it

@@ -31,6 +31,8 @@ TOOL_TEXT = LONG_TEXT + '\n<tool_call>\n{"name": "read_file", "arguments": {"pat
 JSON_TEXT = '{"words": "' + LONG_TEXT + '"}'
 # ~5,000 tokens, ~150 s: longer than HAProxy's default drain window on a reload (120 s).
 VERY_LONG_TEXT = " ".join(f"word{i}" for i in range(1700))
+# An answer whose first token takes a minute: for a client that gives up before it.
+PONDERING_DELAY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ def _script(directory: Path) -> Path:
         {"when": {"last_message": "(?i)a very long story"}, "text": VERY_LONG_TEXT},
         {"when": {"last_message": "(?i)use the tool"}, "text": TOOL_TEXT},
         {"when": {"last_message": "(?i)as json"}, "text": JSON_TEXT},
+        {"when": {"last_message": "(?i)take your time"}, "text": "done", "first_token_delay_s": PONDERING_DELAY_S},
         {"text": LONG_TEXT},
     ]
     path = directory / "slow_script.yaml"
