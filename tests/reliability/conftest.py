@@ -49,6 +49,16 @@ class FaultApp:
         serve.run(build_app(args), name=APP, route_prefix="/")
 
 
+def kill_replica(deployment: str) -> None:
+    """`ray.kill` of the application's one replica of `deployment`, as a crash would end it: no restart of
+    that actor, Serve's controller notices and starts a replacement."""
+    import ray
+
+    prefix = f"SERVE_REPLICA::{APP}#{deployment}#"
+    (name,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)]
+    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.reliability.conftest import APP, SLOW_MODEL, FaultApp
+from tests.reliability.conftest import SLOW_MODEL, FaultApp, kill_replica
 from tests.sse_client import parse_sse
 
 pytestmark = pytest.mark.reliability
@@ -36,14 +36,6 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
         {"messages": [{"role": "user", "content": "Answer as JSON."}], "response_format": {"type": "json_object"}},
     ),
 }
-
-
-def _kill_replica(deployment: str) -> None:
-    import ray
-
-    prefix = f"SERVE_REPLICA::{APP}#{deployment}#"
-    (name,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)]
-    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
 
 
 def _stream(base_url: str, body: dict[str, Any], streaming: threading.Event) -> bytes:
@@ -80,7 +72,7 @@ def test_a_replica_killed_mid_stream_ends_every_request_cleanly(fault_app: Fault
         whole = [pool.submit(_whole, fault_app.base_url, body) for _ in range(WHOLE)]
         for event in streaming:
             assert event.wait(60), "a stream never started"
-        _kill_replica(deployment)
+        kill_replica(deployment)
         bodies = [future.result() for future in streams]
         responses = [future.result() for future in whole]
 
