@@ -259,14 +259,19 @@ async def _sse(
     """Frames as they come; an SSE comment for each silence of the engine (clients time out at 300 s). A
     failure the backend did not turn into a value still ends the stream with an error event and [DONE]
     (R4.8): a dropped connection is what clients handle worst. Past the `deadline` (checked at each frame
-    and each silence) the stream ends with the deadline's error event."""
+    and each silence) the stream ends with the deadline's error event. Nothing follows `[DONE]` (R4.1): a
+    busy upstream may take a while to end after its last frame, and a keep-alive then would break the rule."""
     try:
-        yield _sse_bytes(first)
+        frame = _sse_bytes(first)
+        yield frame
         async for item in rest:
+            if frame.endswith(sse.DONE):
+                continue  # only the upstream's end is awaited now
             if deadline is not None and deadline.passed():
                 yield sse.error_frame(deadline.error())
                 return
-            yield _sse_bytes(item)
+            frame = _sse_bytes(item)
+            yield frame
     except Exception:
         yield sse.error_frame(internal_error(request_id, "streaming the response"))
     finally:

@@ -18,6 +18,11 @@ from tests.conftest import EMBEDDED_SOURCE
 
 APP = "faults"
 SLOW_MODEL = "replay-slow"
+# A replay model that holds a crowd: 64 generations at once, the rest of a thousand waiting in its replica.
+CROWD_MODEL = "replay-crowd"
+CROWD = 1000
+# Each of the crowd's answers takes this long to start: ~16 waves of 64, ~30 s in all.
+CROWD_DELAY_S = 2.0
 # The embedded model on real vLLM: for the faults of vLLM's own processes.
 VLLM_MODEL = "vllm-faults"
 # `StructuredOutput` takes this many requests at once and lets 2 more wait: a burst beyond is shed.
@@ -59,6 +64,16 @@ def kill_replica(deployment: str) -> None:
     ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
 
 
+def engine_in_flight(model: str) -> int:
+    """Generations the model's engine replica runs or holds, as it reports them to the autoscaler."""
+    from ray import serve
+
+    from serve_app.autoscaling import ENGINE_QUEUE_METRIC
+
+    engine = serve.get_deployment_handle(f"LLMServer:{model}", app_name=APP)
+    return int(engine.record_autoscaling_stats.remote().result()[ENGINE_QUEUE_METRIC])
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -70,6 +85,7 @@ def _script(directory: Path) -> Path:
         {"when": {"last_message": "(?i)a very long story"}, "text": VERY_LONG_TEXT},
         {"when": {"last_message": "(?i)use the tool"}, "text": TOOL_TEXT},
         {"when": {"last_message": "(?i)as json"}, "text": JSON_TEXT},
+        {"when": {"last_message": "(?i)one of many"}, "text": "ok", "first_token_delay_s": CROWD_DELAY_S},
         {"when": {"last_message": "(?i)take your time"}, "text": "done", "first_token_delay_s": PONDERING_DELAY_S},
         {"text": LONG_TEXT},
     ]
@@ -86,13 +102,22 @@ def fault_app(model_dir: object, tmp_path_factory: pytest.TempPathFactory) -> It
     from serve_app import build_app
     from serve_app.ray_settings import CONTROLLER_OPTIONS, prepare_node_environment
 
+    script = _script(tmp_path_factory.mktemp("faults"))
     args = {
         "models": [
             {
                 "id": SLOW_MODEL,
                 "source": EMBEDDED_SOURCE,
                 "engine": "replay",
-                "replay": {"script": str(_script(tmp_path_factory.mktemp("faults")))},
+                "replay": {"script": str(script)},
+                "deployment": {"num_cpus": 0.1},
+            },
+            {
+                "id": CROWD_MODEL,
+                "source": EMBEDDED_SOURCE,
+                "engine": "replay",
+                "replay": {"script": str(script)},
+                "max_queued_requests": CROWD,
                 "deployment": {"num_cpus": 0.1},
             },
             {

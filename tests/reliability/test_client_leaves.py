@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.reliability.conftest import APP, SLOW_MODEL, FaultApp
+from tests.reliability.conftest import SLOW_MODEL, FaultApp, engine_in_flight
 
 pytestmark = pytest.mark.reliability
 
@@ -20,21 +20,12 @@ TRIES = 4
 NOTICED_WITHIN_S = 10.0
 
 
-def _in_flight() -> int:
-    from ray import serve
-
-    from serve_app.autoscaling import ENGINE_QUEUE_METRIC
-
-    engine = serve.get_deployment_handle(f"LLMServer:{SLOW_MODEL}", app_name=APP)
-    return int(engine.record_autoscaling_stats.remote().result()[ENGINE_QUEUE_METRIC])
-
-
 def test_a_client_that_leaves_a_non_streaming_request_stops_its_generation(fault_app: FaultApp) -> None:
     body = {"model": SLOW_MODEL, "messages": [{"role": "user", "content": "Take your time."}]}
     for attempt in range(TRIES):
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{fault_app.base_url}/chat/completions", json=body, timeout=2)
         left = time.monotonic()
-        while _in_flight() and time.monotonic() - left < NOTICED_WITHIN_S:
+        while engine_in_flight(SLOW_MODEL) and time.monotonic() - left < NOTICED_WITHIN_S:
             time.sleep(0.25)
-        assert _in_flight() == 0, f"try {attempt + 1}: still generating {NOTICED_WITHIN_S} s after the client left"
+        assert engine_in_flight(SLOW_MODEL) == 0, f"try {attempt + 1}: still generating after {NOTICED_WITHIN_S} s"

@@ -247,6 +247,24 @@ def test_a_failure_after_the_stream_started_ends_it_with_an_error_event_and_done
     assert logged.exc_info is not None and "went away" in str(logged.exc_info[1])
 
 
+def test_nothing_follows_done_even_when_the_upstream_ends_late(tokenizer: Any) -> None:
+    """R4.1: `[DONE]` is the last thing on the wire. Under load (a thousand streams in the reliability lane),
+    the upstream's end came more than a keep-alive interval after its last frame, and a keep-alive followed
+    `[DONE]`."""
+
+    class LateEndingBackend(InProcessBackend):
+        async def generate_stream(self, request: Any) -> Any:
+            async for frame in super().generate_stream(request):
+                yield frame
+            await asyncio.sleep(0.35)  # three keep-alive intervals between [DONE] and the end
+
+    backend = LateEndingBackend("replay-model", ReplayEngine(tokenizer, REPLAY_SCRIPT, 512, 0.0), tokenizer)
+    client = TestClient(create_http_app(backend, ServerOptions(keep_alive_interval_s=0.1)))
+    response = client.post("/v1/chat/completions", json={**HELLO, "stream": True})
+    assert response.content.endswith(b"data: [DONE]\n\n"), response.content[-60:]
+    assert parse_sse(response.content)[-1]["choices"][0]["finish_reason"] == "stop"
+
+
 def test_a_request_past_the_deadline_is_stopped_and_answered(tokenizer: Any) -> None:
     """Issue #19: past `request_deadline_s`, a whole answer is a 504 `deadline_exceeded` and a stream ends with
     that error event and [DONE] (at its next frame or keep-alive); either way the backend's call is cancelled,
