@@ -9,8 +9,13 @@ time is up: plain chat, tool calls (`tool_choice: "required"` on vLLM) and `resp
 and not, to either model. Meanwhile faults are injected one at a time, each kind in turn (shuffled), a
 random gap after the previous one recovered:
 
-- `kill <deployment>`: `ray.kill` of a replica actor (either engine, `ToolParsing`, `StructuredOutput`);
-- `SIGKILL EngineCore`, `SIGSTOP EngineCore`: the vLLM model's engine process dies, or hangs.
+- `kill <deployment>`: `ray.kill` of a replica actor (either engine, `ToolParsing`, `StructuredOutput`, the
+  ingress `OpenAIIngress`);
+- `SIGKILL EngineCore`, `SIGSTOP EngineCore`: the vLLM model's engine process dies, or hangs;
+- `redeploy (light)`: the config deployed again with `ToolParsing`'s `num_replicas` changed (1 <-> 2), which
+  Serve applies to the running app; `redeploy (restart)`: with a changed server option, which restarts every
+  replica (engines included, as any change of `args` does). The app is deployed as `serve deploy` does it,
+  from a config, so that Serve can tell the two apart.
 
 Each answer is classified:
 
@@ -18,7 +23,10 @@ Each answer is classified:
 - clean error: a 4xx/5xx with an OpenAI error body (503 and 429 with `Retry-After`), or a stream whose last
   frame before `[DONE]` is an `error` event;
 - LOST: everything else: a reset or closed connection, a stream cut before `[DONE]`, a 200 without a finish,
-  an error without OpenAI's body, no answer within 300 s (a hang).
+  an error without OpenAI's body, no answer within 300 s (a hang);
+- cut with the ingress: what would be LOST, for a request the killed ingress replica was carrying (it
+  started before the kill and ended within seconds of it): no process is left to end it cleanly
+  (docs/faults.md, "An ingress replica dies"), so these are counted apart, not hidden.
 
 After each fault a probe asks the affected path a short question every half second until it answers: the
 time to recover. The time to detect is from the fault to the first clean error on that path. Prints requests
@@ -94,7 +102,13 @@ FAULTS: dict[str, tuple[str, str]] = {
     "kill StructuredOutput": (REPLAY, "json"),
     "SIGKILL EngineCore": (VLLM, "plain"),
     "SIGSTOP EngineCore": (VLLM, "plain"),
+    "kill OpenAIIngress": (REPLAY, "plain"),
+    "redeploy (light)": (REPLAY, "tools"),
+    "redeploy (restart)": (VLLM, "plain"),
 }
+INGRESS_KILL = "kill OpenAIIngress"
+# A request the dying ingress carried ends at once (measured: within 0.1 s); a few seconds is generous.
+INGRESS_CUT_S = 5.0
 
 
 @dataclass
@@ -103,7 +117,7 @@ class Answer:
     kind: str
     stream: bool
     started: float
-    outcome: str  # "complete", "clean error", "LOST"
+    outcome: str  # "complete", "clean error", "LOST", "cut with the ingress"
     detail: str = ""
     ttft_s: float | None = None
     ended: float = 0.0
@@ -167,6 +181,38 @@ def _app_args(script: Path) -> dict[str, Any]:
         ],
         "server": {"keep_alive_interval_s": 5.0},
     }
+
+
+@dataclass
+class Deployed:
+    """What runs now: the app's arguments and `ToolParsing`'s replicas, which the redeploy faults change."""
+
+    args: dict[str, Any]
+    tool_parsing_replicas: int = 1
+
+
+def deploy(deployed: Deployed) -> None:
+    """What `serve deploy` does with a config: hand the application (import path, args, deployment options)
+    to Serve's controller, which compares it with what runs; then wait until it runs."""
+    from ray import serve
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ApplicationStatus, ServeDeploySchema
+
+    application = {
+        "name": APP,
+        "route_prefix": "/",
+        "import_path": "serve_app:build_app",
+        "args": deployed.args,
+        "deployments": [{"name": "ToolParsing", "num_replicas": deployed.tool_parsing_replicas}],
+    }
+    client = _get_global_client()
+    assert client is not None, "serve.start first"
+    client.deploy_apps(ServeDeploySchema.model_validate({"applications": [application]}))
+    time.sleep(2)  # the controller takes the new config before it reports on it
+    while (status := serve.status().applications.get(APP)) is None or status.status != ApplicationStatus.RUNNING:
+        if status is not None and status.status == ApplicationStatus.DEPLOY_FAILED:
+            raise RuntimeError(f"the deploy failed: {status.message}")
+        time.sleep(1)
 
 
 def _is_error_body(text: str) -> bool:
@@ -266,9 +312,18 @@ def _engine_core_pid() -> int | None:
     return None
 
 
-def inject(kind: str) -> bool:
+def inject(kind: str, deployed: Deployed) -> bool:
     import ray
 
+    if kind == "redeploy (light)":
+        deployed.tool_parsing_replicas = 3 - deployed.tool_parsing_replicas
+        deploy(deployed)
+        return True
+    if kind == "redeploy (restart)":
+        server = deployed.args["server"]
+        server["keep_alive_interval_s"] = 9.0 - server["keep_alive_interval_s"]  # 5 <-> 4 s
+        deploy(deployed)
+        return True
     if kind.startswith("kill "):
         prefix = f"SERVE_REPLICA::{APP}#{kind.removeprefix('kill ')}#"
         names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)]
@@ -290,7 +345,7 @@ def clients(base_url: str, log: Log, until: float, seed: int) -> None:
             log.add(ask(client, rng.choice([REPLAY, VLLM]), rng.choice(list(BODIES)), rng.random() < 0.6))
 
 
-def faults(base_url: str, log: Log, until: float, gap: tuple[float, float], seed: int) -> None:
+def faults(base_url: str, log: Log, until: float, gap: tuple[float, float], seed: int, deployed: Deployed) -> None:
     rng = random.Random(seed)
     queue: list[str] = []
     with httpx.Client(base_url=base_url, timeout=HANG_S) as probe:
@@ -302,7 +357,7 @@ def faults(base_url: str, log: Log, until: float, gap: tuple[float, float], seed
                 queue = rng.sample(list(FAULTS), len(FAULTS))
             kind = queue.pop()
             at = time.monotonic()
-            if not inject(kind):
+            if not inject(kind, deployed):
                 print(f"  {kind}: nothing to inject into", flush=True)
                 continue
             fault = Fault(kind, at)
@@ -327,16 +382,26 @@ def _percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
+def _attribute_ingress_cuts(log: Log) -> None:
+    """A LOST answer the killed ingress replica was carrying is counted apart (see the module's docstring)."""
+    kills = [f.at for f in log.faults if f.kind == INGRESS_KILL]
+    for answer in log.answers:
+        if answer.outcome == "LOST" and any(answer.started <= at <= answer.ended <= at + INGRESS_CUT_S for at in kills):
+            answer.outcome = "cut with the ingress"
+
+
 def report(log: Log) -> None:
+    _attribute_ingress_cuts(log)
     answers = log.answers
-    print(f"\n{'requests':32} {'answers':>8} {'complete':>9} {'clean error':>12} {'LOST':>6}")
+    print(f"\n{'requests':32} {'answers':>8} {'complete':>9} {'clean error':>12} {'LOST':>6} {'ingress cut':>12}")
     groups: dict[str, list[Answer]] = defaultdict(list)
     for answer in answers:
         groups["all"].append(answer)
         groups[f"{answer.model} {answer.kind} {'streamed' if answer.stream else 'whole'}"].append(answer)
     for name, group in sorted(groups.items()):
         counts = Counter(a.outcome for a in group)
-        print(f"{name:32} {len(group):>8} {counts['complete']:>9} {counts['clean error']:>12} {counts['LOST']:>6}")
+        row = f"{counts['complete']:>9} {counts['clean error']:>12} {counts['LOST']:>6}"
+        print(f"{name:32} {len(group):>8} {row} {counts['cut with the ingress']:>12}")
 
     print(f"\n{'faults':30} {'count':>6} {'detect p50':>11} {'detect max':>11} {'recover p50':>12} {'recover max':>12}")
     by_kind: dict[str, list[Fault]] = defaultdict(list)
@@ -368,7 +433,9 @@ def report(log: Log) -> None:
             print(f"{name:24} {_percentile(values, 0.5):>7.0f} {_percentile(values, 0.99):>9.0f} {len(values):>9}")
     lost = [a for a in answers if a.outcome == "LOST"]
     clean = Counter(a.detail for a in answers if a.outcome == "clean error")
+    cut = Counter(a.detail.split(":")[0] for a in answers if a.outcome == "cut with the ingress")
     print(f"\nclean errors by kind: {dict(clean)}")
+    print(f"cut with the ingress, by kind: {dict(cut)}")
     print(f"LOST = {len(lost)}")
     for answer in lost:
         print(f"  LOST {answer.model} {answer.kind} stream={answer.stream}: {answer.detail}")
@@ -395,15 +462,14 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from serve_app.builder import build_app
-
     port = _free_port()
     prepare_node_environment()
     ray.init(namespace="agent-serve-chaos", log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port}, controller_options=CONTROLLER_OPTIONS)
         with tempfile.TemporaryDirectory() as directory:
-            serve.run(build_app(_app_args(_script(Path(directory)))), name=APP, route_prefix="/")
+            deployed = Deployed(_app_args(_script(Path(directory))))
+            deploy(deployed)
             base_url = f"http://127.0.0.1:{port}/v1"
             log = Log()
             started = time.monotonic()
@@ -416,7 +482,9 @@ def main() -> None:
                 for i in range(options.clients)
             ]
             threads.append(
-                threading.Thread(target=faults, args=(base_url, log, until, tuple(options.gap_s), options.seed))
+                threading.Thread(
+                    target=faults, args=(base_url, log, until, tuple(options.gap_s), options.seed, deployed)
+                )
             )
             for thread in threads:
                 thread.start()
