@@ -31,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("config", type=Path, help="Serve config YAML, e.g. configs/local.yaml")
     prepare_cmd = commands.add_parser("prepare", help="only prepare the models of a config (download/convert)")
     prepare_cmd.add_argument("config", type=Path)
+    _add_keys_commands(commands)
     args = parser.parse_args(argv)
+    if args.command == "keys":
+        return _keys(args)
     try:
         document, apps = _load(args.config)
         for app in apps.values():
@@ -43,6 +46,49 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ModelSourceError) as exc:
         _say(f"error: {exc}")
         return 2
+
+
+def _add_keys_commands(commands: Any) -> None:
+    keys_cmd = commands.add_parser("keys", help="manage a keys file (server.keys_file): keys with identities")
+    actions = keys_cmd.add_subparsers(dest="action", required=True)
+    new = actions.add_parser("new", help="create a key, print it once, store its hash")
+    new.add_argument("name", help="who holds it: what logs and metrics show")
+    new.add_argument("--file", type=Path, required=True, help="the keys file (created if missing)")
+    new.add_argument("--team")
+    new.add_argument("--models", help="comma-separated model ids or aliases it may use (default: every model)")
+    new.add_argument("--rpm", type=int, help="requests per minute")
+    new.add_argument("--tpm", type=int, help="tokens per minute (prompt + completion)")
+    new.add_argument("--concurrent", type=int, help="requests in flight at once")
+    new.add_argument("--priority", type=int, default=0, help="lower is served first when busy (default 0)")
+    revoke = actions.add_parser("revoke", help="revoke a key by its name (refused with 401 from the next reload)")
+    revoke.add_argument("name")
+    revoke.add_argument("--file", type=Path, required=True)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from serve_app.keys import KeysFileError, add_key, revoke_key
+
+    try:
+        if args.action == "revoke":
+            revoke_key(args.file, args.name)
+            _say(f"revoked {args.name!r} in {args.file}")
+            return 0
+        limits = {
+            "requests_per_minute": args.rpm,
+            "tokens_per_minute": args.tpm,
+            "concurrent_requests": args.concurrent,
+        }
+        fields: dict[str, object] = {"name": args.name, "team": args.team, "priority": args.priority}
+        fields["limits"] = {k: v for k, v in limits.items() if v is not None}
+        if args.models:
+            fields["models"] = [m.strip() for m in args.models.split(",") if m.strip()]
+        key = add_key(args.file, fields)
+    except (KeysFileError, ValueError) as exc:
+        _say(f"error: {exc}")
+        return 2
+    _say(f"added {args.name!r} to {args.file} (only its hash is stored); the key, shown only now:")
+    print(key)
+    return 0
 
 
 def _load(path: Path) -> tuple[dict[str, Any], dict[str, AppConfig]]:
@@ -158,7 +204,7 @@ def _print_banner(http_options: dict[str, Any], apps: dict[str, AppConfig], elap
             "chat/completions",
             {"model": first.id, "messages": [{"role": "user", "content": "Say hello in one sentence."}]},
         )
-    auth = " -H 'Authorization: Bearer <your key>'" if app.server.resolved_api_keys() else ""
+    auth = " -H 'Authorization: Bearer <your key>'" if app.server.asks_for_keys() else ""
     names = [f"{m.id} ({', '.join(m.aliases)})" if m.aliases else m.id for m in models]
     _say(
         f"\nagent-serve is ready ({elapsed:.0f} s)\n"

@@ -289,6 +289,19 @@ class ServerOptions(StrictModel):
     api_keys_env: str = Field(
         "AGENT_SERVE_API_KEYS", description="Environment variable with more keys, comma-separated."
     )
+    keys_file: str | None = Field(
+        None,
+        description=(
+            "A keys file: keys (stored as SHA-256) with names, teams, models, limits and priorities "
+            "(docs/operators.md). Re-read when it changes, without a restart."
+        ),
+    )
+    keys_env: str = Field(
+        "AGENT_SERVE_KEYS", description="Environment variable with a keys file's content (e.g. from a Secret)."
+    )
+    keys_reload_interval_s: float = Field(
+        5.0, gt=0, description="How often each ingress replica looks whether the keys file changed."
+    )
     stream_batch_interval_s: float = Field(
         0.01,
         ge=0,
@@ -354,6 +367,10 @@ class ServerOptions(StrictModel):
     def resolved_api_keys(self) -> list[str]:
         from_env = [k.strip() for k in os.environ.get(self.api_keys_env, "").split(",") if k.strip()]
         return [*self.api_keys, *from_env]
+
+    def asks_for_keys(self) -> bool:
+        """Whether any source of keys is configured (plain keys, a keys file, keys in the environment)."""
+        return bool(self.resolved_api_keys() or self.keys_file or os.environ.get(self.keys_env, "").strip())
 
 
 class AppConfig(StrictModel):

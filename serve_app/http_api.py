@@ -12,12 +12,11 @@ import contextlib
 import logging
 import math
 import re
-import secrets
 import time
 import uuid
 from collections.abc import AsyncGenerator, Coroutine
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app import sse
 from serve_app.config import ModelTask, ServerOptions
+from serve_app.keys import ANONYMOUS, Identity, KeyRingSource
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.common import VLLM_SAMPLING_EXTENSIONS
 from serve_app.protocol.completions import CompletionRequest
@@ -108,15 +108,16 @@ def create_http_app(backend: ModelBackend, options: ServerOptions) -> FastAPI:
         return card | await backend.model_info(model_id)
 
     @app.get("/v1/models")
-    async def list_models() -> JSONResponse:
-        names = catalog.names()
+    async def list_models(request: Request) -> JSONResponse:
+        caller = _caller(request)
+        names = [name for name in catalog.names() if caller.may_use(name, catalog.model_id(name) or name)]
         cards = await asyncio.gather(*(model_card(name, catalog.model_id(name) or name) for name in names))
         return JSONResponse({"object": "list", "data": list(cards)})
 
     @app.get("/v1/models/{model:path}")
-    async def retrieve_model(model: str) -> Response:
+    async def retrieve_model(model: str, request: Request) -> Response:
         model_id = catalog.model_id(model)
-        if model_id is None:
+        if model_id is None or not _caller(request).may_use(model, model_id):
             return error_response(model_not_found(model))
         return JSONResponse(await model_card(model, model_id))
 
@@ -124,6 +125,8 @@ def create_http_app(backend: ModelBackend, options: ServerOptions) -> FastAPI:
         model_id = catalog.resolve(body.model, task)
         if isinstance(model_id, OpenAIError):
             return error_response(model_id)
+        if not _caller(request).may_use(body.model, model_id):  # as OpenAI: not told apart from no such model
+            return error_response(model_not_found(body.model))
         unknown = sorted(body.model_extra or {})
         if options.strict_request_fields and (
             not_openai := unknown + sorted(VLLM_SAMPLING_EXTENSIONS & body.model_fields_set)
@@ -166,12 +169,20 @@ def create_http_app(backend: ModelBackend, options: ServerOptions) -> FastAPI:
     # (only for a client with a key), then the request takes its place (only once its body is in).
     app.add_middleware(_Capacity, max_ongoing=options.ingress.max_ongoing_requests)
     app.add_middleware(_WholeBody, max_bytes=options.max_request_body_bytes, timeout_s=options.request_body_timeout_s)
-    app.add_middleware(_Authorize, accepted_keys=[key.encode() for key in options.resolved_api_keys()])
+    keys = KeyRingSource(
+        options.resolved_api_keys(), options.keys_file, options.keys_env, options.keys_reload_interval_s, time.monotonic
+    )
+    app.add_middleware(_Authorize, keys=keys)
     app.add_middleware(
         CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"], expose_headers=["x-request-id"]
     )
     app.add_middleware(_CanonicalRequest)
     return app
+
+
+def _caller(request: Request) -> Identity:
+    """Who sent the request (`_Authorize` put it there); with no keys configured, the anonymous caller."""
+    return cast(Identity, getattr(request.state, "identity", ANONYMOUS))
 
 
 def _request_id(request: Request) -> str:
@@ -439,26 +450,30 @@ class _Capacity:
 
 
 class _Authorize:
-    """R1.2: with keys configured, every request but a CORS preflight needs `Authorization: Bearer <key>`."""
+    """R1.2: with keys configured, every request but a CORS preflight needs `Authorization: Bearer <key>`.
+    The caller's identity (`serve_app/keys.py`) goes into the request's state for what follows: which
+    models it may use, its limits, the names in logs and metrics."""
 
-    def __init__(self, app: ASGIApp, accepted_keys: list[bytes]) -> None:
+    def __init__(self, app: ASGIApp, keys: KeyRingSource) -> None:
         self.app = app
-        self.accepted_keys = accepted_keys
+        self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.accepted_keys or scope["method"] == "OPTIONS":
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        ring = self.keys.current()
+        if ring.open or scope["method"] == "OPTIONS":
             return await self.app(scope, receive, send)
         header = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
         scheme, _, key = header.partition(b" ")
-        # Compare against every key in constant time, so timing tells nothing about which almost matched.
-        matches = [secrets.compare_digest(key.strip(), accepted) for accepted in self.accepted_keys]
-        if scheme.lower() == b"bearer" and any(matches):
+        verdict = ring.identify(key.strip().decode("latin-1")) if scheme.lower() == b"bearer" else "unknown"
+        if isinstance(verdict, Identity):
+            scope.setdefault("state", {})["identity"] = verdict
             return await self.app(scope, receive, send)
-        error = OpenAIError(
-            401,
-            "Incorrect or missing API key: send `Authorization: Bearer <key>`.",
-            "invalid_request_error",
-            None,
-            "invalid_api_key",
+        message = (
+            "This API key has been revoked."
+            if verdict == "revoked"
+            else "Incorrect or missing API key: send `Authorization: Bearer <key>`."
         )
+        error = OpenAIError(401, message, "invalid_request_error", None, "invalid_api_key")
         await error_response(error)(scope, receive, send)

@@ -38,7 +38,8 @@ def invalid_request(message: str, param: str | None = None, code: str | None = N
 def model_not_found(model: str) -> OpenAIError:
     return OpenAIError(
         404,
-        f"The model '{model}' does not exist. GET /v1/models lists the served models.",
+        f"The model '{model}' does not exist or you do not have access to it. GET /v1/models lists the "
+        "models you may use.",
         "invalid_request_error",
         "model",
         "model_not_found",

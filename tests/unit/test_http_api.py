@@ -15,6 +15,7 @@ from starlette.types import Message, Receive, Scope, Send
 from serve_app.config import ServerOptions
 from serve_app.engines.replay import ReplayEngine
 from serve_app.http_api import _WholeBody, create_http_app
+from serve_app.keys import hash_key
 from serve_app.protocol.errors import unavailable
 from tests.conftest import REPLAY_SCRIPT
 from tests.in_process import InProcessBackend
@@ -114,6 +115,39 @@ def test_api_keys_are_enforced_when_configured(tokenizer: Any) -> None:
     assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == "*"
     denied = client.post("/v1/chat/completions", json=HELLO, headers={"Origin": "vscode-webview://x"})
     assert denied.status_code == 401 and denied.headers["access-control-allow-origin"] == "*"
+
+
+def test_a_keys_file_decides_who_may_call_which_model(tokenizer: Any, tmp_path: Any) -> None:
+    """Issue #20: keys from a keys file (hashes only); a revoked or unknown key is a 401, a model the key may
+    not use is a 404 `model_not_found` as OpenAI answers it (and missing from `/v1/models`); the file is
+    re-read when it changes, without a restart."""
+    path = tmp_path / "keys.yaml"
+    path.write_text(
+        f"keys:\n"
+        f"  - {{name: alice, sha256: {hash_key('sk-alice')}, models: [replay-model]}}\n"
+        f"  - {{name: bob, sha256: {hash_key('sk-bob')}, models: [another-model]}}\n"
+        f"  - {{name: carol, sha256: {hash_key('sk-carol')}, revoked: true}}\n"
+    )
+    backend = InProcessBackend("replay-model", ReplayEngine(tokenizer, REPLAY_SCRIPT, 512, 0.0), tokenizer)
+    options = ServerOptions(keys_file=str(path), keys_reload_interval_s=0.01)
+    client = TestClient(create_http_app(backend, options))
+
+    def as_(key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+    assert client.post("/v1/chat/completions", json=HELLO, headers=as_("sk-alice")).status_code == 200
+    assert [m["id"] for m in client.get("/v1/models", headers=as_("sk-alice")).json()["data"]] == ["replay-model"]
+    error = _assert_error(client.post("/v1/chat/completions", json=HELLO, headers=as_("sk-bob")), 404)
+    assert error["code"] == "model_not_found" and error["param"] == "model"
+    assert client.get("/v1/models", headers=as_("sk-bob")).json()["data"] == []
+    _assert_error(client.get("/v1/models/replay-model", headers=as_("sk-bob")), 404, "model_not_found")
+    assert (
+        "revoked" in _assert_error(client.get("/v1/models", headers=as_("sk-carol")), 401, "invalid_api_key")["message"]
+    )
+    _assert_error(client.get("/v1/models", headers=as_("sk-alice-typo")), 401, "invalid_api_key")
+    path.write_text(path.read_text().replace("another-model", "replay-model"))
+    time.sleep(0.05)
+    assert client.post("/v1/chat/completions", json=HELLO, headers=as_("sk-bob")).status_code == 200
 
 
 def test_without_keys_any_authorization_is_accepted(client: TestClient) -> None:
