@@ -11,6 +11,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.handles import UNAVAILABLE, by_value, streamed, unavailable_error
+from deployments.limits_ledger import HandleLedger
 from serve_app.config import ServerOptions
 from serve_app.http_api import GenerationBody, create_http_app
 from serve_app.protocol.chat import ChatCompletionRequest
@@ -32,6 +33,7 @@ class OpenAIIngress:
         engines: dict[str, DeploymentHandle],
         tool_parsing: DeploymentHandle,
         structured_output: DeploymentHandle,
+        limits_ledger: DeploymentHandle,
     ) -> None:
         self._server = server
         self.catalog = catalog
@@ -39,9 +41,10 @@ class OpenAIIngress:
         self._tool_parsing = by_value(tool_parsing)
         self._structured_output = by_value(structured_output)
         self._model_info: dict[str, dict[str, Any]] = {}
+        self._limits_ledger = HandleLedger(limits_ledger)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_http_app(self, self._server)
+        return create_http_app(self, self._server, self._limits_ledger)
 
     async def model_info(self, model_id: str) -> dict[str, Any]:
         if (length := self.catalog.context_lengths.get(model_id)) is not None:

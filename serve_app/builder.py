@@ -19,6 +19,7 @@ def build_app(args: dict[str, Any] | AppConfig) -> Application:
     config = args if isinstance(args, AppConfig) else parse_app_config(args)
     from deployments.engine import LLMServer
     from deployments.ingress import OpenAIIngress
+    from deployments.limits_ledger import LimitsLedger
     from deployments.structured_output import StructuredOutput
     from deployments.tool_parsing import ToolParsing
 
@@ -40,7 +41,7 @@ def build_app(args: dict[str, Any] | AppConfig) -> Application:
     return (
         _deployment(OpenAIIngress)
         .options(**ingress_options)
-        .bind(config.server, catalog, engines, tool_parsing, structured_output)
+        .bind(config.server, catalog, engines, tool_parsing, structured_output, _deployment(LimitsLedger).bind())
     )
 
 

@@ -40,6 +40,7 @@ from serve_app.protocol.errors import (
     model_not_found,
     unavailable,
 )
+from serve_app.rate_limits import Ledger, LedgerClient, Limiter, LocalLedger, Refusal
 from serve_app.routing import ModelCatalog
 from serve_app.streaming import marking_silences
 
@@ -75,7 +76,9 @@ def error_response(error: OpenAIError) -> Response:
     return Response(error.body(), status_code=error.status_code, media_type="application/json", headers=headers)
 
 
-def create_http_app(backend: ModelBackend, options: ServerOptions) -> FastAPI:
+def create_http_app(backend: ModelBackend, options: ServerOptions, ledger: LedgerClient | None = None) -> FastAPI:
+    """The OpenAI HTTP surface over `backend`. Per-key limits are counted by `ledger`, shared by every
+    ingress replica (by default, one in this process: right for a single replica and for tests)."""
     app = FastAPI(title="agent-serve: OpenAI-compatible API", docs_url=None, redoc_url=None)
     started = int(time.time())
 
@@ -166,12 +169,15 @@ def create_http_app(backend: ModelBackend, options: ServerOptions) -> FastAPI:
 
     # Pure ASGI middlewares: Starlette's `@app.middleware("http")` would relay every streamed chunk through
     # an extra task and memory stream. The last added runs first: path, CORS, key, then the body is read
-    # (only for a client with a key), then the request takes its place (only once its body is in).
+    # (only for a client with a key, within its limits), then the request takes its place (only once its
+    # body is in).
     app.add_middleware(_Capacity, max_ongoing=options.ingress.max_ongoing_requests)
     app.add_middleware(_WholeBody, max_bytes=options.max_request_body_bytes, timeout_s=options.request_body_timeout_s)
     keys = KeyRingSource(
         options.resolved_api_keys(), options.keys_file, options.keys_env, options.keys_reload_interval_s, time.monotonic
     )
+    limiter = Limiter(ledger or LocalLedger(Ledger(time.monotonic)), time.monotonic)
+    app.add_middleware(_Limits, limiter=limiter)
     app.add_middleware(_Authorize, keys=keys)
     app.add_middleware(
         CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"], expose_headers=["x-request-id"]
@@ -447,6 +453,39 @@ class _Capacity:
             await self.app(scope, receive, send)
         finally:
             self.ongoing -= 1
+
+
+class _Limits:
+    """Issue #20: a generation request of a caller with limits takes a permit and a slot of its key's and
+    its team's (`serve_app/rate_limits.py`) or is refused with a 429 before its body is read; a response
+    carries OpenAI's `x-ratelimit-*` headers; the slot is given back when the response (a stream too) ends."""
+
+    LIMITED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+
+    def __init__(self, app: ASGIApp, limiter: Limiter) -> None:
+        self.app = app
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        caller = scope.get("state", {}).get("identity")
+        if scope["type"] != "http" or caller is None or scope["path"] not in self.LIMITED_PATHS:
+            return await self.app(scope, receive, send)
+        admission = await self.limiter.admit(caller)
+        if isinstance(admission, Refusal):
+            response = error_response(admission.error)
+            response.headers.update(admission.headers)
+            return await response(scope, receive, send)
+        extra = [(name.encode(), value.encode()) for name, value in admission.headers.items()]
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start" and extra:
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            self.limiter.release(admission)
 
 
 class _Authorize:

@@ -243,3 +243,38 @@ def test_scale_to_zero_holds_requests_and_keeps_the_stream_alive(cluster: str, s
         from ray import serve
 
         serve.delete(APP)
+
+
+def test_a_key_limit_is_shared_by_two_ingress_replicas(cluster: str, slow_script: Path, tmp_path: Path) -> None:
+    """Issue #20: two ingress replicas lease one key's requests per minute from one ledger: together they
+    admit no more than the limit (plus what flowed back in meanwhile), and refuse the rest with OpenAI's 429."""
+    from ray import serve
+
+    from serve_app.keys import hash_key
+
+    limit = 40
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(f"keys: [{{name: ci, sha256: {hash_key('sk-ci')}, limits: {{requests_per_minute: {limit}}}}}]\n")
+    ingress = {"num_replicas": 2, "num_cpus": 0}
+    _deploy(
+        _replay_model(slow_script, deployment={"num_cpus": 0.5}), server={"keys_file": str(keys), "ingress": ingress}
+    )
+    try:
+        body = {"model": "replay", "messages": [{"role": "user", "content": "hi"}]}
+        headers = {"Authorization": "Bearer sk-ci"}
+
+        def ask(_: int) -> httpx.Response:
+            return httpx.post(f"{cluster}/chat/completions", json=body, headers=headers, timeout=60)
+
+        started = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(ask, range(60)))
+        flowed_back = (time.monotonic() - started) * limit / 60
+        admitted = [a for a in answers if a.status_code == 200]
+        refused = [a for a in answers if a.status_code != 200]
+        assert all(a.status_code == 429 and a.json()["error"]["code"] == "rate_limit_exceeded" for a in refused)
+        assert all(a.headers["x-ratelimit-limit-requests"] == str(limit) for a in answers)
+        # No over-admission; at most one batch (5% of the limit) per replica parked where it was not needed.
+        assert limit - 2 * (limit // 20) <= len(admitted) <= limit + flowed_back, (len(admitted), flowed_back)
+    finally:
+        serve.delete(APP)

@@ -48,7 +48,7 @@ def test_ingress_and_engines_are_separate_deployments(running_app: RunningApp) -
 
     deployments = serve.status().applications[running_app.app_name].deployments
     engines = {f"LLMServer:{m}" for m in [*ALL_MODELS, EMBEDDING_MODEL]}
-    assert set(deployments) == {"OpenAIIngress", "ToolParsing", "StructuredOutput"} | engines
+    assert set(deployments) == {"OpenAIIngress", "ToolParsing", "StructuredOutput", "LimitsLedger"} | engines
     assert all(d.status.value == "HEALTHY" for d in deployments.values())
 
 

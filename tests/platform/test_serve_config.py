@@ -52,6 +52,7 @@ def test_serve_build_writes_a_deployable_config(tmp_path: Path) -> None:
         "ToolParsing",
         "StructuredOutput",
         "OpenAIIngress",
+        "LimitsLedger",
     }
 
 

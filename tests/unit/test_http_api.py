@@ -17,6 +17,7 @@ from serve_app.engines.replay import ReplayEngine
 from serve_app.http_api import _WholeBody, create_http_app
 from serve_app.keys import hash_key
 from serve_app.protocol.errors import unavailable
+from serve_app.rate_limits import Ledger, LocalLedger
 from tests.conftest import REPLAY_SCRIPT
 from tests.in_process import InProcessBackend
 from tests.openai_spec import assert_valid
@@ -34,6 +35,7 @@ def client(tokenizer: Any) -> TestClient:
 
 
 HELLO = {"model": "replay-model", "messages": [{"role": "user", "content": "hi"}]}
+HI: Any = HELLO["messages"]
 
 
 def _assert_error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
@@ -148,6 +150,91 @@ def test_a_keys_file_decides_who_may_call_which_model(tokenizer: Any, tmp_path: 
     path.write_text(path.read_text().replace("another-model", "replay-model"))
     time.sleep(0.05)
     assert client.post("/v1/chat/completions", json=HELLO, headers=as_("sk-bob")).status_code == 200
+
+
+def test_a_key_over_its_limits_gets_openais_429_and_every_answer_its_rate_limit_headers(
+    tokenizer: Any, tmp_path: Any
+) -> None:
+    """Issue #20: `x-ratelimit-*-requests` on every answer of a limited key, a 429 `rate_limit_exceeded` with
+    them and both retry headers past the limit; a stream holds its concurrency slot until it ends."""
+    path = tmp_path / "keys.yaml"
+    path.write_text(
+        f"keys:\n"
+        f"  - {{name: alice, sha256: {hash_key('sk-alice')}, limits: {{requests_per_minute: 3}}}}\n"
+        f"  - {{name: bob, sha256: {hash_key('sk-bob')}, limits: {{concurrent_requests: 1}}}}\n"
+    )
+    backend = InProcessBackend("replay-model", ReplayEngine(tokenizer, REPLAY_SCRIPT, 512, 0.0), tokenizer)
+    client = TestClient(create_http_app(backend, ServerOptions(keys_file=str(path))))
+    alice = {"Authorization": "Bearer sk-alice"}
+    answers = [client.post("/v1/chat/completions", json=HELLO | {"stream": i == 1}, headers=alice) for i in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert [a.headers["x-ratelimit-remaining-requests"] for a in answers] == ["2", "1", "0"]
+    assert all(a.headers["x-ratelimit-limit-requests"] == "3" for a in answers)
+    refused = client.post("/v1/chat/completions", json=HELLO, headers=alice)
+    error = _assert_error(refused, 429, "rate_limit_exceeded")
+    assert "requests per minute: limit 3" in error["message"]
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert refused.headers["x-ratelimit-reset-requests"].endswith("s")
+    assert int(refused.headers["retry-after-ms"]) == pytest.approx(20_000, abs=100)
+    assert client.get("/v1/models", headers=alice).status_code == 200  # listing models is not limited
+    bob = {"Authorization": "Bearer sk-bob"}
+    for _ in range(3):  # one at a time: each stream gives its slot back when it ends
+        assert client.post("/v1/chat/completions", json=HELLO | {"stream": True}, headers=bob).status_code == 200
+    import httpx
+
+    release = asyncio.Event()
+
+    class HeldBackend(InProcessBackend):
+        async def generate(self, request: Any) -> Any:
+            await release.wait()
+            return await super().generate(request)
+
+    held_app = create_http_app(
+        HeldBackend("replay-model", ReplayEngine(tokenizer, REPLAY_SCRIPT, 512, 0.0), tokenizer),
+        ServerOptions(keys_file=str(path)),
+    )
+
+    async def one_at_a_time() -> None:
+        transport = httpx.ASGITransport(app=held_app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=bob) as http:
+            held = asyncio.create_task(http.post("/v1/chat/completions", json=HELLO))
+            await asyncio.sleep(0.1)
+            second = await http.post("/v1/chat/completions", json=HELLO)
+            assert second.status_code == 429 and "concurrent requests: limit 1" in second.json()["error"]["message"]
+            release.set()
+            assert (await held).status_code == 200
+            assert (await http.post("/v1/chat/completions", json=HELLO)).status_code == 200
+
+    asyncio.run(one_at_a_time())
+
+
+def test_the_openai_sdk_waits_out_a_rate_limit_by_its_retry_headers(tokenizer: Any, tmp_path: Any) -> None:
+    """Issue #20: the official SDK reads `retry-after-ms` from our 429, waits, and its retry is let in. At 20
+    requests a minute a permit takes 3 s to flow back in: longer than the SDK's own backoff for two retries
+    (0.5 s, then 1 s), so only a client that waited as told gets in with its first retry."""
+    import httpx2  # what the OpenAI SDK's own HTTP client is built on
+    import openai
+
+    path = tmp_path / "keys.yaml"
+    path.write_text(f"keys: [{{name: alice, sha256: {hash_key('sk-alice')}, limits: {{requests_per_minute: 20}}}}]\n")
+    frozen_at: list[float] = [time.monotonic()]  # the ledger's time stands still until the allowance is spent
+
+    def ledger_clock() -> float:
+        return frozen_at[0] if frozen_at[1:] == [] else frozen_at[0] + time.monotonic() - frozen_at[1]
+
+    backend = InProcessBackend("replay-model", ReplayEngine(tokenizer, REPLAY_SCRIPT, 512, 0.0), tokenizer)
+    app = create_http_app(backend, ServerOptions(keys_file=str(path)), LocalLedger(Ledger(ledger_clock)))
+
+    async def scenario() -> None:
+        http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app))
+        sdk = openai.AsyncOpenAI(api_key="sk-alice", base_url="http://test/v1", http_client=http, max_retries=2)
+        for _ in range(20):  # the whole minute's allowance, without retries
+            await sdk.with_options(max_retries=0).chat.completions.create(model="replay-model", messages=HI)
+        frozen_at.append(time.monotonic())
+        raw = await sdk.chat.completions.with_raw_response.create(model="replay-model", messages=HI)
+        assert raw.retries_taken == 1 and raw.parse().choices[0].finish_reason == "stop"
+
+    asyncio.run(scenario())
 
 
 def test_without_keys_any_authorization_is_accepted(client: TestClient) -> None:

@@ -1,0 +1,145 @@
+"""`serve_app/rate_limits.py`: per-key and per-team limits, leased from one ledger by every ingress replica
+(issue #20). Two `Limiter`s over one `Ledger` stand for two ingress replicas."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from serve_app.keys import Identity, Limits
+from serve_app.protocol.errors import OpenAIError
+from serve_app.rate_limits import (
+    HOLD_S,
+    Admission,
+    Exchange,
+    Ledger,
+    Limiter,
+    LocalLedger,
+    Refusal,
+    Reply,
+    format_duration,
+)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _replicas(count: int) -> tuple[_Clock, list[Limiter]]:
+    clock = _Clock()
+    ledger = LocalLedger(Ledger(clock))
+    return clock, [Limiter(ledger, clock) for _ in range(count)]
+
+
+def _admitted(result: Admission | Refusal) -> Admission:
+    assert isinstance(result, Admission), result
+    return result
+
+
+def _refused(result: Admission | Refusal) -> OpenAIError:
+    assert isinstance(result, Refusal), result
+    return result.error
+
+
+def test_requests_per_minute_are_counted_across_replicas_and_refused_with_openais_429() -> None:
+    async def scenario() -> None:
+        clock, (a, b) = _replicas(2)
+        alice = Identity("alice", limits=Limits(requests_per_minute=40))
+        results = [await (a if i % 3 else b).admit(alice) for i in range(40)]
+        first = _admitted(results[0])
+        assert first.headers["x-ratelimit-limit-requests"] == "40"
+        assert int(first.headers["x-ratelimit-remaining-requests"]) == 39
+        assert all(isinstance(r, Admission) for r in results)
+        for replica in (a, b):  # each holds no permit left, and the ledger has none to lease
+            refusal = await replica.admit(alice)
+            error = _refused(refusal)
+            assert (error.status_code, error.code, error.type) == (429, "rate_limit_exceeded", "requests")
+            assert "requests per minute: limit 40" in error.message and "key alice" in error.message
+            assert error.retry_after_s == pytest.approx(60 / 40)
+            assert isinstance(refusal, Refusal) and refusal.headers["x-ratelimit-remaining-requests"] == "0"
+        clock.now += 60 / 40  # one more request's worth has flowed back in
+        _admitted(await b.admit(alice))
+        _refused(await a.admit(alice))
+
+    asyncio.run(scenario())
+
+
+def test_permits_a_replica_no_longer_uses_go_back_to_the_others() -> None:
+    async def scenario() -> None:
+        clock, (a, b) = _replicas(2)
+        bob = Identity("bob", limits=Limits(requests_per_minute=20))  # batches of one: 5% of 20
+        carol = Identity("carol", limits=Limits(requests_per_minute=200))  # batches of ten
+        _admitted(await a.admit(carol))  # `a` now holds 9 permits of carol's
+        for _ in range(190):
+            _admitted(await b.admit(carol))
+        _refused(await b.admit(carol))
+        clock.now += HOLD_S
+        await a.flush()
+        clock.now += 0.001  # (nothing flowed back meanwhile: 200 a minute is 0.2 in a millisecond)
+        for _ in range(9):
+            _admitted(await b.admit(carol))
+        _admitted(await a.admit(bob))
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_requests_hold_a_slot_until_released_across_replicas() -> None:
+    async def scenario() -> None:
+        clock, (a, b) = _replicas(2)
+        dave = Identity("dave", limits=Limits(concurrent_requests=2))
+        first, second = _admitted(await a.admit(dave)), _admitted(await b.admit(dave))
+        error = _refused(await a.admit(dave))
+        assert "concurrent requests: limit 2" in error.message and error.retry_after_s
+        a.release(first)
+        _refused(await b.admit(dave))  # `a` keeps its free slot a moment, for its own next request
+        _admitted(await a.admit(dave))
+        b.release(second)
+        clock.now += HOLD_S
+        await b.flush()
+        _admitted(await a.admit(dave))
+
+    asyncio.run(scenario())
+
+
+def test_a_team_limit_binds_every_key_of_the_team_and_a_refusal_takes_nothing() -> None:
+    async def scenario() -> None:
+        _, (a,) = _replicas(1)
+        team = Limits(requests_per_minute=3)
+        erin = Identity("erin", "ml", limits=Limits(concurrent_requests=5), team_limits=team)
+        frank = Identity("frank", "ml", limits=Limits(concurrent_requests=1), team_limits=team)
+        kept = [_admitted(await a.admit(erin)) for _ in range(2)] + [_admitted(await a.admit(frank))]
+        error = _refused(await a.admit(erin))
+        assert "team ml" in error.message
+        a.release(kept[2])
+        _refused(await a.admit(frank))  # the team's minute is used up...
+        for admission in kept[:2]:
+            a.release(admission)
+        assert a._leases["key:frank"].free_slots == 1  # ...and the refusal gave frank's slot back
+
+    asyncio.run(scenario())
+
+
+def test_a_caller_without_limits_is_not_counted_and_an_unreachable_ledger_admits() -> None:
+    class Unreachable:
+        async def exchange(self, asked: Exchange) -> Reply:
+            raise ConnectionError("the ledger's replica is gone")
+
+    async def scenario() -> None:
+        _, (a,) = _replicas(1)
+        assert _admitted(await a.admit(Identity("key-1"))) == Admission((), {})
+        lost = Limiter(Unreachable(), _Clock())
+        assert _admitted(await lost.admit(Identity("gina", limits=Limits(requests_per_minute=1)))).headers == {}
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(0.02, "20ms"), (1.5, "1.5s"), (8.64, "8.64s"), (60, "1m0s"), (360, "6m0s"), (3723, "1h2m3s")]
+)
+def test_durations_are_written_as_openai_writes_them(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
