@@ -2,6 +2,7 @@
 OpenAI error; anything else is LOST.
 
     .venv/bin/python load_tests/chaos.py [--duration-s 1500] [--clients 4] [--gap-s 20 40] [--seed 0]
+        [--ingress-replicas 2] [--faults KIND ...]   (default: every kind below)
 
 One app (in a Ray of its own) serves a replay model (`chaos-replay`, scripted answers of ~3 s) and the embedded
 model on real vLLM (`chaos-vllm`, with a 10 s stall deadline). `--clients` threads send a random mix until the
@@ -156,7 +157,7 @@ def _script(directory: Path) -> Path:
     return path
 
 
-def _app_args(script: Path) -> dict[str, Any]:
+def _app_args(script: Path, ingress_replicas: int) -> dict[str, Any]:
     return {
         "models": [
             {
@@ -179,7 +180,7 @@ def _app_args(script: Path) -> dict[str, Any]:
                 "deployment": {"num_cpus": 1},
             },
         ],
-        "server": {"keep_alive_interval_s": 5.0},
+        "server": {"keep_alive_interval_s": 5.0, "ingress": {"num_cpus": 0, "num_replicas": ingress_replicas}},
     }
 
 
@@ -345,7 +346,9 @@ def clients(base_url: str, log: Log, until: float, seed: int) -> None:
             log.add(ask(client, rng.choice([REPLAY, VLLM]), rng.choice(list(BODIES)), rng.random() < 0.6))
 
 
-def faults(base_url: str, log: Log, until: float, gap: tuple[float, float], seed: int, deployed: Deployed) -> None:
+def faults(
+    base_url: str, log: Log, until: float, gap: tuple[float, float], seed: int, deployed: Deployed, kinds: list[str]
+) -> None:
     rng = random.Random(seed)
     queue: list[str] = []
     with httpx.Client(base_url=base_url, timeout=HANG_S) as probe:
@@ -354,7 +357,7 @@ def faults(base_url: str, log: Log, until: float, gap: tuple[float, float], seed
             if time.monotonic() >= until:
                 return
             if not queue:
-                queue = rng.sample(list(FAULTS), len(FAULTS))
+                queue = rng.sample(kinds, len(kinds))
             kind = queue.pop()
             at = time.monotonic()
             if not inject(kind, deployed):
@@ -438,7 +441,16 @@ def report(log: Log) -> None:
     print(f"cut with the ingress, by kind: {dict(cut)}")
     print(f"LOST = {len(lost)}")
     for answer in lost:
-        print(f"  LOST {answer.model} {answer.kind} stream={answer.stream}: {answer.detail}")
+        print(f"  LOST {answer.model} {answer.kind} stream={answer.stream}: {answer.detail} ({_near(log, answer)})")
+
+
+def _near(log: Log, answer: Answer) -> str:
+    """The last fault before the answer ended, and when the request started and ended relative to it."""
+    before = [f for f in log.faults if f.at <= answer.ended]
+    if not before:
+        return "before any fault"
+    fault = before[-1]
+    return f"after {fault.kind}: started {answer.started - fault.at:+.1f} s, ended {answer.ended - fault.at:+.1f} s"
 
 
 def _free_port() -> int:
@@ -455,6 +467,10 @@ def main() -> None:
         "--gap-s", type=float, nargs=2, default=(20.0, 40.0), help="between a recovery and the next fault"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--ingress-replicas", type=int, default=2, help="2, as the shipped team configs: a kill then cuts only its own"
+    )
+    parser.add_argument("--faults", nargs="+", choices=list(FAULTS), default=list(FAULTS), help="the kinds to inject")
     options = parser.parse_args()
 
     import tempfile
@@ -468,7 +484,7 @@ def main() -> None:
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port}, controller_options=CONTROLLER_OPTIONS)
         with tempfile.TemporaryDirectory() as directory:
-            deployed = Deployed(_app_args(_script(Path(directory))))
+            deployed = Deployed(_app_args(_script(Path(directory)), options.ingress_replicas))
             deploy(deployed)
             base_url = f"http://127.0.0.1:{port}/v1"
             log = Log()
@@ -483,7 +499,8 @@ def main() -> None:
             ]
             threads.append(
                 threading.Thread(
-                    target=faults, args=(base_url, log, until, tuple(options.gap_s), options.seed, deployed)
+                    target=faults,
+                    args=(base_url, log, until, tuple(options.gap_s), options.seed, deployed, options.faults),
                 )
             )
             for thread in threads:
