@@ -25,9 +25,10 @@ Each answer is classified:
   frame before `[DONE]` is an `error` event;
 - LOST: everything else: a reset or closed connection, a stream cut before `[DONE]`, a 200 without a finish,
   an error without OpenAI's body, no answer within 300 s (a hang);
-- cut with the ingress: what would be LOST, for a request the killed ingress replica was carrying (it
-  started before the kill and ended within seconds of it): no process is left to end it cleanly
-  (docs/faults.md, "An ingress replica dies"), so these are counted apart, not hidden.
+- cut with the ingress: what would be LOST, for a request HAProxy had handed to the killed ingress replica
+  — one it carried (started before the kill), or one that reached HAProxy in the moment before it noticed
+  (started within `INGRESS_NOTICE_S` after) — and that ended within seconds of the kill: no process is left
+  to end it cleanly (docs/faults.md, "An ingress replica dies"), so these are counted apart, not hidden.
 
 After each fault a probe asks the affected path a short question every half second until it answers: the
 time to recover. The time to detect is from the fault to the first clean error on that path. Prints requests
@@ -110,6 +111,8 @@ FAULTS: dict[str, tuple[str, str]] = {
 INGRESS_KILL = "kill OpenAIIngress"
 # A request the dying ingress carried ends at once (measured: within 0.1 s); a few seconds is generous.
 INGRESS_CUT_S = 5.0
+# HAProxy hands new requests to a dead replica until its connections fail (measured: up to +0.1 s).
+INGRESS_NOTICE_S = 1.0
 
 
 @dataclass
@@ -389,7 +392,9 @@ def _attribute_ingress_cuts(log: Log) -> None:
     """A LOST answer the killed ingress replica was carrying is counted apart (see the module's docstring)."""
     kills = [f.at for f in log.faults if f.kind == INGRESS_KILL]
     for answer in log.answers:
-        if answer.outcome == "LOST" and any(answer.started <= at <= answer.ended <= at + INGRESS_CUT_S for at in kills):
+        if answer.outcome == "LOST" and any(
+            answer.started <= at + INGRESS_NOTICE_S and at <= answer.ended <= at + INGRESS_CUT_S for at in kills
+        ):
             answer.outcome = "cut with the ingress"
 
 
