@@ -11,7 +11,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.rate_limits import Exchange, Ledger, Reply
 
 
-@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=10_000)
+@serve.deployment(num_replicas=1, max_ongoing_requests=10_000)
 class LimitsLedger:
     """One replica: two would each count a part. If it dies, Serve replaces it; the new one starts full
     (every bucket at its limit), and the ingress replicas admit without limits while none answers."""

@@ -38,10 +38,12 @@ def build_app(args: dict[str, Any] | AppConfig) -> Application:
     )
     ingress_options = _serve_options(config.server.ingress) | {"max_ongoing_requests": OUT_OF_REACH_REQUESTS}
     catalog = ModelCatalog.of(config.models)
+    ledger_actor = {"num_cpus": 0, "runtime_env": {"env_vars": REPLICA_ENV_VARS}}
+    limits_ledger = _deployment(LimitsLedger).options(ray_actor_options=ledger_actor).bind()
     return (
         _deployment(OpenAIIngress)
         .options(**ingress_options)
-        .bind(config.server, catalog, engines, tool_parsing, structured_output, _deployment(LimitsLedger).bind())
+        .bind(config.server, catalog, engines, tool_parsing, structured_output, limits_ledger)
     )
 
 

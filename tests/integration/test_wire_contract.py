@@ -341,17 +341,18 @@ def test_r2_sampling_vllm_extensions_change_the_generation_as_in_vllm(http: http
 
 
 def test_r2_sampling_logprobs_have_openais_shape(http: httpx.Client) -> None:
-    body = _chat(http, model=VLLM_MODEL, messages=HI, max_tokens=6, logprobs=True, top_logprobs=3)
+    body = _chat(http, model=VLLM_MODEL, messages=HI, max_tokens=6, min_tokens=6, logprobs=True, top_logprobs=3)
     content = body["choices"][0]["logprobs"]["content"]
     assert len(content) == body["usage"]["completion_tokens"]
     assert all(len(t["top_logprobs"]) == 3 and t["logprob"] <= 0 for t in content)
     assert "".join(t["token"] for t in content) == body["choices"][0]["message"]["content"]
-    # Sampled, so the model may stop before the cap: count against the stream's own usage, not the cap.
+    # Sampled: `min_tokens` keeps the end-of-turn token (not content) out of the six, in both calls.
     chunks = _chat_stream(
         http,
         model=VLLM_MODEL,
         messages=HI,
         max_tokens=6,
+        min_tokens=6,
         logprobs=True,
         top_logprobs=2,
         stream_options={"include_usage": True},
