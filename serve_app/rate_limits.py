@@ -124,7 +124,6 @@ class _Lease:
     limits: Limits
     permits: int = 0
     free_slots: int = 0
-    busy_slots: int = 0
     last_used: float = 0.0
     last_reply: Reply | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -184,7 +183,6 @@ class Limiter:
         now = self._clock()
         for scope in admission.scopes:
             lease = self._leases[scope]
-            lease.busy_slots -= 1
             lease.free_slots += 1
             lease.last_used = now
 
@@ -211,11 +209,9 @@ class Limiter:
 
     def _lease(self, scope: str, limits: Limits) -> _Lease:
         lease = self._leases.get(scope)
-        if lease is None or lease.limits != limits:
-            if lease is not None:  # the keys file changed this scope's limits: start again from the ledger
-                lease.limits = limits
-            else:
-                lease = self._leases[scope] = _Lease(limits)
+        if lease is None:
+            lease = self._leases[scope] = _Lease(limits)
+        lease.limits = limits  # the keys file may have changed them: the ledger follows the new ones
         return lease
 
     async def _take(self, scope: str, lease: _Lease) -> OpenAIError | None:
@@ -239,7 +235,6 @@ class Limiter:
             lease.permits -= 1
         if limits.concurrent_requests is not None:
             lease.free_slots -= 1
-            lease.busy_slots += 1
         return None
 
     def _undo(self, taken: list[tuple[str, bool, bool]]) -> None:
@@ -248,7 +243,6 @@ class Limiter:
             lease = self._leases[scope]
             lease.permits += int(permit)
             if slot:
-                lease.busy_slots -= 1
                 lease.free_slots += 1
 
 
