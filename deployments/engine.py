@@ -25,6 +25,7 @@ from serve_app.protocol.errors import OpenAIError
 from serve_app.ray_settings import restore_normal_priority
 from serve_app.streaming import accepted_then_batched, batched
 from serve_app.structured_output import ResponseConstraint
+from serve_app.usage import UsageReport
 
 logger = logging.getLogger("ray.serve")
 
@@ -74,7 +75,7 @@ class LLMServer:
 
     async def generate_stream(
         self, request: ChatCompletionRequest | CompletionRequest
-    ) -> AsyncGenerator[bytes | OpenAIError, None]:
+    ) -> AsyncGenerator[bytes | OpenAIError | UsageReport, None]:
         plan = self._service.plan(request)
         if isinstance(plan, OpenAIError):
             yield plan

@@ -17,6 +17,7 @@ from serve_app.http_api import GenerationBody, create_http_app
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.errors import OpenAIError
 from serve_app.routing import ModelCatalog, needs_structured_output, needs_tool_parsing
+from serve_app.usage import UsageReport
 
 logger = logging.getLogger("ray.serve")
 
@@ -72,7 +73,7 @@ class OpenAIIngress:
             logger.warning("request for %r: %s", request.model, exc)
             return unavailable_error(exc)
 
-    async def generate_stream(self, request: GenerationBody) -> AsyncGenerator[bytes | OpenAIError, None]:
+    async def generate_stream(self, request: GenerationBody) -> AsyncGenerator[bytes | OpenAIError | UsageReport, None]:
         frames = streamed(self._route(request).generate_stream.options(stream=True).remote(request))
         try:
             async for item in frames:

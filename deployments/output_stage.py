@@ -17,6 +17,7 @@ from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.errors import OpenAIError
 from serve_app.streaming import accepted_then_batched
 from serve_app.structured_output import ResponseConstraint
+from serve_app.usage import UsageReport
 
 logger = logging.getLogger("ray.serve")
 
@@ -52,7 +53,9 @@ class OutputStage:
             logger.warning("request for %r: %s", request.model, exc)
             return unavailable_error(exc)
 
-    async def generate_stream(self, request: ChatCompletionRequest) -> AsyncGenerator[bytes | OpenAIError, None]:
+    async def generate_stream(
+        self, request: ChatCompletionRequest
+    ) -> AsyncGenerator[bytes | OpenAIError | UsageReport, None]:
         try:
             started = await self._start(request)
             if isinstance(started, OpenAIError):

@@ -70,7 +70,7 @@ async def in_process_ttft(model_dir: Path, runs: int) -> list[float]:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     service = ModelService(MODEL, ReplayEngine(tokenizer, SCRIPT, 8192, None), tokenizer)
 
-    def start() -> AsyncIterator[bytes]:
+    def start() -> AsyncIterator[Any]:
         plan = service.plan(REQUEST)
         return plan.stream()  # type: ignore[union-attr]
 

@@ -48,6 +48,7 @@ from serve_app.structured_output import ResponseConstraint, arguments_violation
 from serve_app.tool_constraints import callable_functions, enforced_schemas, forced_call_schema, strict_tools_tag
 from serve_app.tool_parsers.base import ContentDelta, Event, ParsedOutput, ReasoningDelta, TextParser, ToolCallStart
 from serve_app.tool_prompts import render_prompt, template_supports_tools
+from serve_app.usage import UsageReport
 
 SYSTEM_FINGERPRINT = "agent-serve"
 # Output constrained to one bare call object is read by the JSON-call parser, whatever the model's format.
@@ -220,7 +221,7 @@ class ChatCompletions:
     async def complete(self, chat: PlannedChat) -> bytes | OpenAIError:
         return await render_complete(chat.meta, self.engine.generate(chat.generation))
 
-    def stream(self, chat: PlannedChat) -> AsyncIterator[bytes]:
+    def stream(self, chat: PlannedChat) -> AsyncIterator[bytes | UsageReport]:
         return render_stream(chat.meta, self.engine.generate(chat.generation))
 
 
@@ -235,13 +236,14 @@ def _wire_delta(event: Event) -> Delta:
     return Delta(tool_calls=[ToolCallDelta(index=event.index, function=FunctionCallDelta(arguments=event.fragment))])
 
 
-async def render_stream(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]) -> AsyncIterator[bytes]:
+async def render_stream(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]) -> AsyncIterator[bytes | UsageReport]:
     """SSE frames. First an empty item: the request is accepted, so the status and headers can go out
     before any token, without a chunk (clients and load generators time the first chunk as the first
     token). Then one item per engine output: the role chunks of all choices travel with the first
     output, even one without visible text (a special token, or text a parser holds until it can tell
     whether a tool call starts), so the first chunk marks the first token; then reasoning, content and
-    tool-call deltas, one finish_reason per choice, the usage chunk if asked, [DONE]."""
+    tool-call deltas, one finish_reason per choice, the usage chunk if asked, [DONE]; last, however the
+    stream ended, its `UsageReport` (`serve_app/usage.py`), which the ingress keeps."""
     frames = _render_frames(meta, deltas)
     try:
         yield b""
@@ -252,10 +254,24 @@ async def render_stream(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]) 
         await frames.aclose()  # a client that left stops the engine now, not at garbage collection
 
 
-async def _render_frames(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]) -> AsyncGenerator[bytes, None]:
+async def _render_frames(
+    meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]
+) -> AsyncGenerator[bytes | UsageReport, None]:
+    choices = [meta.new_output() for _ in range(meta.n)]
+    frames = _chunk_frames(meta, choices, deltas)
+    try:
+        async for frame in frames:
+            yield frame
+    finally:
+        await frames.aclose()
+    yield UsageReport.of(_usage(meta, choices))
+
+
+async def _chunk_frames(
+    meta: ChatMeta, choices: list[ChoiceOutput], deltas: AsyncIterator[GenerationDelta]
+) -> AsyncGenerator[bytes, None]:
     """The frames of each engine output joined into one item (possibly empty after the first)."""
     encode = _ChunkEncoder(meta)
-    choices = [meta.new_output() for _ in range(meta.n)]
     out = [encode(index, Delta(role="assistant", content="")) for index in range(meta.n)]
     finished: set[int] = set()
     try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,7 @@ from serve_app.protocol.common import FinishReason, Usage, valid_text
 from serve_app.protocol.completions import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
 from serve_app.protocol.errors import OpenAIError, internal_error, invalid_request, replica_lost
 from serve_app.streaming import merged
+from serve_app.usage import UsageReport
 
 SYSTEM_FINGERPRINT = "agent-serve"
 
@@ -109,9 +110,19 @@ class TextCompletions:
         usage = Usage.of(planned.prompt_tokens, sum(r.completion_tokens for r in results))
         return self._object(planned, choices, usage).model_dump_json().encode()
 
-    async def stream(self, planned: PlannedCompletion) -> AsyncIterator[bytes]:
+    async def stream(self, planned: PlannedCompletion) -> AsyncIterator[bytes | UsageReport]:
+        """The frames, then (however the stream ended) its `UsageReport`, which the ingress keeps."""
+        tokens: dict[int, int] = {}  # completion tokens so far, by choice index
+        frames = self._frames(planned, tokens)
+        try:
+            async for frame in frames:
+                yield frame
+        finally:
+            await frames.aclose()
+        yield UsageReport(planned.prompt_tokens, sum(tokens.values()))
+
+    async def _frames(self, planned: PlannedCompletion, tokens: dict[int, int]) -> AsyncGenerator[bytes, None]:
         n = planned.request.n or 1
-        tokens: dict[int, int] = {}
         offsets: dict[int, int] = {}
         echoed: set[int] = set()
         finished: set[int] = set()

@@ -14,7 +14,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import AsyncGenerator, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -43,6 +43,7 @@ from serve_app.protocol.errors import (
 from serve_app.rate_limits import Ledger, LedgerClient, Limiter, LocalLedger, Refusal
 from serve_app.routing import ModelCatalog
 from serve_app.streaming import marking_silences
+from serve_app.usage import UsageReport
 
 logger = logging.getLogger("agent_serve.http")
 
@@ -61,8 +62,9 @@ class ModelBackend(Protocol):
         """The whole response body (or an error) for a request whose `model` is a model id."""
         ...
 
-    def generate_stream(self, request: GenerationBody) -> AsyncGenerator[bytes | OpenAIError, None]:
-        """First item: an error (nothing was sent yet) or the first frames; then only frames."""
+    def generate_stream(self, request: GenerationBody) -> AsyncGenerator[bytes | OpenAIError | UsageReport, None]:
+        """First item: an error (nothing was sent yet) or the first frames; then frames, and last the stream's
+        `UsageReport` (never sent: what the request cost, for its key's limits and the metrics)."""
         ...
 
 
@@ -146,13 +148,16 @@ def create_http_app(backend: ModelBackend, options: ServerOptions, ledger: Ledge
         deadline = _Deadline.starting_now(options.request_deadline_s)
         if isinstance(body, EmbeddingRequest) or not body.stream:
             result = await _whole_answer(backend.generate(body), request, deadline)
-            return (
-                error_response(result)
-                if isinstance(result, OpenAIError)
-                else Response(result, media_type="application/json")
-            )
+            if isinstance(result, OpenAIError):
+                return error_response(result)
+            _note_usage(request, UsageReport.from_body(result))
+            return Response(result, media_type="application/json")
         return await _stream_response(
-            backend.generate_stream(body), options.keep_alive_interval_s, _request_id(request), deadline
+            backend.generate_stream(body),
+            options.keep_alive_interval_s,
+            _request_id(request),
+            deadline,
+            lambda report: _note_usage(request, report),
         )
 
     @app.post("/v1/chat/completions")
@@ -189,6 +194,17 @@ def create_http_app(backend: ModelBackend, options: ServerOptions, ledger: Ledge
 def _caller(request: Request) -> Identity:
     """Who sent the request (`_Authorize` put it there); with no keys configured, the anonymous caller."""
     return cast(Identity, getattr(request.state, "identity", ANONYMOUS))
+
+
+def _note_usage(request: Request, report: UsageReport | None) -> None:
+    """What the request cost, in the request's state: the middlewares that count it read it when it ends."""
+    if report is not None:
+        request.state.usage = report
+
+
+def request_usage(scope: Scope) -> UsageReport | None:
+    """What a finished request cost, if it got that far (`_note_usage`)."""
+    return cast(UsageReport | None, scope.get("state", {}).get("usage"))
 
 
 def _request_id(request: Request) -> str:
@@ -250,7 +266,11 @@ CLIENT_LEFT = OpenAIError(499, "The client closed the connection before the answ
 
 
 async def _stream_response(
-    frames: AsyncGenerator[bytes | OpenAIError, None], keep_alive_s: float, request_id: str, deadline: _Deadline | None
+    frames: AsyncGenerator[bytes | OpenAIError | UsageReport, None],
+    keep_alive_s: float,
+    request_id: str,
+    deadline: _Deadline | None,
+    on_usage: Callable[[UsageReport], None],
 ) -> Response:
     """Wait for the first item to pick the status; if the engine is slow to start, commit to a stream."""
     items = marking_silences(frames, keep_alive_s)
@@ -258,10 +278,11 @@ async def _stream_response(
     if isinstance(first, OpenAIError):
         await items.aclose()
         return error_response(first)
+    assert not isinstance(first, UsageReport), "a stream's usage comes after its frames"
     # A silence first means queued behind other requests: headers and keep-alives go out now (R4.1, R4.7)
     # and a later error becomes an error event (R4.8).
     return StreamingResponse(
-        _sse(first, items, request_id, deadline),
+        _sse(first, items, request_id, deadline, on_usage),
         media_type="text/event-stream",
         headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
     )
@@ -269,19 +290,24 @@ async def _stream_response(
 
 async def _sse(
     first: bytes | OpenAIError | None,
-    rest: AsyncGenerator[bytes | OpenAIError | None, None],
+    rest: AsyncGenerator[bytes | OpenAIError | UsageReport | None, None],
     request_id: str,
     deadline: _Deadline | None,
+    on_usage: Callable[[UsageReport], None],
 ) -> AsyncGenerator[bytes, None]:
     """Frames as they come; an SSE comment for each silence of the engine (clients time out at 300 s). A
     failure the backend did not turn into a value still ends the stream with an error event and [DONE]
     (R4.8): a dropped connection is what clients handle worst. Past the `deadline` (checked at each frame
     and each silence) the stream ends with the deadline's error event. Nothing follows `[DONE]` (R4.1): a
-    busy upstream may take a while to end after its last frame, and a keep-alive then would break the rule."""
+    busy upstream may take a while to end after its last frame, and a keep-alive then would break the rule.
+    The stream's `UsageReport`, its last item, goes to `on_usage`."""
     try:
         frame = _sse_bytes(first)
         yield frame
         async for item in rest:
+            if isinstance(item, UsageReport):
+                on_usage(item)
+                continue
             if frame.endswith(sse.DONE):
                 continue  # only the upstream's end is awaited now
             if deadline is not None and deadline.passed():
@@ -458,7 +484,8 @@ class _Capacity:
 class _Limits:
     """Issue #20: a generation request of a caller with limits takes a permit and a slot of its key's and
     its team's (`serve_app/rate_limits.py`) or is refused with a 429 before its body is read; a response
-    carries OpenAI's `x-ratelimit-*` headers; the slot is given back when the response (a stream too) ends."""
+    carries OpenAI's `x-ratelimit-*` headers; when the response (a stream too) ends, the slot is given back
+    and the tokens its usage counts are charged."""
 
     LIMITED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 
@@ -485,7 +512,8 @@ class _Limits:
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
-            self.limiter.release(admission)
+            usage = request_usage(scope)
+            self.limiter.release(admission, usage.total_tokens if usage is not None else 0)
 
 
 class _Authorize:

@@ -18,6 +18,7 @@ from serve_app.protocol.embeddings import EmbeddingRequest
 from serve_app.protocol.errors import OpenAIError
 from serve_app.reasoning import ReasoningFormat
 from serve_app.structured_output import check_constraints
+from serve_app.usage import UsageReport
 
 
 class Endpoint(Protocol):
@@ -29,7 +30,7 @@ class Endpoint(Protocol):
 
 
 class StreamingEndpoint(Endpoint, Protocol):
-    def stream(self, planned: Any) -> AsyncIterator[bytes]: ...
+    def stream(self, planned: Any) -> AsyncIterator[bytes | UsageReport]: ...
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ class Plan:
     async def complete(self) -> bytes | OpenAIError:
         return await self.endpoint.complete(self.planned)
 
-    def stream(self) -> AsyncIterator[bytes]:
+    def stream(self) -> AsyncIterator[bytes | UsageReport]:
+        """The frames, then the stream's `UsageReport`."""
         return cast(StreamingEndpoint, self.endpoint).stream(self.planned)  # embedding requests never stream
 
 

@@ -72,8 +72,9 @@ async def batched(source: AsyncIterator[T], interval_s: float) -> AsyncGenerator
         await _stop([pump_task])
 
 
-async def accepted_then_batched(frames: AsyncIterator[bytes], interval_s: float) -> AsyncIterator[bytes]:
-    """The first item (the request was accepted) alone and at once, then the rest batched.
+async def accepted_then_batched(frames: AsyncIterator[bytes | T], interval_s: float) -> AsyncIterator[bytes | T]:
+    """The first item (the request was accepted) alone and at once, then the rest batched: the frames of a
+    batch joined into one item, any other value (a stream's closing `UsageReport`) after them as it is.
 
     Kept apart so that it neither waits for the first token nor opens a batching interval that would
     hold the first token back.
@@ -83,7 +84,11 @@ async def accepted_then_batched(frames: AsyncIterator[bytes], interval_s: float)
         return
     yield first
     async for batch in batched(frames, interval_s):
-        yield b"".join(batch)
+        if joined := b"".join(item for item in batch if isinstance(item, bytes)):
+            yield joined
+        for item in batch:
+            if not isinstance(item, bytes):
+                yield item
 
 
 def _tagged(position: int) -> Callable[[T], tuple[int, T]]:

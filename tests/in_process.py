@@ -11,6 +11,7 @@ from serve_app.http_api import GenerationBody
 from serve_app.model_service import ModelService
 from serve_app.protocol.errors import OpenAIError
 from serve_app.routing import ModelCatalog
+from serve_app.usage import UsageReport
 
 
 class InProcessBackend:
@@ -25,7 +26,7 @@ class InProcessBackend:
         plan = self.service.plan(request)
         return plan if isinstance(plan, OpenAIError) else await plan.complete()
 
-    async def generate_stream(self, request: GenerationBody) -> AsyncGenerator[bytes | OpenAIError, None]:
+    async def generate_stream(self, request: GenerationBody) -> AsyncGenerator[bytes | OpenAIError | UsageReport, None]:
         plan = self.service.plan(request)
         if isinstance(plan, OpenAIError):
             yield plan

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
+
+from serve_app.usage import UsageReport
 
 
 def parse_sse(body: bytes) -> list[dict[str, Any]]:
@@ -20,3 +23,12 @@ def parse_sse(body: bytes) -> list[dict[str, Any]]:
             break
         chunks.append(json.loads(payload))
     return chunks
+
+
+async def read_frames(stream: AsyncIterator[bytes | UsageReport]) -> bytes:
+    """A renderer's frames joined; asserts that its last item is the stream's `UsageReport` (which the
+    ingress keeps) and that nothing else but frames came."""
+    items = [item async for item in stream]
+    assert isinstance(items[-1], UsageReport), f"a stream ends with its usage report, not {items[-1]!r}"
+    assert all(isinstance(item, bytes) for item in items[:-1]), items
+    return b"".join(item for item in items[:-1] if isinstance(item, bytes))

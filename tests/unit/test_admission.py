@@ -20,7 +20,7 @@ from serve_app.engines.replay import ReplayEngine
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.completions import CompletionRequest
 from serve_app.protocol.errors import OpenAIError
-from tests.sse_client import parse_sse
+from tests.sse_client import parse_sse, read_frames
 
 
 async def _settle() -> None:
@@ -165,7 +165,7 @@ def test_an_engine_lost_under_a_fan_out_is_a_503_not_our_bug(tokenizer: Any, slo
         assert isinstance(planned, PlannedCompletion)
         answer = await completions.complete(planned)
         assert isinstance(answer, OpenAIError) and (answer.status_code, answer.code) == (503, "service_unavailable")
-        frames = b"".join([frame async for frame in completions.stream(planned)])
+        frames = await read_frames(completions.stream(planned))
         assert parse_sse(frames)[-1]["error"]["code"] == "service_unavailable"
 
     asyncio.run(scenario())

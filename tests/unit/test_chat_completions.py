@@ -12,9 +12,10 @@ from serve_app.chat_completions import ChatCompletions, PlannedChat
 from serve_app.engines.replay import ReplayEngine
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.errors import OpenAIError
+from serve_app.usage import UsageReport
 from tests.conftest import REPLAY_SCRIPT
 from tests.openai_spec import assert_valid
-from tests.sse_client import parse_sse
+from tests.sse_client import parse_sse, read_frames
 
 COUNT = "one two three four five six seven eight nine ten"
 
@@ -44,7 +45,7 @@ def _complete(chat: ChatCompletions, **fields: Any) -> dict[str, Any]:
 
 def _stream(chat: ChatCompletions, **fields: Any) -> list[dict[str, Any]]:
     async def collect() -> bytes:
-        return b"".join([frame async for frame in chat.stream(_plan(chat, stream=True, **fields))])
+        return await read_frames(chat.stream(_plan(chat, stream=True, **fields)))
 
     return parse_sse(asyncio.run(collect()))
 
@@ -173,7 +174,7 @@ def test_an_engine_lost_mid_answer_is_a_503_to_retry_not_our_bug() -> None:
         raise EngineLost("the replica died")
 
     async def streamed() -> bytes:
-        return b"".join([item async for item in render_stream(_plain_meta(), engine())])
+        return await read_frames(render_stream(_plain_meta(), engine()))
 
     chunks = parse_sse(asyncio.run(streamed()))
     assert chunks[-2]["choices"][0]["delta"]["content"] == "Hel"
@@ -198,15 +199,17 @@ def test_role_chunk_marks_the_first_token_even_without_visible_text() -> None:
             asked.append(count)
             yield GenerationDelta(text=text, completion_tokens=count, finish_reason="stop" if text else None)
 
-    async def run() -> list[tuple[list[int], bytes]]:
+    async def run() -> list[tuple[list[int], bytes | UsageReport]]:
         return [(list(asked), item) async for item in render_stream(_plain_meta(), engine())]
 
     items = asyncio.run(run())
     assert items[0] == ([], b"")  # accepted: headers only
     engine_outputs_seen, first_chunks = items[1]
-    assert engine_outputs_seen == [1]  # sent before the engine's second output was asked for
+    assert engine_outputs_seen == [1] and isinstance(first_chunks, bytes)  # sent before the engine's second output was asked for
     assert [c["choices"][0]["delta"] for c in parse_sse(first_chunks + b"data: [DONE]\n\n")] == [
         {"role": "assistant", "content": ""}
     ]
-    chunks = parse_sse(b"".join(item for _, item in items))
+    *frames, (_, usage) = items
+    assert isinstance(usage, UsageReport) and usage.completion_tokens == 3
+    chunks = parse_sse(b"".join(item for _, item in frames if isinstance(item, bytes)))
     assert [c["choices"][0]["delta"].get("content") for c in chunks] == ["", "Hi", None]

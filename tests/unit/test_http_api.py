@@ -208,6 +208,32 @@ def test_a_key_over_its_limits_gets_openais_429_and_every_answer_its_rate_limit_
     asyncio.run(one_at_a_time())
 
 
+def test_a_key_is_charged_the_tokens_its_answers_used_streamed_or_not(tokenizer: Any, tmp_path: Any) -> None:
+    """Issue #20: tokens per minute count what the usage fields count, a stream's too when the client did not
+    ask for its usage chunk; past the limit a 429 of type `tokens` with `x-ratelimit-*-tokens`."""
+    path = tmp_path / "keys.yaml"
+    path.write_text(f"keys: [{{name: kim, sha256: {hash_key('sk-kim')}, limits: {{tokens_per_minute: 200}}}}]\n")
+    backend = InProcessBackend("replay-model", ReplayEngine(tokenizer, REPLAY_SCRIPT, 512, 0.0), tokenizer)
+    app = create_http_app(backend, ServerOptions(keys_file=str(path)), LocalLedger(Ledger(lambda: 0.0)))
+    client, kim = TestClient(app), {"Authorization": "Bearer sk-kim"}
+    whole = client.post("/v1/chat/completions", json=HELLO, headers=kim)
+    used = whole.json()["usage"]["total_tokens"]
+    assert whole.headers["x-ratelimit-limit-tokens"] == "200"
+    assert whole.headers["x-ratelimit-remaining-tokens"] == "200"  # charged when the answer ends
+    streamed = client.post("/v1/chat/completions", json=HELLO | {"stream": True}, headers=kim)
+    assert "usage" not in streamed.text  # not asked for, yet counted
+    assert int(streamed.headers["x-ratelimit-remaining-tokens"]) == 200 - used
+    spent = 2 * used
+    while spent < 200:  # the minute's tokens run out
+        spent += client.post("/v1/chat/completions", json=HELLO, headers=kim).json()["usage"]["total_tokens"]
+    refused = client.post("/v1/chat/completions", json=HELLO, headers=kim)
+    error = _assert_error(refused, 429, "rate_limit_exceeded")
+    assert error["type"] == "tokens" and "tokens per minute: limit 200" in error["message"]
+    assert refused.headers["x-ratelimit-remaining-tokens"] == "0"
+    # Refilled at 200 a minute, the debt and one more token take this long.
+    assert int(refused.headers["retry-after-ms"]) == pytest.approx((spent - 200 + 1) * 300, abs=1)
+
+
 def test_the_openai_sdk_waits_out_a_rate_limit_by_its_retry_headers(tokenizer: Any, tmp_path: Any) -> None:
     """Issue #20: the official SDK reads `retry-after-ms` from our 429, waits, and its retry is let in. At 20
     requests a minute a permit takes 3 s to flow back in: longer than the SDK's own backoff for two retries

@@ -95,10 +95,10 @@ def test_concurrent_requests_hold_a_slot_until_released_across_replicas() -> Non
         first, second = _admitted(await a.admit(dave)), _admitted(await b.admit(dave))
         error = _refused(await a.admit(dave))
         assert "concurrent requests: limit 2" in error.message and error.retry_after_s
-        a.release(first)
+        a.release(first, 0)
         _refused(await b.admit(dave))  # `a` keeps its free slot a moment, for its own next request
         _admitted(await a.admit(dave))
-        b.release(second)
+        b.release(second, 0)
         clock.now += HOLD_S
         await b.flush()
         _admitted(await a.admit(dave))
@@ -115,10 +115,10 @@ def test_a_team_limit_binds_every_key_of_the_team_and_a_refusal_takes_nothing() 
         kept = [_admitted(await a.admit(erin)) for _ in range(2)] + [_admitted(await a.admit(frank))]
         error = _refused(await a.admit(erin))
         assert "team ml" in error.message
-        a.release(kept[2])
+        a.release(kept[2], 0)
         _refused(await a.admit(frank))  # the team's minute is used up...
         for admission in kept[:2]:
-            a.release(admission)
+            a.release(admission, 0)
         assert a._leases["key:frank"].free_slots == 1  # ...and the refusal gave frank's slot back
 
     asyncio.run(scenario())
@@ -143,3 +143,69 @@ def test_a_caller_without_limits_is_not_counted_and_an_unreachable_ledger_admits
 )
 def test_durations_are_written_as_openai_writes_them(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+def test_tokens_per_minute_are_charged_when_a_request_ends_and_a_debt_refuses_until_it_refills() -> None:
+    """A request's cost is known when it ends: it is admitted while its key's token balance is positive,
+    charged its usage then, and the debt refuses every replica's requests until the bucket refills."""
+
+    async def scenario() -> None:
+        clock, (a, b) = _replicas(2)
+        hana = Identity("hana", limits=Limits(tokens_per_minute=1000))  # leases of 50 tokens
+        first = _admitted(await a.admit(hana))
+        assert first.token_scopes == ("key:hana",)
+        assert (first.headers["x-ratelimit-limit-tokens"], first.headers["x-ratelimit-remaining-tokens"]) == (
+            "1000",
+            "1000",  # the ledger's 950 and the replica's 50
+        )
+        assert "x-ratelimit-limit-requests" not in first.headers
+        running = _admitted(await a.admit(hana))  # admitted on the same positive balance
+        a.release(first, 1200)  # more than the whole minute: the overshoot the bound allows
+        a.release(running, 30)
+        refusal = await a.admit(hana)  # the debt is settled with the ledger, which has nothing to lease
+        error = _refused(refusal)
+        assert (error.status_code, error.code, error.type) == (429, "rate_limit_exceeded", "tokens")
+        assert "tokens per minute: limit 1000" in error.message
+        assert isinstance(refusal, Refusal) and refusal.headers["x-ratelimit-remaining-tokens"] == "0"
+        # The ledger's 950 less the 1,180 owed: 230 below zero; one token is 60/1000 s further.
+        assert error.retry_after_s == pytest.approx((230 + 1) * 60 / 1000)
+        _refused(await b.admit(hana))  # the other replica sees the same debt
+        clock.now += (230 + 50) * 60 / 1000  # the debt, and one lease's worth, has flowed back
+        _admitted(await b.admit(hana))
+
+    asyncio.run(scenario())
+
+
+def test_a_replicas_unused_tokens_and_its_debt_go_back_to_the_ledger() -> None:
+    async def scenario() -> None:
+        clock, (a, b) = _replicas(2)
+        ivan = Identity("ivan", limits=Limits(tokens_per_minute=100))  # leases of 5 tokens
+        for _ in range(19):  # 19 leases of 5 taken by `a`, each used up
+            a.release(_admitted(await a.admit(ivan)), 5)
+        _admitted(await a.admit(ivan))  # the 20th: the ledger is empty now, `a` holds 5
+        _refused(await b.admit(ivan))
+        clock.now += HOLD_S
+        await a.flush()  # `a` was idle: its 5 go back
+        clock.now += 0.001
+        kept = _admitted(await b.admit(ivan))
+        b.release(kept, 40)  # `b` owes 35
+        clock.now += HOLD_S
+        await b.flush()  # the debt reaches the ledger though `b` asks for nothing
+        _refused(await a.admit(ivan))
+
+    asyncio.run(scenario())
+
+
+def test_of_a_key_and_its_team_each_kind_of_header_comes_from_the_tighter() -> None:
+    async def scenario() -> None:
+        _, (a,) = _replicas(1)
+        jo = Identity(
+            "jo",
+            team="core",
+            limits=Limits(requests_per_minute=10, tokens_per_minute=100_000),
+            team_limits=Limits(requests_per_minute=1000, tokens_per_minute=2000),
+        )
+        headers = _admitted(await a.admit(jo)).headers
+        assert (headers["x-ratelimit-limit-requests"], headers["x-ratelimit-limit-tokens"]) == ("10", "2000")
+
+    asyncio.run(scenario())

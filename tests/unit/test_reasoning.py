@@ -24,7 +24,7 @@ from serve_app.reasoning import template_kwargs
 from serve_app.tool_parsers.base import ParsedOutput, TextParser
 from tests import harmony_fixtures as h
 from tests.openai_spec import assert_valid
-from tests.sse_client import parse_sse
+from tests.sse_client import parse_sse, read_frames
 
 prose = st.text(st.characters(blacklist_categories=["Cs"]), max_size=40).filter(
     lambda t: "<think>" not in t and "</think>" not in t and "<|" not in t
@@ -250,9 +250,7 @@ def test_reasoning_in_responses_and_streams(tokenizer: Any, tmp_path: Path) -> N
     assert 0 < details["reasoning_tokens"] < body["usage"]["completion_tokens"]
 
     async def stream() -> bytes:
-        return b"".join(
-            [frame async for frame in chat.stream(_plan(chat, stream=True, stream_options={"include_usage": True}))]
-        )
+        return await read_frames(chat.stream(_plan(chat, stream=True, stream_options={"include_usage": True})))
 
     chunks = parse_sse(asyncio.run(stream()))
     for chunk in chunks:

@@ -20,7 +20,7 @@ from serve_app.structured_output import VIOLATION_CODE, ResponseConstraint, _sch
 from serve_app.structured_output import response_constraint as _constraint_of
 from tests.conftest import REPLAY_SCRIPT
 from tests.openai_spec import assert_valid
-from tests.sse_client import parse_sse
+from tests.sse_client import parse_sse, read_frames
 
 WEATHER = {
     "type": "object",
@@ -150,7 +150,7 @@ def _stream(service: ModelService, request: ChatCompletionRequest) -> list[dict[
     assert not isinstance(plan, OpenAIError), plan
 
     async def frames() -> bytes:
-        return b"".join([frame async for frame in plan.stream()])
+        return await read_frames(plan.stream())
 
     return parse_sse(asyncio.run(frames()))
 

@@ -18,7 +18,7 @@ from serve_app.tool_constraints import forced_call_schema
 from serve_app.tool_prompts import render_prompt
 from tests.conftest import REPLAY_SCRIPT
 from tests.openai_spec import assert_valid
-from tests.sse_client import parse_sse
+from tests.sse_client import parse_sse, read_frames
 
 TOOLS: list[dict[str, Any]] = [
     {
@@ -108,7 +108,7 @@ def test_streamed_tool_calls_match_the_non_streamed_ones(chat: ChatCompletions) 
     whole = _json(asyncio.run(chat.complete(_plan(chat))))["choices"][0]["message"]["tool_calls"]
 
     async def frames() -> bytes:
-        return b"".join([f async for f in chat.stream(_plan(chat, stream=True))])
+        return await read_frames(chat.stream(_plan(chat, stream=True)))
 
     chunks = parse_sse(asyncio.run(frames()))
     arguments: dict[int, str] = {}
