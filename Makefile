@@ -6,13 +6,16 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 CONFIG ?= configs/local.yaml
 PYTEST_ARGS ?=
+# Debian's Prometheus, which the metrics test runs for real (tests/distributed/test_metrics.py).
+PROMETHEUS := /usr/bin/prometheus
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: serve test test-unit lint format docs install prepare status
 
 serve: $(VENV)/.installed ## install (first time), prepare the model, serve until Ctrl-C
 	$(PY) -m serve_app serve $(CONFIG)
 
-test: lint ## install the test extra, check lint and types, run the whole suite
+test: lint $(PROMETHEUS) ## install the test extra and Prometheus, check lint and types, run the whole suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: $(VENV)/.installed-test ## the fast lane: tests that need neither Ray nor vLLM nor the converted model
@@ -52,3 +55,8 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install --progress-bar on -e '.[cpu,test]'
 	$(PIP) uninstall -y torchvision torchaudio torchcodec
 	touch $@
+
+$(PROMETHEUS):
+	@echo "==> installing Debian's Prometheus for the metrics test"
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus

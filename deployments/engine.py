@@ -11,11 +11,13 @@ from typing import Any
 
 from ray import serve
 
+from deployments.ray_metrics import RayMetrics
 from serve_app.autoscaling import ENGINE_QUEUE_METRIC
 from serve_app.chat_completions import ChatMeta
 from serve_app.config import ModelConfig
 from serve_app.engines import create_engine
 from serve_app.engines.base import GenerationDelta
+from serve_app.metrics import ENGINE_METRICS, QUEUE_TIME
 from serve_app.model_service import ModelService
 from serve_app.model_source import prepare_model
 from serve_app.protocol.chat import ChatCompletionRequest
@@ -47,7 +49,11 @@ class LLMServer:
         # The run command prepares models before starting; `serve run`/`serve deploy` prepare them here.
         model_path = await asyncio.to_thread(prepare_model, model.source, model_cache_dir, logger.info)
         tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, model_path)
-        self._engine = create_engine(model, model_path, tokenizer)
+        metrics = RayMetrics(ENGINE_METRICS)
+        queue_labels = {"model": model.id}
+        self._engine = create_engine(
+            model, model_path, tokenizer, lambda waited_s: metrics.observe(QUEUE_TIME, waited_s, queue_labels)
+        )
         logger.info("starting %s engine for model %r from %s", model.engine, model.id, model_path)
         await self._engine.start()
         self._service = ModelService(

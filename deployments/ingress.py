@@ -12,8 +12,10 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.handles import UNAVAILABLE, by_value, streamed, unavailable_error
 from deployments.limits_ledger import HandleLedger
+from deployments.ray_metrics import RayMetrics
 from serve_app.config import ServerOptions
 from serve_app.http_api import GenerationBody, create_http_app
+from serve_app.metrics import INGRESS_METRICS
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.errors import OpenAIError
 from serve_app.routing import ModelCatalog, needs_structured_output, needs_tool_parsing
@@ -43,9 +45,10 @@ class OpenAIIngress:
         self._structured_output = by_value(structured_output)
         self._model_info: dict[str, dict[str, Any]] = {}
         self._limits_ledger = HandleLedger(limits_ledger)
+        self._metrics = RayMetrics(INGRESS_METRICS)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_http_app(self, self._server, self._limits_ledger)
+        return create_http_app(self, self._server, self._limits_ledger, self._metrics)
 
     async def model_info(self, model_id: str) -> dict[str, Any]:
         if (length := self.catalog.context_lengths.get(model_id)) is not None:

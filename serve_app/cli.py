@@ -144,7 +144,7 @@ def _serve(document: dict[str, Any], apps: dict[str, AppConfig]) -> int:
             serve.shutdown()
             ray.shutdown()
             return 1
-        _print_banner(http_options, apps, time.monotonic() - started)
+        _print_banner(http_options, apps, time.monotonic() - started, _metrics_url(ray.nodes()))
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -190,7 +190,13 @@ def _wait_until_running(
     return True
 
 
-def _print_banner(http_options: dict[str, Any], apps: dict[str, AppConfig], elapsed: float) -> None:
+def _metrics_url(nodes: list[dict[str, Any]]) -> str:
+    """Where Prometheus scrapes this node: Ray's metrics agent, with our metrics beside Serve's and vLLM's."""
+    node = next(n for n in nodes if n.get("Alive"))
+    return f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+
+
+def _print_banner(http_options: dict[str, Any], apps: dict[str, AppConfig], elapsed: float, metrics_url: str) -> None:
     host = http_options["host"]
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{http_options['port']}/v1"
     app = next(iter(apps.values()))
@@ -212,6 +218,7 @@ def _print_banner(http_options: dict[str, Any], apps: dict[str, AppConfig], elap
         f"  model    : {', '.join(names)}\n"
         f"  try      : curl {base}/{path} -H 'Content-Type: application/json'{auth}"
         f" -d {shlex.quote(json.dumps(body))}\n"
+        f"  metrics  : {metrics_url} (Prometheus; ours are ray_agent_serve_*)\n"
         f"Press Ctrl-C to stop.\n"
     )
 

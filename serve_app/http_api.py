@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serve_app import sse
 from serve_app.config import ModelTask, ServerOptions
 from serve_app.keys import ANONYMOUS, Identity, KeyRingSource
+from serve_app.metrics import MetricsSink, RequestMetrics
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.common import VLLM_SAMPLING_EXTENSIONS
 from serve_app.protocol.completions import CompletionRequest
@@ -78,9 +79,15 @@ def error_response(error: OpenAIError) -> Response:
     return Response(error.body(), status_code=error.status_code, media_type="application/json", headers=headers)
 
 
-def create_http_app(backend: ModelBackend, options: ServerOptions, ledger: LedgerClient | None = None) -> FastAPI:
+def create_http_app(
+    backend: ModelBackend,
+    options: ServerOptions,
+    ledger: LedgerClient | None = None,
+    metrics: MetricsSink | None = None,
+) -> FastAPI:
     """The OpenAI HTTP surface over `backend`. Per-key limits are counted by `ledger`, shared by every
-    ingress replica (by default, one in this process: right for a single replica and for tests)."""
+    ingress replica (by default, one in this process: right for a single replica and for tests). Each
+    request is measured into `metrics`, if given (`serve_app/metrics.py`)."""
     app = FastAPI(title="agent-serve: OpenAI-compatible API", docs_url=None, redoc_url=None)
     started = int(time.time())
 
@@ -132,6 +139,7 @@ def create_http_app(backend: ModelBackend, options: ServerOptions, ledger: Ledge
             return error_response(model_id)
         if not _caller(request).may_use(body.model, model_id):  # as OpenAI: not told apart from no such model
             return error_response(model_not_found(body.model))
+        request.state.model = model_id  # for the metrics: a model that exists, never a name a client made up
         unknown = sorted(body.model_extra or {})
         if options.strict_request_fields and (
             not_openai := unknown + sorted(VLLM_SAMPLING_EXTENSIONS & body.model_fields_set)
@@ -173,9 +181,9 @@ def create_http_app(backend: ModelBackend, options: ServerOptions, ledger: Ledge
         return await serve(body, "embed", request)
 
     # Pure ASGI middlewares: Starlette's `@app.middleware("http")` would relay every streamed chunk through
-    # an extra task and memory stream. The last added runs first: path, CORS, key, then the body is read
-    # (only for a client with a key, within its limits), then the request takes its place (only once its
-    # body is in).
+    # an extra task and memory stream. The last added runs first: path, metrics (so refusals count too),
+    # CORS, key, then the body is read (only for a client with a key, within its limits), then the request
+    # takes its place (only once its body is in).
     app.add_middleware(_Capacity, max_ongoing=options.ingress.max_ongoing_requests)
     app.add_middleware(_WholeBody, max_bytes=options.max_request_body_bytes, timeout_s=options.request_body_timeout_s)
     keys = KeyRingSource(
@@ -187,6 +195,8 @@ def create_http_app(backend: ModelBackend, options: ServerOptions, ledger: Ledge
     app.add_middleware(
         CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"], expose_headers=["x-request-id"]
     )
+    if metrics is not None:
+        app.add_middleware(RequestMetrics, sink=metrics)
     app.add_middleware(_CanonicalRequest)
     return app
 

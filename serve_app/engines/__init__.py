@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,11 @@ from serve_app.engines.admission import AdmittedEngine
 from serve_app.engines.base import Engine
 
 
-def create_engine(model: ModelConfig, model_path: Path, tokenizer: Any) -> Engine:
-    """The model's engine; a generating one behind its admission (`serve_app.engines.admission`)."""
+def create_engine(
+    model: ModelConfig, model_path: Path, tokenizer: Any, on_wait: Callable[[float], None] | None = None
+) -> Engine:
+    """The model's engine; a generating one behind its admission (`serve_app.engines.admission`), which tells
+    `on_wait` how long each request waited there."""
     engine: Engine
     if model.engine == "replay":
         from serve_app.engines.replay import ReplayEngine
@@ -32,4 +36,4 @@ def create_engine(model: ModelConfig, model_path: Path, tokenizer: Any) -> Engin
         )
     if model.task == "embed":
         return engine
-    return AdmittedEngine(engine, model.id, model.deployment.max_ongoing_requests, model.max_queued_requests)
+    return AdmittedEngine(engine, model.id, model.deployment.max_ongoing_requests, model.max_queued_requests, on_wait)

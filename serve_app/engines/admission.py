@@ -14,8 +14,9 @@ request. Pure asyncio; no Ray.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from serve_app.engines.base import Engine, GenerationDelta, GenerationRequest
 from serve_app.protocol.errors import OpenAIError, unavailable
@@ -79,13 +80,22 @@ class Admission:
 
 
 class AdmittedEngine(Engine):
-    """`engine`, with at most `max_running` generations in it and at most `max_waiting` requests waiting."""
+    """`engine`, with at most `max_running` generations in it and at most `max_waiting` requests waiting.
+    `on_wait` is told how long each request waited for room, in seconds (the queue-time metric)."""
 
-    def __init__(self, engine: Engine, model_id: str, max_running: int, max_waiting: int | None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        model_id: str,
+        max_running: int,
+        max_waiting: int | None,
+        on_wait: Callable[[float], None] | None = None,
+    ) -> None:
         self._engine = engine
         self._model_id = model_id
         self._admission = Admission(max_running)
         self._max_waiting = max_waiting
+        self._on_wait = on_wait
 
     async def start(self) -> None:
         await self._engine.start()
@@ -112,7 +122,10 @@ class AdmittedEngine(Engine):
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         weight = request.sampling.n
+        arrived = time.monotonic()
         await self._admission.acquire(weight)
+        if self._on_wait is not None:
+            self._on_wait(time.monotonic() - arrived)
         try:
             async for delta in self._engine.generate(request):
                 yield delta

@@ -9,58 +9,23 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import pytest
 import yaml
 
-from serve_app.ray_settings import CONTROLLER_OPTIONS, prepare_node_environment
-from tests.conftest import EMBEDDED_SOURCE
+from tests.distributed.conftest import APP, deploy, replay_model
 from tests.sse_client import parse_sse
 
 pytestmark = pytest.mark.distributed
 
-APP = "openai"
 TOKEN_DELAY_S = 0.05
 SLOW_TEXT = " ".join(f"word{i}" for i in range(60))  # 170 tokens: 8.5 s
 QUICK_TEXT = "Hello from the cluster."
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return cast(int, s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def cluster(model_dir: Path) -> Iterator[str]:
-    """Head: CPUs only. gpu-h100 and gpu-l4: 2 (simulated) GPUs each, labelled with their accelerator type."""
-    import ray
-    from ray import serve
-    from ray.cluster_utils import Cluster
-
-    prepare_node_environment()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "num_gpus": 0, "include_dashboard": False})
-    for accelerator in ("H100", "L4"):
-        cluster.add_node(num_cpus=2, num_gpus=2, resources={f"accelerator_type:{accelerator}": 1})
-    port = _free_port()
-    ray.init(address=cluster.address, namespace="agent-serve-distributed")
-    try:
-        serve.start(
-            proxy_location="HeadOnly",
-            http_options={"host": "127.0.0.1", "port": port},
-            controller_options=CONTROLLER_OPTIONS,
-        )
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        cluster.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -75,18 +40,6 @@ def slow_script(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ]
     path.write_text(yaml.safe_dump({"token_delay_s": TOKEN_DELAY_S, "replies": replies}))
     return path
-
-
-def _deploy(model: dict[str, Any], server: dict[str, Any] | None = None) -> None:
-    from ray import serve
-
-    from serve_app import build_app
-
-    serve.run(build_app({"models": [model], "server": server or {}}), name=APP, route_prefix="/")
-
-
-def _replay_model(script: Path, **fields: Any) -> dict[str, Any]:
-    return {"id": "replay", "source": EMBEDDED_SOURCE, "engine": "replay", "replay": {"script": str(script)}} | fields
 
 
 def _replicas(*states: str) -> int:
@@ -155,7 +108,7 @@ def test_engine_placement_group_spans_nodes_when_asked(
     cluster: str, slow_script: Path, world_size: int, strategy: str, accelerator: str | None, expected_nodes: set[str]
 ) -> None:
     deployment = {"num_cpus": 0.5, "placement_strategy": strategy, "accelerator_type": accelerator}
-    _deploy(_replay_model(slow_script, engine_args={"tensor_parallel_size": world_size}, deployment=deployment))
+    deploy(replay_model(slow_script, engine_args={"tensor_parallel_size": world_size}, deployment=deployment))
     try:
         (group,) = _engine_placement_groups()
         accelerators = _node_accelerators()
@@ -184,7 +137,7 @@ def test_engine_replicas_scale_with_queue_depth_and_back_when_idle(cluster: str,
         "metrics_interval_s": 0.5,
         "look_back_period_s": 1,
     }
-    _deploy(_replay_model(slow_script, deployment={"num_cpus": 0.5, "autoscaling": autoscaling}))
+    deploy(replay_model(slow_script, deployment={"num_cpus": 0.5, "autoscaling": autoscaling}))
     try:
         assert _running_replicas() == 1
         with concurrent.futures.ThreadPoolExecutor(max_workers=10) as pool:
@@ -218,8 +171,8 @@ def test_scale_to_zero_holds_requests_and_keeps_the_stream_alive(cluster: str, s
         "metrics_interval_s": 0.5,
         "look_back_period_s": 1,
     }
-    _deploy(
-        _replay_model(slow_script, deployment={"num_cpus": 0.5, "autoscaling": autoscaling}),
+    deploy(
+        replay_model(slow_script, deployment={"num_cpus": 0.5, "autoscaling": autoscaling}),
         server={"keep_alive_interval_s": 0.2},
     )
     try:
@@ -256,9 +209,7 @@ def test_a_key_limit_is_shared_by_two_ingress_replicas(cluster: str, slow_script
     keys = tmp_path / "keys.yaml"
     keys.write_text(f"keys: [{{name: ci, sha256: {hash_key('sk-ci')}, limits: {{requests_per_minute: {limit}}}}}]\n")
     ingress = {"num_replicas": 2, "num_cpus": 0}
-    _deploy(
-        _replay_model(slow_script, deployment={"num_cpus": 0.5}), server={"keys_file": str(keys), "ingress": ingress}
-    )
+    deploy(replay_model(slow_script, deployment={"num_cpus": 0.5}), server={"keys_file": str(keys), "ingress": ingress})
     try:
         body = {"model": "replay", "messages": [{"role": "user", "content": "hi"}]}
         headers = {"Authorization": "Bearer sk-ci"}

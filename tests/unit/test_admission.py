@@ -104,6 +104,21 @@ def _generation(request_id: str, n: int = 1) -> GenerationRequest:
     return GenerationRequest(request_id, [1, 2, 3], SamplingOptions(max_tokens=8, n=n))
 
 
+def test_each_requests_wait_for_room_is_told_for_the_queue_time_metric(tokenizer: Any, slow_script: Path) -> None:
+    async def scenario() -> list[float]:
+        waits: list[float] = []
+        engine = AdmittedEngine(ReplayEngine(tokenizer, slow_script, 512, None), "m", 1, None, waits.append)
+        chat = ChatCompletions("m", engine, tokenizer)
+        planned = [chat.plan(_chat("hello")) for _ in range(2)]
+        assert all(isinstance(p, PlannedChat) for p in planned)
+        await asyncio.gather(*(chat.complete(p) for p in planned if isinstance(p, PlannedChat)))
+        return waits
+
+    first, second = asyncio.run(scenario())
+    # The first went in at once; the second waited for the whole first answer: ~60 tokens, 10 ms apart at least.
+    assert first < second and second >= 0.3
+
+
 def test_a_full_queue_is_a_503_with_retry_after_when_the_request_is_planned(tokenizer: Any, slow_script: Path) -> None:
     async def scenario() -> None:
         engine = AdmittedEngine(ReplayEngine(tokenizer, slow_script, 512, None), "m", max_running=1, max_waiting=1)

@@ -205,7 +205,9 @@ def test_role_chunk_marks_the_first_token_even_without_visible_text() -> None:
     items = asyncio.run(run())
     assert items[0] == ([], b"")  # accepted: headers only
     engine_outputs_seen, first_chunks = items[1]
-    assert engine_outputs_seen == [1] and isinstance(first_chunks, bytes)  # sent before the engine's second output was asked for
+    assert engine_outputs_seen == [1] and isinstance(
+        first_chunks, bytes
+    )  # sent before the engine's second output was asked for
     assert [c["choices"][0]["delta"] for c in parse_sse(first_chunks + b"data: [DONE]\n\n")] == [
         {"role": "assistant", "content": ""}
     ]
