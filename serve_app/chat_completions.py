@@ -242,8 +242,9 @@ async def render_stream(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]) 
     token). Then one item per engine output: the role chunks of all choices travel with the first
     output, even one without visible text (a special token, or text a parser holds until it can tell
     whether a tool call starts), so the first chunk marks the first token; then reasoning, content and
-    tool-call deltas, one finish_reason per choice, the usage chunk if asked, [DONE]; last, however the
-    stream ended, its `UsageReport` (`serve_app/usage.py`), which the ingress keeps."""
+    tool-call deltas, one finish_reason per choice, the usage chunk if asked, [DONE]. Among them, values the
+    ingress keeps (`serve_app/usage.py`): a `UsageReport` of the prompt before the first frame, and one of the
+    whole stream last, also after an error event (not when the consumer closes the stream early)."""
     frames = _render_frames(meta, deltas)
     try:
         yield b""
@@ -258,6 +259,7 @@ async def _render_frames(
     meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]
 ) -> AsyncGenerator[bytes | UsageReport, None]:
     choices = [meta.new_output() for _ in range(meta.n)]
+    yield UsageReport.of(_usage(meta, choices))  # the prompt's: what a stream cut early is charged
     frames = _chunk_frames(meta, choices, deltas)
     try:
         async for frame in frames:

@@ -144,7 +144,12 @@ def _serve(document: dict[str, Any], apps: dict[str, AppConfig]) -> int:
             serve.shutdown()
             ray.shutdown()
             return 1
-        _print_banner(http_options, apps, time.monotonic() - started, _metrics_url(ray.nodes()))
+        _print_banner(
+            http_options,
+            apps,
+            time.monotonic() - started,
+            _metrics_url(ray.nodes(), ray.get_runtime_context().get_node_id()),
+        )
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -190,9 +195,9 @@ def _wait_until_running(
     return True
 
 
-def _metrics_url(nodes: list[dict[str, Any]]) -> str:
+def _metrics_url(nodes: list[dict[str, Any]], node_id: str) -> str:
     """Where Prometheus scrapes this node: Ray's metrics agent, with our metrics beside Serve's and vLLM's."""
-    node = next(n for n in nodes if n.get("Alive"))
+    node = next(n for n in nodes if n["NodeID"] == node_id)
     return f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
 
 

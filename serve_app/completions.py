@@ -111,7 +111,9 @@ class TextCompletions:
         return self._object(planned, choices, usage).model_dump_json().encode()
 
     async def stream(self, planned: PlannedCompletion) -> AsyncIterator[bytes | UsageReport]:
-        """The frames, then (however the stream ended) its `UsageReport`, which the ingress keeps."""
+        """The frames, and the `UsageReport`s the ingress keeps: the prompt's first, the whole stream's last
+        (also after an error event; not when the consumer closes the stream early)."""
+        yield UsageReport(planned.prompt_tokens, 0)
         tokens: dict[int, int] = {}  # completion tokens so far, by choice index
         frames = self._frames(planned, tokens)
         try:

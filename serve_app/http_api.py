@@ -34,6 +34,7 @@ from serve_app.protocol.common import VLLM_SAMPLING_EXTENSIONS
 from serve_app.protocol.completions import CompletionRequest
 from serve_app.protocol.embeddings import EmbeddingRequest
 from serve_app.protocol.errors import (
+    CLIENT_CLOSED_REQUEST,
     OpenAIError,
     deadline_exceeded,
     internal_error,
@@ -44,7 +45,7 @@ from serve_app.protocol.errors import (
 from serve_app.rate_limits import Ledger, LedgerClient, Limiter, LocalLedger, Refusal
 from serve_app.routing import ModelCatalog
 from serve_app.streaming import marking_silences
-from serve_app.usage import UsageReport
+from serve_app.usage import METERED_PATHS, UsageReport, request_usage
 
 logger = logging.getLogger("agent_serve.http")
 
@@ -64,8 +65,8 @@ class ModelBackend(Protocol):
         ...
 
     def generate_stream(self, request: GenerationBody) -> AsyncGenerator[bytes | OpenAIError | UsageReport, None]:
-        """First item: an error (nothing was sent yet) or the first frames; then frames, and last the stream's
-        `UsageReport` (never sent: what the request cost, for its key's limits and the metrics)."""
+        """First item: an error (nothing was sent yet) or the first frames; then only frames. Among them, never
+        sent, `UsageReport`s: what the request cost so far, for its key's limits and the metrics."""
         ...
 
 
@@ -207,14 +208,9 @@ def _caller(request: Request) -> Identity:
 
 
 def _note_usage(request: Request, report: UsageReport | None) -> None:
-    """What the request cost, in the request's state: the middlewares that count it read it when it ends."""
+    """What the request cost so far, in the request's state (`serve_app/usage.py:request_usage`)."""
     if report is not None:
         request.state.usage = report
-
-
-def request_usage(scope: Scope) -> UsageReport | None:
-    """What a finished request cost, if it got that far (`_note_usage`)."""
-    return cast(UsageReport | None, scope.get("state", {}).get("usage"))
 
 
 def _request_id(request: Request) -> str:
@@ -271,8 +267,9 @@ async def _client_left(request: Request) -> None:
         pass
 
 
-# What a request whose client left is answered with: nobody reads it (nginx's 499 names the case in logs).
-CLIENT_LEFT = OpenAIError(499, "The client closed the connection before the answer.", "invalid_request_error")
+CLIENT_LEFT = OpenAIError(
+    CLIENT_CLOSED_REQUEST, "The client closed the connection before the answer.", "invalid_request_error"
+)
 
 
 async def _stream_response(
@@ -285,10 +282,12 @@ async def _stream_response(
     """Wait for the first item to pick the status; if the engine is slow to start, commit to a stream."""
     items = marking_silences(frames, keep_alive_s)
     first = await anext(items)
+    while isinstance(first, UsageReport):  # the prompt's, before any frame
+        on_usage(first)
+        first = await anext(items)
     if isinstance(first, OpenAIError):
         await items.aclose()
         return error_response(first)
-    assert not isinstance(first, UsageReport), "a stream's usage comes after its frames"
     # A silence first means queued behind other requests: headers and keep-alives go out now (R4.1, R4.7)
     # and a later error becomes an error event (R4.8).
     return StreamingResponse(
@@ -310,7 +309,7 @@ async def _sse(
     (R4.8): a dropped connection is what clients handle worst. Past the `deadline` (checked at each frame
     and each silence) the stream ends with the deadline's error event. Nothing follows `[DONE]` (R4.1): a
     busy upstream may take a while to end after its last frame, and a keep-alive then would break the rule.
-    The stream's `UsageReport`, its last item, goes to `on_usage`."""
+    The stream's `UsageReport`s go to `on_usage`."""
     try:
         frame = _sse_bytes(first)
         yield frame
@@ -497,15 +496,13 @@ class _Limits:
     carries OpenAI's `x-ratelimit-*` headers; when the response (a stream too) ends, the slot is given back
     and the tokens its usage counts are charged."""
 
-    LIMITED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
-
     def __init__(self, app: ASGIApp, limiter: Limiter) -> None:
         self.app = app
         self.limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         caller = scope.get("state", {}).get("identity")
-        if scope["type"] != "http" or caller is None or scope["path"] not in self.LIMITED_PATHS:
+        if scope["type"] != "http" or caller is None or scope["path"] not in METERED_PATHS:
             return await self.app(scope, receive, send)
         admission = await self.limiter.admit(caller)
         if isinstance(admission, Refusal):

@@ -30,7 +30,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app import sse
 from serve_app.keys import ANONYMOUS, Identity
-from serve_app.usage import UsageReport
+from serve_app.protocol.errors import CLIENT_CLOSED_REQUEST
+from serve_app.usage import METERED_PATHS, request_usage
 
 MetricKind = Literal["counter", "histogram", "gauge"]
 
@@ -127,7 +128,6 @@ class MetricsSink(Protocol):
     def set(self, metric: Metric, value: float, labels: dict[str, str]) -> None: ...
 
 
-MEASURED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 _ERROR_EVENT = b'data: {"error": '  # as `OpenAIError.body()` writes it
 
 
@@ -154,7 +154,7 @@ class RequestMetrics:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = scope.get("path", "")
-        if scope["type"] != "http" or scope["method"] != "POST" or route not in MEASURED_PATHS:
+        if scope["type"] != "http" or scope["method"] != "POST" or route not in METERED_PATHS:
             return await self.app(scope, receive, send)
         arrived = self.clock()
         seen = _Exchange()
@@ -166,7 +166,7 @@ class RequestMetrics:
                 if seen.status >= 400:
                     seen.error_body += body
                 elif body.startswith(b"data: "):  # a frame (not a keep-alive comment)
-                    if seen.first_token_at is None:
+                    if seen.first_token_at is None and not body.startswith(_ERROR_EVENT):
                         seen.first_token_at = self.clock()
                     seen.last_frame = body
             await send(message)
@@ -186,7 +186,7 @@ class RequestMetrics:
         state = scope.get("state", {})
         caller: Identity = state.get("identity", ANONYMOUS)
         model: str = state.get("model", "")
-        usage: UsageReport | None = state.get("usage")
+        usage = request_usage(scope)
         who = {"key": caller.name, "team": caller.team or ""}
         ended = self.clock()
         self.sink.count(REQUESTS, 1, who | {"model": model, "route": route, "status": str(seen.status or 500)})
@@ -204,7 +204,7 @@ class RequestMetrics:
                 per_token = (ended - seen.first_token_at) / (usage.completion_tokens - 1)
                 self.sink.observe(INTER_TOKEN_LATENCY, per_token, {"model": model})
         error = _error(seen)
-        if error is not None:
+        if error is not None and seen.status != CLIENT_CLOSED_REQUEST:  # no answer anyone read: not an error
             code, error_type = error
             self.sink.count(ERRORS, 1, {"model": model, "route": route, "code": code})
             if code == "rate_limit_exceeded":

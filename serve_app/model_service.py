@@ -44,7 +44,7 @@ class Plan:
         return await self.endpoint.complete(self.planned)
 
     def stream(self) -> AsyncIterator[bytes | UsageReport]:
-        """The frames, then the stream's `UsageReport`."""
+        """The frames, and the stream's `UsageReport`s (`serve_app/usage.py`)."""
         return cast(StreamingEndpoint, self.endpoint).stream(self.planned)  # embedding requests never stream
 
 

@@ -15,8 +15,8 @@ The bounds on over-admission:
   replica's token balance is positive and charged when it ends; the balance, and the ledger's bucket, may
   then go below zero, and nothing more is admitted until the debt has refilled. The overshoot is at most
   the tokens of the requests already running when the balance ran out (with a concurrency limit: at most
-  that many requests' prompts and answers). A stream whose client left is not charged: its usage is not
-  reported.
+  that many requests' prompts and answers). A stream cut before its end is charged its prompt only
+  (`serve_app/usage.py`).
 
 Pure: no Ray. The ledger runs as a Serve deployment (`deployments/limits_ledger.py`); `LedgerClient` is how
 a limiter reaches it (a handle, or the ledger itself in one process).
@@ -232,9 +232,15 @@ class Limiter:
             async with lease.lock:
                 permits, tokens, slots = lease.permits, lease.tokens, lease.free_slots
                 lease.permits = lease.tokens = lease.free_slots = 0
-                lease.last_reply = await self._ledger.exchange(
-                    _exchange(scope, lease.limits, return_permits=permits, return_tokens=tokens, return_slots=slots)
-                )
+                try:
+                    lease.last_reply = await self._ledger.exchange(
+                        _exchange(scope, lease.limits, return_permits=permits, return_tokens=tokens, return_slots=slots)
+                    )
+                except Exception:  # kept for the next flush (requests may have ended meanwhile: added, not set)
+                    lease.permits += permits
+                    lease.tokens += tokens
+                    lease.free_slots += slots
+                    raise
 
     async def _flush_forever(self) -> None:
         while True:
@@ -253,10 +259,14 @@ class Limiter:
 
     async def _take(self, scope: str, lease: _Lease) -> OpenAIError | None:
         limits = lease.limits
-        need_permit = limits.requests_per_minute is not None and lease.permits == 0
-        need_tokens = limits.tokens_per_minute is not None and lease.tokens <= 0
-        need_slot = limits.concurrent_requests is not None and lease.free_slots == 0
-        if need_permit or need_tokens or need_slot:
+        # A second round when requests that ended during the first (charging their tokens, which `release`
+        # does without the lock) used up the tokens the first found; beyond it, the debt waits for the next.
+        for _ in range(2):
+            need_permit = limits.requests_per_minute is not None and lease.permits == 0
+            need_tokens = limits.tokens_per_minute is not None and lease.tokens <= 0
+            need_slot = limits.concurrent_requests is not None and lease.free_slots == 0
+            if not (need_permit or need_tokens or need_slot):
+                break
             debt = min(lease.tokens, 0)  # settled with the ledger in the same exchange
             reply = await self._ledger.exchange(
                 _exchange(
@@ -272,12 +282,12 @@ class Limiter:
             lease.tokens += reply.tokens - debt
             lease.free_slots += reply.slots
             lease.last_reply = reply
-            if limits.requests_per_minute is not None and lease.permits == 0:
-                return _refusal(scope, "requests per minute", limits.requests_per_minute, "requests", reply)
-            if limits.tokens_per_minute is not None and lease.tokens <= 0:
-                return _refusal(scope, "tokens per minute", limits.tokens_per_minute, "tokens", reply)
-            if limits.concurrent_requests is not None and lease.free_slots == 0:
-                return _refusal(scope, "concurrent requests", limits.concurrent_requests, "requests", reply)
+            if need_permit and lease.permits == 0:
+                return _refusal(scope, "requests per minute", limits.requests_per_minute or 0, "requests", reply)
+            if need_tokens and reply.tokens == 0:
+                return _refusal(scope, "tokens per minute", limits.tokens_per_minute or 0, "tokens", reply)
+            if need_slot and lease.free_slots == 0:
+                return _refusal(scope, "concurrent requests", limits.concurrent_requests or 0, "requests", reply)
         lease.last_used = self._clock()
         if limits.requests_per_minute is not None:
             lease.permits -= 1

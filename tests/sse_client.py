@@ -26,9 +26,10 @@ def parse_sse(body: bytes) -> list[dict[str, Any]]:
 
 
 async def read_frames(stream: AsyncIterator[bytes | UsageReport]) -> bytes:
-    """A renderer's frames joined; asserts that its last item is the stream's `UsageReport` (which the
-    ingress keeps) and that nothing else but frames came."""
+    """A renderer's frames joined; asserts that its usage reports (which the ingress keeps) are the prompt's
+    before any frame and the whole stream's last."""
     items = [item async for item in stream]
-    assert isinstance(items[-1], UsageReport), f"a stream ends with its usage report, not {items[-1]!r}"
-    assert all(isinstance(item, bytes) for item in items[:-1]), items
-    return b"".join(item for item in items[:-1] if isinstance(item, bytes))
+    prompt, whole = [item for item in items if isinstance(item, UsageReport)]
+    assert not any(items[: items.index(prompt)]), "the prompt's report comes before any frame"
+    assert items[-1] is whole and prompt == UsageReport(whole.prompt_tokens, 0), items
+    return b"".join(item for item in items if isinstance(item, bytes))

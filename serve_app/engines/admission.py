@@ -124,9 +124,9 @@ class AdmittedEngine(Engine):
         weight = request.sampling.n
         arrived = time.monotonic()
         await self._admission.acquire(weight)
-        if self._on_wait is not None:
-            self._on_wait(time.monotonic() - arrived)
         try:
+            if self._on_wait is not None:
+                self._on_wait(time.monotonic() - arrived)
             async for delta in self._engine.generate(request):
                 yield delta
         finally:

@@ -14,6 +14,11 @@ from dataclasses import dataclass
 logger = logging.getLogger("agent_serve.errors")
 
 
+CLIENT_CLOSED_REQUEST = 499
+"""The status of a request whose client left before its answer: nobody reads it (nginx's 499 names the case
+in logs)."""
+
+
 @dataclass(frozen=True)
 class OpenAIError:
     status_code: int

@@ -84,3 +84,15 @@ def test_the_json_schema_table_is_the_tested_one() -> None:
     section = page.split("## JSON Schema support", 1)[1].split("\n## ", 1)[0]
     documented = re.findall(r"^\| `([^`]+)` \| ([^|]+) \|$", section, flags=re.MULTILINE)
     assert documented == [(row.name, row.treatment) for row in KEYWORDS]
+
+
+def test_the_operators_guide_lists_every_metric_as_prometheus_names_it() -> None:
+    """Ray prefixes application metrics with `ray_`, and counters with `_total` (issue #20)."""
+    from serve_app.metrics import METRICS
+
+    guide = (ROOT / "docs" / "operators.md").read_text()
+    for metric in METRICS:
+        name = f"ray_{metric.name}" + ("_total" if metric.kind == "counter" else "")
+        row = next((line for line in guide.splitlines() if line.startswith(f"| `{name}` |")), None)
+        assert row is not None, f"docs/operators.md has no row for {name}"
+        assert f"| {metric.kind} | {', '.join(metric.labels)} |" in row, row

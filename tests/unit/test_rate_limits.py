@@ -209,3 +209,34 @@ def test_of_a_key_and_its_team_each_kind_of_header_comes_from_the_tighter() -> N
         assert (headers["x-ratelimit-limit-requests"], headers["x-ratelimit-limit-tokens"]) == ("10", "2000")
 
     asyncio.run(scenario())
+
+
+def test_tokens_charged_while_a_request_waits_on_the_ledger_do_not_refuse_it() -> None:
+    """A request that asks the ledger only for a permit, while another request ends and its tokens take the
+    replica's balance below zero, settles that debt with a second exchange rather than being refused."""
+
+    class GatedLedger(LocalLedger):
+        def __init__(self, ledger: Ledger) -> None:
+            super().__init__(ledger)
+            self.gate: asyncio.Event | None = None
+
+        async def exchange(self, asked: Exchange) -> Reply:
+            if self.gate is not None:
+                await self.gate.wait()
+            return await super().exchange(asked)
+
+    async def scenario() -> None:
+        clock = _Clock()
+        ledger = GatedLedger(Ledger(clock))
+        a = Limiter(ledger, clock)
+        lee = Identity("lee", limits=Limits(requests_per_minute=20, tokens_per_minute=1000))  # 1 permit, 50 tokens
+        first = _admitted(await a.admit(lee))
+        ledger.gate = asyncio.Event()
+        second = asyncio.create_task(a.admit(lee))  # needs a permit; has 50 tokens
+        await asyncio.sleep(0)
+        a.release(first, 80)  # the balance is -30 now
+        ledger.gate.set()
+        admitted = _admitted(await second)
+        assert admitted.headers["x-ratelimit-remaining-tokens"] == str(1000 - 80)
+
+    asyncio.run(scenario())
