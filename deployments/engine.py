@@ -9,12 +9,13 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
+from opentelemetry.trace import Span
 from ray import serve
 
 from deployments.ray_metrics import RayMetrics
 from serve_app.autoscaling import ENGINE_QUEUE_METRIC
 from serve_app.chat_completions import ChatMeta
-from serve_app.config import ModelConfig
+from serve_app.config import ModelConfig, TracingOptions
 from serve_app.engines import create_engine
 from serve_app.engines.base import GenerationDelta
 from serve_app.metrics import ENGINE_METRICS, QUEUE_TIME
@@ -27,6 +28,7 @@ from serve_app.protocol.errors import OpenAIError
 from serve_app.ray_settings import restore_normal_priority
 from serve_app.streaming import accepted_then_batched, batched
 from serve_app.structured_output import ResponseConstraint
+from serve_app.tracing import TraceCarrier, Tracing
 from serve_app.usage import UsageReport
 
 logger = logging.getLogger("ray.serve")
@@ -40,7 +42,7 @@ LEAVE_GRACE_S = 1.0
 class LLMServer:
     # Serve awaits an async constructor (the engine starts before the replica takes requests); mypy knows no such thing.
     async def __init__(  # type: ignore[misc]
-        self, model: ModelConfig, model_cache_dir: Path, stream_batch_interval_s: float
+        self, model: ModelConfig, model_cache_dir: Path, stream_batch_interval_s: float, tracing: TracingOptions
     ) -> None:
         from transformers import AutoTokenizer
 
@@ -49,18 +51,16 @@ class LLMServer:
         # The run command prepares models before starting; `serve run`/`serve deploy` prepare them here.
         model_path = await asyncio.to_thread(prepare_model, model.source, model_cache_dir, logger.info)
         tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, model_path)
-        metrics = RayMetrics(ENGINE_METRICS)
-        queue_labels = {"model": model.id}
-        self._engine = create_engine(
-            model, model_path, tokenizer, lambda waited_s: metrics.observe(QUEUE_TIME, waited_s, queue_labels)
-        )
+        self._metrics = RayMetrics(ENGINE_METRICS)
+        self._tracing = Tracing.of(tracing)
+        self._model_id = model.id
+        self._engine = create_engine(model, model_path, tokenizer, self._waited)
         logger.info("starting %s engine for model %r from %s", model.engine, model.id, model_path)
         await self._engine.start()
         self._service = ModelService(
             model.id, self._engine, tokenizer, model.tool_parser, model.reasoning_parser, model.task, model.compact_json
         )
         self._batch_interval_s = stream_batch_interval_s
-        self._model_id = model.id
         self._watch = asyncio.create_task(self._leave_when_the_engine_dies())
 
     async def _leave_when_the_engine_dies(self) -> None:
@@ -73,34 +73,71 @@ class LLMServer:
         await asyncio.sleep(LEAVE_GRACE_S)
         os._exit(1)  # Ray's exit_actor() works only inside an actor method call, not from a background task
 
+    def _waited(self, seconds: float) -> None:
+        """A request waited this long for room in the engine (`serve_app/engines/admission.py`)."""
+        self._metrics.observe(QUEUE_TIME, seconds, {"model": self._model_id})
+        if self._tracing is not None:
+            self._tracing.queue_waited(seconds)
+
+    def _hop(
+        self, request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest, trace: TraceCarrier | None
+    ) -> Span | None:
+        """This replica's span of the request, if the ingress traced it (`serve_app/tracing.py`)."""
+        if self._tracing is None:
+            return None
+        return self._tracing.start_hop(f"LLMServer:{self._model_id}", trace, **{"gen_ai.request.model": request.model})
+
     async def generate(
-        self, request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest
+        self, request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest, trace: TraceCarrier | None = None
     ) -> bytes | OpenAIError:
-        plan = self._service.plan(request)
-        return plan if isinstance(plan, OpenAIError) else await plan.complete()
+        span = self._hop(request, trace)
+        try:
+            plan = self._service.plan(request)
+            return plan if isinstance(plan, OpenAIError) else await plan.complete()
+        finally:
+            if span is not None:
+                span.end()
 
     async def generate_stream(
-        self, request: ChatCompletionRequest | CompletionRequest
+        self, request: ChatCompletionRequest | CompletionRequest, trace: TraceCarrier | None = None
     ) -> AsyncGenerator[bytes | OpenAIError | UsageReport, None]:
-        plan = self._service.plan(request)
-        if isinstance(plan, OpenAIError):
-            yield plan
-            return
-        async for frames in accepted_then_batched(plan.stream(), self._batch_interval_s):
-            yield frames
+        span = self._hop(request, trace)
+        try:
+            plan = self._service.plan(request)
+            if isinstance(plan, OpenAIError):
+                yield plan
+                return
+            first = True
+            async for frames in accepted_then_batched(plan.stream(), self._batch_interval_s):
+                if first and span is not None and frames and isinstance(frames, bytes):  # not the accepted b""
+                    span.add_event("first_token")
+                    first = False
+                yield frames
+        finally:
+            if span is not None:
+                span.end()
 
     async def generate_deltas(
-        self, request: ChatCompletionRequest, constraint: ResponseConstraint | None
+        self, request: ChatCompletionRequest, constraint: ResponseConstraint | None, trace: TraceCarrier | None = None
     ) -> AsyncGenerator[ChatMeta | OpenAIError | list[GenerationDelta], None]:
         """For the post-processing deployments: the plan's `ChatMeta` (or an error), then the engine's deltas.
         `constraint` is the response format the structured-output deployment checked and compiled."""
-        planned = self._service.chat.plan(request, constraint)
-        if isinstance(planned, OpenAIError):
-            yield planned
-            return
-        yield planned.meta
-        async for deltas in batched(self._engine.generate(planned.generation), self._batch_interval_s):
-            yield deltas
+        span = self._hop(request, trace)
+        try:
+            planned = self._service.chat.plan(request, constraint)
+            if isinstance(planned, OpenAIError):
+                yield planned
+                return
+            yield planned.meta
+            first = True
+            async for deltas in batched(self._engine.generate(planned.generation), self._batch_interval_s):
+                if first and span is not None:
+                    span.add_event("first_token")
+                first = False
+                yield deltas
+        finally:
+            if span is not None:
+                span.end()
 
     def model_info(self) -> dict[str, Any]:
         return self._service.model_info()
@@ -117,3 +154,5 @@ class LLMServer:
             if hasattr(self, "_watch"):  # not when the engine failed to start
                 self._watch.cancel()  # an engine shut down on purpose is no engine lost
             await self._engine.shutdown()
+        if (tracing := getattr(self, "_tracing", None)) is not None:
+            tracing.shutdown()

@@ -19,6 +19,7 @@ from serve_app.metrics import INGRESS_METRICS
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.errors import OpenAIError
 from serve_app.routing import ModelCatalog, needs_structured_output, needs_tool_parsing
+from serve_app.tracing import TraceCarrier, Tracing
 from serve_app.usage import UsageReport
 
 logger = logging.getLogger("ray.serve")
@@ -46,9 +47,10 @@ class OpenAIIngress:
         self._model_info: dict[str, dict[str, Any]] = {}
         self._limits_ledger = HandleLedger(limits_ledger)
         self._metrics = RayMetrics(INGRESS_METRICS)
+        self._tracing = Tracing.of(server.tracing)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_http_app(self, self._server, self._limits_ledger, self._metrics)
+        return create_http_app(self, self._server, self._limits_ledger, self._metrics, self._tracing)
 
     async def model_info(self, model_id: str) -> dict[str, Any]:
         if (length := self.catalog.context_lengths.get(model_id)) is not None:
@@ -69,15 +71,17 @@ class OpenAIIngress:
                 return self._tool_parsing
         return self._engines[request.model]
 
-    async def generate(self, request: GenerationBody) -> bytes | OpenAIError:
+    async def generate(self, request: GenerationBody, trace: TraceCarrier | None = None) -> bytes | OpenAIError:
         try:
-            return cast(bytes | OpenAIError, await self._route(request).generate.remote(request))
+            return cast(bytes | OpenAIError, await self._route(request).generate.remote(request, trace))
         except UNAVAILABLE as exc:
             logger.warning("request for %r: %s", request.model, exc)
             return unavailable_error(exc)
 
-    async def generate_stream(self, request: GenerationBody) -> AsyncGenerator[bytes | OpenAIError | UsageReport, None]:
-        frames = streamed(self._route(request).generate_stream.options(stream=True).remote(request))
+    async def generate_stream(
+        self, request: GenerationBody, trace: TraceCarrier | None = None
+    ) -> AsyncGenerator[bytes | OpenAIError | UsageReport, None]:
+        frames = streamed(self._route(request).generate_stream.options(stream=True).remote(request, trace))
         try:
             async for item in frames:
                 yield item

@@ -8,43 +8,60 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
+from opentelemetry.trace import Span
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from deployments.handles import UNAVAILABLE, by_value, streamed, unavailable_error
 from serve_app.chat_completions import ChatMeta, render_complete, render_stream
+from serve_app.config import TracingOptions
 from serve_app.engines.base import EngineLost, GenerationDelta
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.errors import OpenAIError
 from serve_app.streaming import accepted_then_batched
 from serve_app.structured_output import ResponseConstraint
+from serve_app.tracing import TraceCarrier, Tracing
 from serve_app.usage import UsageReport
 
 logger = logging.getLogger("ray.serve")
 
 
 class OutputStage:
-    def __init__(self, engines: dict[str, DeploymentHandle], stream_batch_interval_s: float) -> None:
+    def __init__(
+        self, engines: dict[str, DeploymentHandle], stream_batch_interval_s: float, tracing: TracingOptions
+    ) -> None:
         self._engines = {model_id: by_value(handle) for model_id, handle in engines.items()}
         self._batch_interval_s = stream_batch_interval_s
+        self._tracing = Tracing.of(tracing)
 
     def constraint(self, request: ChatCompletionRequest) -> ResponseConstraint | None | OpenAIError:
         """What the engine must enforce for this request's `response_format`, decided before generation."""
         return None
 
+    def _hop(
+        self, request: ChatCompletionRequest, trace: TraceCarrier | None
+    ) -> tuple[Span | None, TraceCarrier | None]:
+        """This stage's span of the request (if traced), and the trace context the engine continues."""
+        if self._tracing is None:
+            return None, trace
+        span = self._tracing.start_hop(type(self).__name__, trace, **{"gen_ai.request.model": request.model})
+        return span, self._tracing.next_hop(span, trace)
+
     async def _start(
-        self, request: ChatCompletionRequest
+        self, request: ChatCompletionRequest, trace: TraceCarrier | None
     ) -> tuple[ChatMeta, DeploymentResponseGenerator[Any]] | OpenAIError:
         """The plan's `ChatMeta` and the engine's stream of deltas that follows it, or the error instead."""
         constraint = self.constraint(request)
         if isinstance(constraint, OpenAIError):
             return constraint
-        stream = streamed(self._engines[request.model].generate_deltas.options(stream=True).remote(request, constraint))
+        engine = self._engines[request.model]
+        stream = streamed(engine.generate_deltas.options(stream=True).remote(request, constraint, trace))
         meta: ChatMeta | OpenAIError = await anext(stream)
         return meta if isinstance(meta, OpenAIError) else (meta, stream)
 
-    async def generate(self, request: ChatCompletionRequest) -> bytes | OpenAIError:
+    async def generate(self, request: ChatCompletionRequest, trace: TraceCarrier | None = None) -> bytes | OpenAIError:
+        span, trace = self._hop(request, trace)
         try:
-            started = await self._start(request)
+            started = await self._start(request, trace)
             if isinstance(started, OpenAIError):
                 return started
             meta, stream = started
@@ -52,12 +69,16 @@ class OutputStage:
         except UNAVAILABLE as exc:  # the engine's replica went away: an error value, as every other
             logger.warning("request for %r: %s", request.model, exc)
             return unavailable_error(exc)
+        finally:
+            if span is not None:
+                span.end()
 
     async def generate_stream(
-        self, request: ChatCompletionRequest
+        self, request: ChatCompletionRequest, trace: TraceCarrier | None = None
     ) -> AsyncGenerator[bytes | OpenAIError | UsageReport, None]:
+        span, trace = self._hop(request, trace)
         try:
-            started = await self._start(request)
+            started = await self._start(request, trace)
             if isinstance(started, OpenAIError):
                 yield started
                 return
@@ -67,6 +88,9 @@ class OutputStage:
         except UNAVAILABLE as exc:  # before the first frame, a 503 status; after it, an error event (R4.8)
             logger.warning("stream for %r: %s", request.model, exc)
             yield unavailable_error(exc)
+        finally:
+            if span is not None:
+                span.end()
 
 
 async def _deltas(stream: DeploymentResponseGenerator[Any]) -> AsyncIterator[GenerationDelta]:

@@ -26,15 +26,17 @@ def build_app(args: dict[str, Any] | AppConfig) -> Application:
     engines = {
         model.id: _deployment(LLMServer)
         .options(name=f"LLMServer:{model.id}", **engine_deployment_options(model))
-        .bind(model, config.model_cache_dir, config.server.stream_batch_interval_s)
+        .bind(model, config.model_cache_dir, config.server.stream_batch_interval_s, config.server.tracing)
         for model in config.models
     }
-    interval = config.server.stream_batch_interval_s
+    interval, tracing = config.server.stream_batch_interval_s, config.server.tracing
     tool_parsing = (
-        _deployment(ToolParsing).options(**_serve_options(config.server.tool_parsing)).bind(engines, interval)
+        _deployment(ToolParsing).options(**_serve_options(config.server.tool_parsing)).bind(engines, interval, tracing)
     )
     structured_output = (
-        _deployment(StructuredOutput).options(**_serve_options(config.server.structured_output)).bind(engines, interval)
+        _deployment(StructuredOutput)
+        .options(**_serve_options(config.server.structured_output))
+        .bind(engines, interval, tracing)
     )
     ingress_options = _serve_options(config.server.ingress) | {"max_ongoing_requests": OUT_OF_REACH_REQUESTS}
     catalog = ModelCatalog.of(config.models)

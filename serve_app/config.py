@@ -279,6 +279,27 @@ class ModelConfig(StrictModel):
         return self
 
 
+class TracingOptions(StrictModel):
+    """OpenTelemetry traces (issue #20): a span per request and per hop, exported over OTLP."""
+
+    otlp_endpoint: str | None = Field(
+        None,
+        description=(
+            "Where spans go, over OTLP/HTTP (protobuf): a collector's traces URL, e.g. "
+            "`http://otel-collector:4318/v1/traces`. None: tracing is off (the default)."
+        ),
+    )
+    sample_ratio: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "The share of requests traced when the client sends no `traceparent`; a client's sampling decision "
+            "in its `traceparent` is followed."
+        ),
+    )
+
+
 class ServerOptions(StrictModel):
     """The HTTP surface, and the Serve options of the deployments every application has."""
 
@@ -363,6 +384,7 @@ class ServerOptions(StrictModel):
         DeploymentOptions(num_cpus=0.0, max_ongoing_requests=1024, max_queued_requests=1024),
         description="Serve options of `StructuredOutput`, which checks, compiles and enforces schemas.",
     )
+    tracing: TracingOptions = Field(TracingOptions(), description="OpenTelemetry traces; off by default.")
 
     def resolved_api_keys(self) -> list[str]:
         from_env = [k.strip() for k in os.environ.get(self.api_keys_env, "").split(",") if k.strip()]

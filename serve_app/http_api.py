@@ -45,6 +45,8 @@ from serve_app.protocol.errors import (
 from serve_app.rate_limits import Ledger, LedgerClient, Limiter, LocalLedger, Refusal
 from serve_app.routing import ModelCatalog
 from serve_app.streaming import marking_silences
+from serve_app.telemetry import RequestTelemetry
+from serve_app.tracing import TraceCarrier, Tracing
 from serve_app.usage import METERED_PATHS, UsageReport, request_usage
 
 logger = logging.getLogger("agent_serve.http")
@@ -60,11 +62,14 @@ class ModelBackend(Protocol):
         """Extra facts about a model for `/v1/models` (its context length)."""
         ...
 
-    async def generate(self, request: GenerationBody) -> bytes | OpenAIError:
-        """The whole response body (or an error) for a request whose `model` is a model id."""
+    async def generate(self, request: GenerationBody, trace: TraceCarrier | None = None) -> bytes | OpenAIError:
+        """The whole response body (or an error) for a request whose `model` is a model id; `trace`: the
+        context of the ingress's span, for the hops behind it (`serve_app/tracing.py`)."""
         ...
 
-    def generate_stream(self, request: GenerationBody) -> AsyncGenerator[bytes | OpenAIError | UsageReport, None]:
+    def generate_stream(
+        self, request: GenerationBody, trace: TraceCarrier | None = None
+    ) -> AsyncGenerator[bytes | OpenAIError | UsageReport, None]:
         """First item: an error (nothing was sent yet) or the first frames; then only frames. Among them, never
         sent, `UsageReport`s: what the request cost so far, for its key's limits and the metrics."""
         ...
@@ -85,10 +90,11 @@ def create_http_app(
     options: ServerOptions,
     ledger: LedgerClient | None = None,
     metrics: MetricsSink | None = None,
+    tracing: Tracing | None = None,
 ) -> FastAPI:
     """The OpenAI HTTP surface over `backend`. Per-key limits are counted by `ledger`, shared by every
     ingress replica (by default, one in this process: right for a single replica and for tests). Each
-    request is measured into `metrics`, if given (`serve_app/metrics.py`)."""
+    request is measured into `metrics` and traced by `tracing`, if given (`serve_app/telemetry.py`)."""
     app = FastAPI(title="agent-serve: OpenAI-compatible API", docs_url=None, redoc_url=None)
     started = int(time.time())
 
@@ -156,13 +162,13 @@ def create_http_app(
         body = body if body.model == model_id else body.model_copy(update={"model": model_id})
         deadline = _Deadline.starting_now(options.request_deadline_s)
         if isinstance(body, EmbeddingRequest) or not body.stream:
-            result = await _whole_answer(backend.generate(body), request, deadline)
+            result = await _whole_answer(backend.generate(body, _trace(request)), request, deadline)
             if isinstance(result, OpenAIError):
                 return error_response(result)
             _note_usage(request, UsageReport.from_body(result))
             return Response(result, media_type="application/json")
         return await _stream_response(
-            backend.generate_stream(body),
+            backend.generate_stream(body, _trace(request)),
             options.keep_alive_interval_s,
             _request_id(request),
             deadline,
@@ -182,7 +188,7 @@ def create_http_app(
         return await serve(body, "embed", request)
 
     # Pure ASGI middlewares: Starlette's `@app.middleware("http")` would relay every streamed chunk through
-    # an extra task and memory stream. The last added runs first: path, metrics (so refusals count too),
+    # an extra task and memory stream. The last added runs first: path, telemetry (so refusals count too),
     # CORS, key, then the body is read (only for a client with a key, within its limits), then the request
     # takes its place (only once its body is in).
     app.add_middleware(_Capacity, max_ongoing=options.ingress.max_ongoing_requests)
@@ -196,8 +202,9 @@ def create_http_app(
     app.add_middleware(
         CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"], expose_headers=["x-request-id"]
     )
-    if metrics is not None:
-        app.add_middleware(RequestMetrics, sink=metrics)
+    if metrics is not None or tracing is not None:
+        request_metrics = RequestMetrics(metrics) if metrics is not None else None
+        app.add_middleware(RequestTelemetry, metrics=request_metrics, tracing=tracing)
     app.add_middleware(_CanonicalRequest)
     return app
 
@@ -211,6 +218,11 @@ def _note_usage(request: Request, report: UsageReport | None) -> None:
     """What the request cost so far, in the request's state (`serve_app/usage.py:request_usage`)."""
     if report is not None:
         request.state.usage = report
+
+
+def _trace(request: Request) -> TraceCarrier | None:
+    """The trace context of the ingress's span of this request (`RequestTelemetry` put it there), if traced."""
+    return cast(TraceCarrier | None, getattr(request.state, "trace", None))
 
 
 def _request_id(request: Request) -> str:

@@ -1,10 +1,10 @@
 """The endpoint's own metrics (issue #20): who asked for what, what it cost, how long it took, what failed.
 
-`METRICS` declares them; `RequestMetrics` is the ASGI middleware that records each request's when it ends,
-through a `MetricsSink` (the engine replicas record the queue time). The Serve deployments record through
-Ray's metrics API (`deployments/ray_metrics.py`), which exports them on every node's metrics port beside
-Serve's and vLLM's own, where Prometheus scrapes them (Ray adds the `ray_` prefix to the names and `_total`
-to counters).
+`METRICS` declares them; `RequestMetrics` records each request's when it ends, from what the ingress's
+telemetry middleware observed (`serve_app/telemetry.py`), through a `MetricsSink` (the engine replicas
+record the queue time). The Serve deployments record through Ray's metrics API
+(`deployments/ray_metrics.py`), which exports them on every node's metrics port beside Serve's and vLLM's
+own, where Prometheus scrapes them (Ray adds the `ray_` prefix to the names and `_total` to counters).
 
 What a request is measured by, seen from the ingress:
 - `time_to_first_token`: from its arrival to the first streamed frame with a token (the role chunk travels
@@ -20,18 +20,11 @@ Pure: no Ray.
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from serve_app import sse
-from serve_app.keys import ANONYMOUS, Identity
-from serve_app.protocol.errors import CLIENT_CLOSED_REQUEST
-from serve_app.usage import METERED_PATHS, request_usage
+if TYPE_CHECKING:  # the telemetry middleware hands its observations here
+    from serve_app.telemetry import Observation
 
 MetricKind = Literal["counter", "histogram", "gauge"]
 
@@ -128,69 +121,23 @@ class MetricsSink(Protocol):
     def set(self, metric: Metric, value: float, labels: dict[str, str]) -> None: ...
 
 
-_ERROR_EVENT = b'data: {"error": '  # as `OpenAIError.body()` writes it
-
-
-@dataclass
-class _Exchange:
-    """What one request's answer showed on its way out."""
-
-    status: int = 0
-    first_token_at: float | None = None
-    error_body: bytes = b""
-    last_frame: bytes = b""
-
-
 class RequestMetrics:
-    """ASGI middleware: records every generation request (chat, completions, embeddings) when its answer
-    has gone out. It runs outside every other middleware, so refusals (401, 413, 429, 503) count too. The
-    model and the usage come from the request's state (`http_api` puts them there)."""
+    """Records each request's `Observation` (`serve_app/telemetry.py`) when it ends, and the requests in
+    flight in this replica."""
 
-    def __init__(self, app: ASGIApp, sink: MetricsSink, clock: Callable[[], float] = time.monotonic) -> None:
-        self.app = app
+    def __init__(self, sink: MetricsSink) -> None:
         self.sink = sink
-        self.clock = clock
         self.in_flight: dict[str, int] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = scope.get("path", "")
-        if scope["type"] != "http" or scope["method"] != "POST" or route not in METERED_PATHS:
-            return await self.app(scope, receive, send)
-        arrived = self.clock()
-        seen = _Exchange()
-
-        async def watching(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                seen.status = message["status"]
-            elif message["type"] == "http.response.body" and (body := message.get("body", b"")):
-                if seen.status >= 400:
-                    seen.error_body += body
-                elif body.startswith(b"data: "):  # a frame (not a keep-alive comment)
-                    if seen.first_token_at is None and not body.startswith(_ERROR_EVENT):
-                        seen.first_token_at = self.clock()
-                    seen.last_frame = body
-            await send(message)
-
+    def started(self, route: str) -> None:
         self._gauge(route, +1)
-        try:
-            await self.app(scope, receive, watching)
-        finally:
-            self._gauge(route, -1)
-            self._record(scope, route, arrived, seen)
 
-    def _gauge(self, route: str, change: int) -> None:
-        self.in_flight[route] = self.in_flight.get(route, 0) + change
-        self.sink.set(IN_FLIGHT, self.in_flight[route], {"route": route})
-
-    def _record(self, scope: Scope, route: str, arrived: float, seen: _Exchange) -> None:
-        state = scope.get("state", {})
-        caller: Identity = state.get("identity", ANONYMOUS)
-        model: str = state.get("model", "")
-        usage = request_usage(scope)
-        who = {"key": caller.name, "team": caller.team or ""}
-        ended = self.clock()
+    def finished(self, seen: Observation) -> None:
+        self._gauge(seen.route, -1)
+        model, route, usage = seen.model, seen.route, seen.usage
+        who = {"key": seen.caller.name, "team": seen.caller.team or ""}
         self.sink.count(REQUESTS, 1, who | {"model": model, "route": route, "status": str(seen.status or 500)})
-        self.sink.observe(REQUEST_DURATION, ended - arrived, {"model": model, "route": route})
+        self.sink.observe(REQUEST_DURATION, seen.ended - seen.arrived, {"model": model, "route": route})
         if usage is not None:
             for kind, tokens in (
                 ("prompt", usage.prompt_tokens),
@@ -199,28 +146,17 @@ class RequestMetrics:
             ):
                 self.sink.count(TOKENS, tokens, who | {"model": model, "kind": kind})
         if seen.first_token_at is not None:
-            self.sink.observe(TIME_TO_FIRST_TOKEN, seen.first_token_at - arrived, {"model": model})
+            self.sink.observe(TIME_TO_FIRST_TOKEN, seen.first_token_at - seen.arrived, {"model": model})
             if usage is not None and usage.completion_tokens > 1:
-                per_token = (ended - seen.first_token_at) / (usage.completion_tokens - 1)
+                per_token = (seen.ended - seen.first_token_at) / (usage.completion_tokens - 1)
                 self.sink.observe(INTER_TOKEN_LATENCY, per_token, {"model": model})
-        error = _error(seen)
-        if error is not None and seen.status != CLIENT_CLOSED_REQUEST:  # no answer anyone read: not an error
+        error = seen.error()
+        if error is not None:
             code, error_type = error
             self.sink.count(ERRORS, 1, {"model": model, "route": route, "code": code})
             if code == "rate_limit_exceeded":
                 self.sink.count(RATE_LIMITED, 1, who | {"type": error_type})
 
-
-def _error(seen: _Exchange) -> tuple[str, str] | None:
-    """The code and type of the answer's error: its body's, or a failed stream's error event's."""
-    if seen.status >= 400:
-        body = seen.error_body
-    elif (at := seen.last_frame.rfind(_ERROR_EVENT)) >= 0 and seen.last_frame.endswith(sse.DONE):
-        body = seen.last_frame[at + len(b"data: ") : -len(sse.DONE)].strip()
-    else:
-        return None
-    try:
-        error = json.loads(body)["error"]
-        return str(error.get("code") or error.get("type") or seen.status), str(error.get("type", ""))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return str(seen.status), ""
+    def _gauge(self, route: str, change: int) -> None:
+        self.in_flight[route] = self.in_flight.get(route, 0) + change
+        self.sink.set(IN_FLIGHT, self.in_flight[route], {"route": route})

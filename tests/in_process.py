@@ -11,6 +11,7 @@ from serve_app.http_api import GenerationBody
 from serve_app.model_service import ModelService
 from serve_app.protocol.errors import OpenAIError
 from serve_app.routing import ModelCatalog
+from serve_app.tracing import TraceCarrier
 from serve_app.usage import UsageReport
 
 
@@ -22,11 +23,13 @@ class InProcessBackend:
     async def model_info(self, model_id: str) -> dict[str, Any]:
         return self.service.model_info()
 
-    async def generate(self, request: GenerationBody) -> bytes | OpenAIError:
+    async def generate(self, request: GenerationBody, trace: TraceCarrier | None = None) -> bytes | OpenAIError:
         plan = self.service.plan(request)
         return plan if isinstance(plan, OpenAIError) else await plan.complete()
 
-    async def generate_stream(self, request: GenerationBody) -> AsyncGenerator[bytes | OpenAIError | UsageReport, None]:
+    async def generate_stream(
+        self, request: GenerationBody, trace: TraceCarrier | None = None
+    ) -> AsyncGenerator[bytes | OpenAIError | UsageReport, None]:
         plan = self.service.plan(request)
         if isinstance(plan, OpenAIError):
             yield plan

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import importlib.util
 import re
 import sys
 import tomllib
+from pathlib import Path
 
 from tests.conftest import ROOT
 
@@ -65,9 +67,29 @@ def _imported_distributions(tree: str) -> dict[str, set[str]]:
                 assert top in distributions, (
                     f"{path.relative_to(ROOT)} imports {top}, which no installed package provides"
                 )
-                for distribution in distributions[top]:
+                for distribution in _providers(module, distributions[top]):
                     found.setdefault(_name(distribution), set()).add(str(path.relative_to(ROOT)))
     return found
+
+
+def _providers(module: str, candidates: list[str]) -> list[str]:
+    """The distributions that provide `module`: of a namespace package (`opentelemetry`, which a dozen
+    distributions share), the one holding the module's own files."""
+    if len(set(candidates)) == 1:
+        return candidates
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin is not None, f"{module} cannot be found"
+    origin = Path(spec.origin).resolve()
+    owners = [
+        name
+        for name in set(candidates)
+        if any(
+            Path(str(importlib.metadata.distribution(name).locate_file(f))).resolve() == origin
+            for f in importlib.metadata.distribution(name).files or []
+        )
+    ]
+    assert owners, f"no installed distribution holds {origin}"
+    return owners
 
 
 def test_every_import_is_declared_in_the_extra_that_needs_it() -> None:
