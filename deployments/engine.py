@@ -26,9 +26,10 @@ from serve_app.protocol.completions import CompletionRequest
 from serve_app.protocol.embeddings import EmbeddingRequest
 from serve_app.protocol.errors import OpenAIError
 from serve_app.ray_settings import restore_normal_priority
+from serve_app.request_context import RequestContext
 from serve_app.streaming import accepted_then_batched, batched
 from serve_app.structured_output import ResponseConstraint
-from serve_app.tracing import TraceCarrier, Tracing
+from serve_app.tracing import Tracing
 from serve_app.usage import UsageReport
 
 logger = logging.getLogger("ray.serve")
@@ -80,17 +81,20 @@ class LLMServer:
             self._tracing.queue_waited(seconds)
 
     def _hop(
-        self, request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest, trace: TraceCarrier | None
+        self, request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest, context: RequestContext | None
     ) -> Span | None:
         """This replica's span of the request, if the ingress traced it (`serve_app/tracing.py`)."""
-        if self._tracing is None:
+        if self._tracing is None or context is None:
             return None
-        return self._tracing.start_hop(f"LLMServer:{self._model_id}", trace, **{"gen_ai.request.model": request.model})
+        model = {"gen_ai.request.model": request.model}
+        return self._tracing.start_hop(f"LLMServer:{self._model_id}", context.trace, **model)
 
     async def generate(
-        self, request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest, trace: TraceCarrier | None = None
+        self,
+        request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest,
+        context: RequestContext | None = None,
     ) -> bytes | OpenAIError:
-        span = self._hop(request, trace)
+        span = self._hop(request, context)
         try:
             plan = self._service.plan(request)
             return plan if isinstance(plan, OpenAIError) else await plan.complete()
@@ -99,9 +103,9 @@ class LLMServer:
                 span.end()
 
     async def generate_stream(
-        self, request: ChatCompletionRequest | CompletionRequest, trace: TraceCarrier | None = None
+        self, request: ChatCompletionRequest | CompletionRequest, context: RequestContext | None = None
     ) -> AsyncGenerator[bytes | OpenAIError | UsageReport, None]:
-        span = self._hop(request, trace)
+        span = self._hop(request, context)
         try:
             plan = self._service.plan(request)
             if isinstance(plan, OpenAIError):
@@ -118,11 +122,14 @@ class LLMServer:
                 span.end()
 
     async def generate_deltas(
-        self, request: ChatCompletionRequest, constraint: ResponseConstraint | None, trace: TraceCarrier | None = None
+        self,
+        request: ChatCompletionRequest,
+        constraint: ResponseConstraint | None,
+        context: RequestContext | None = None,
     ) -> AsyncGenerator[ChatMeta | OpenAIError | list[GenerationDelta], None]:
         """For the post-processing deployments: the plan's `ChatMeta` (or an error), then the engine's deltas.
         `constraint` is the response format the structured-output deployment checked and compiled."""
-        span = self._hop(request, trace)
+        span = self._hop(request, context)
         try:
             planned = self._service.chat.plan(request, constraint)
             if isinstance(planned, OpenAIError):

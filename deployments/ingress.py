@@ -18,8 +18,9 @@ from serve_app.http_api import GenerationBody, create_http_app
 from serve_app.metrics import INGRESS_METRICS
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.errors import OpenAIError
+from serve_app.request_context import RequestContext
 from serve_app.routing import ModelCatalog, needs_structured_output, needs_tool_parsing
-from serve_app.tracing import TraceCarrier, Tracing
+from serve_app.tracing import Tracing
 from serve_app.usage import UsageReport
 
 logger = logging.getLogger("ray.serve")
@@ -71,17 +72,17 @@ class OpenAIIngress:
                 return self._tool_parsing
         return self._engines[request.model]
 
-    async def generate(self, request: GenerationBody, trace: TraceCarrier | None = None) -> bytes | OpenAIError:
+    async def generate(self, request: GenerationBody, context: RequestContext | None = None) -> bytes | OpenAIError:
         try:
-            return cast(bytes | OpenAIError, await self._route(request).generate.remote(request, trace))
+            return cast(bytes | OpenAIError, await self._route(request).generate.remote(request, context))
         except UNAVAILABLE as exc:
             logger.warning("request for %r: %s", request.model, exc)
             return unavailable_error(exc)
 
     async def generate_stream(
-        self, request: GenerationBody, trace: TraceCarrier | None = None
+        self, request: GenerationBody, context: RequestContext | None = None
     ) -> AsyncGenerator[bytes | OpenAIError | UsageReport, None]:
-        frames = streamed(self._route(request).generate_stream.options(stream=True).remote(request, trace))
+        frames = streamed(self._route(request).generate_stream.options(stream=True).remote(request, context))
         try:
             async for item in frames:
                 yield item

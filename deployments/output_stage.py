@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from opentelemetry.trace import Span
@@ -17,9 +18,10 @@ from serve_app.config import TracingOptions
 from serve_app.engines.base import EngineLost, GenerationDelta
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.errors import OpenAIError
+from serve_app.request_context import RequestContext
 from serve_app.streaming import accepted_then_batched
 from serve_app.structured_output import ResponseConstraint
-from serve_app.tracing import TraceCarrier, Tracing
+from serve_app.tracing import Tracing
 from serve_app.usage import UsageReport
 
 logger = logging.getLogger("ray.serve")
@@ -38,30 +40,33 @@ class OutputStage:
         return None
 
     def _hop(
-        self, request: ChatCompletionRequest, trace: TraceCarrier | None
-    ) -> tuple[Span | None, TraceCarrier | None]:
-        """This stage's span of the request (if traced), and the trace context the engine continues."""
-        if self._tracing is None:
-            return None, trace
-        span = self._tracing.start_hop(type(self).__name__, trace, **{"gen_ai.request.model": request.model})
-        return span, self._tracing.next_hop(span, trace)
+        self, request: ChatCompletionRequest, context: RequestContext | None
+    ) -> tuple[Span | None, RequestContext | None]:
+        """This stage's span of the request (if traced), and the context the engine gets: its trace continues
+        this span."""
+        if self._tracing is None or context is None:
+            return None, context
+        span = self._tracing.start_hop(type(self).__name__, context.trace, **{"gen_ai.request.model": request.model})
+        return span, replace(context, trace=self._tracing.next_hop(span, context.trace))
 
     async def _start(
-        self, request: ChatCompletionRequest, trace: TraceCarrier | None
+        self, request: ChatCompletionRequest, context: RequestContext | None
     ) -> tuple[ChatMeta, DeploymentResponseGenerator[Any]] | OpenAIError:
         """The plan's `ChatMeta` and the engine's stream of deltas that follows it, or the error instead."""
         constraint = self.constraint(request)
         if isinstance(constraint, OpenAIError):
             return constraint
         engine = self._engines[request.model]
-        stream = streamed(engine.generate_deltas.options(stream=True).remote(request, constraint, trace))
+        stream = streamed(engine.generate_deltas.options(stream=True).remote(request, constraint, context))
         meta: ChatMeta | OpenAIError = await anext(stream)
         return meta if isinstance(meta, OpenAIError) else (meta, stream)
 
-    async def generate(self, request: ChatCompletionRequest, trace: TraceCarrier | None = None) -> bytes | OpenAIError:
-        span, trace = self._hop(request, trace)
+    async def generate(
+        self, request: ChatCompletionRequest, context: RequestContext | None = None
+    ) -> bytes | OpenAIError:
+        span, context = self._hop(request, context)
         try:
-            started = await self._start(request, trace)
+            started = await self._start(request, context)
             if isinstance(started, OpenAIError):
                 return started
             meta, stream = started
@@ -74,11 +79,11 @@ class OutputStage:
                 span.end()
 
     async def generate_stream(
-        self, request: ChatCompletionRequest, trace: TraceCarrier | None = None
+        self, request: ChatCompletionRequest, context: RequestContext | None = None
     ) -> AsyncGenerator[bytes | OpenAIError | UsageReport, None]:
-        span, trace = self._hop(request, trace)
+        span, context = self._hop(request, context)
         try:
-            started = await self._start(request, trace)
+            started = await self._start(request, context)
             if isinstance(started, OpenAIError):
                 yield started
                 return

@@ -43,10 +43,11 @@ from serve_app.protocol.errors import (
     unavailable,
 )
 from serve_app.rate_limits import Ledger, LedgerClient, Limiter, LocalLedger, Refusal
+from serve_app.request_context import RequestContext, TraceCarrier
 from serve_app.routing import ModelCatalog
 from serve_app.streaming import marking_silences
 from serve_app.telemetry import RequestTelemetry
-from serve_app.tracing import TraceCarrier, Tracing
+from serve_app.tracing import Tracing
 from serve_app.usage import METERED_PATHS, UsageReport, request_usage
 
 logger = logging.getLogger("agent_serve.http")
@@ -62,13 +63,13 @@ class ModelBackend(Protocol):
         """Extra facts about a model for `/v1/models` (its context length)."""
         ...
 
-    async def generate(self, request: GenerationBody, trace: TraceCarrier | None = None) -> bytes | OpenAIError:
-        """The whole response body (or an error) for a request whose `model` is a model id; `trace`: the
-        context of the ingress's span, for the hops behind it (`serve_app/tracing.py`)."""
+    async def generate(self, request: GenerationBody, context: RequestContext | None = None) -> bytes | OpenAIError:
+        """The whole response body (or an error) for a request whose `model` is a model id; `context`: its
+        caller and trace, for the engine's queue and the hops behind (`serve_app/request_context.py`)."""
         ...
 
     def generate_stream(
-        self, request: GenerationBody, trace: TraceCarrier | None = None
+        self, request: GenerationBody, context: RequestContext | None = None
     ) -> AsyncGenerator[bytes | OpenAIError | UsageReport, None]:
         """First item: an error (nothing was sent yet) or the first frames; then only frames. Among them, never
         sent, `UsageReport`s: what the request cost so far, for its key's limits and the metrics."""
@@ -162,13 +163,13 @@ def create_http_app(
         body = body if body.model == model_id else body.model_copy(update={"model": model_id})
         deadline = _Deadline.starting_now(options.request_deadline_s)
         if isinstance(body, EmbeddingRequest) or not body.stream:
-            result = await _whole_answer(backend.generate(body, _trace(request)), request, deadline)
+            result = await _whole_answer(backend.generate(body, _context(request)), request, deadline)
             if isinstance(result, OpenAIError):
                 return error_response(result)
             _note_usage(request, UsageReport.from_body(result))
             return Response(result, media_type="application/json")
         return await _stream_response(
-            backend.generate_stream(body, _trace(request)),
+            backend.generate_stream(body, _context(request)),
             options.keep_alive_interval_s,
             _request_id(request),
             deadline,
@@ -220,9 +221,12 @@ def _note_usage(request: Request, report: UsageReport | None) -> None:
         request.state.usage = report
 
 
-def _trace(request: Request) -> TraceCarrier | None:
-    """The trace context of the ingress's span of this request (`RequestTelemetry` put it there), if traced."""
-    return cast(TraceCarrier | None, getattr(request.state, "trace", None))
+def _context(request: Request) -> RequestContext:
+    """Who sent the request, and the trace context of the ingress's span of it (`RequestTelemetry` put it in
+    the request's state), for the deployments behind."""
+    caller = _caller(request)
+    trace = cast(TraceCarrier | None, getattr(request.state, "trace", None))
+    return RequestContext(caller.name, caller.priority, trace)
 
 
 def _request_id(request: Request) -> str:

@@ -29,12 +29,10 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from serve_app.config import TracingOptions
+from serve_app.request_context import TraceCarrier
 
 if TYPE_CHECKING:  # the telemetry middleware hands its observations here
     from serve_app.telemetry import Observation
-
-TraceCarrier = dict[str, str]
-"""The W3C trace context (`traceparent`, `tracestate`) of the span a hop continues: plain data across Ray."""
 
 SERVICE_NAME = "agent-serve"
 # The GenAI conventions' operation names, by API path.

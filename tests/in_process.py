@@ -10,8 +10,8 @@ from serve_app.engines.base import Engine
 from serve_app.http_api import GenerationBody
 from serve_app.model_service import ModelService
 from serve_app.protocol.errors import OpenAIError
+from serve_app.request_context import RequestContext
 from serve_app.routing import ModelCatalog
-from serve_app.tracing import TraceCarrier
 from serve_app.usage import UsageReport
 
 
@@ -23,12 +23,12 @@ class InProcessBackend:
     async def model_info(self, model_id: str) -> dict[str, Any]:
         return self.service.model_info()
 
-    async def generate(self, request: GenerationBody, trace: TraceCarrier | None = None) -> bytes | OpenAIError:
+    async def generate(self, request: GenerationBody, context: RequestContext | None = None) -> bytes | OpenAIError:
         plan = self.service.plan(request)
         return plan if isinstance(plan, OpenAIError) else await plan.complete()
 
     async def generate_stream(
-        self, request: GenerationBody, trace: TraceCarrier | None = None
+        self, request: GenerationBody, context: RequestContext | None = None
     ) -> AsyncGenerator[bytes | OpenAIError | UsageReport, None]:
         plan = self.service.plan(request)
         if isinstance(plan, OpenAIError):

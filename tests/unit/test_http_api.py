@@ -185,7 +185,7 @@ def test_a_key_over_its_limits_gets_openais_429_and_every_answer_its_rate_limit_
     release = asyncio.Event()
 
     class HeldBackend(InProcessBackend):
-        async def generate(self, request: Any, trace: Any = None) -> Any:
+        async def generate(self, request: Any, context: Any = None) -> Any:
             await release.wait()
             return await super().generate(request)
 
@@ -295,7 +295,7 @@ def test_unexpected_failures_still_answer_with_the_envelope(tokenizer: Any, capl
     id and not the exception's text, which the log has under that id, traceback included."""
 
     class CrashingBackend(InProcessBackend):
-        async def generate(self, request: Any, trace: Any = None) -> Any:
+        async def generate(self, request: Any, context: Any = None) -> Any:
             raise RuntimeError("disk on fire")
 
     backend = CrashingBackend("replay-model", ReplayEngine(tokenizer, REPLAY_SCRIPT, 512, 0.0), tokenizer)
@@ -363,7 +363,7 @@ def test_no_capacity_is_a_503_with_retry_after(tokenizer: Any) -> None:
     `Retry-After` forms, which the SDKs wait out before retrying."""
 
     class FullBackend(InProcessBackend):
-        async def generate(self, request: Any, trace: Any = None) -> Any:
+        async def generate(self, request: Any, context: Any = None) -> Any:
             return unavailable("The server is at capacity; retry shortly.", retry_after_s=2.5)
 
     backend = FullBackend("replay-model", ReplayEngine(tokenizer, REPLAY_SCRIPT, 512, 0.0), tokenizer)
@@ -379,7 +379,7 @@ def test_a_failure_after_the_stream_started_ends_it_with_an_error_event_and_done
     into a value), the client gets an error event naming the request id, then [DONE], never a cut body."""
 
     class BreakingBackend(InProcessBackend):
-        async def generate_stream(self, request: Any, trace: Any = None) -> Any:
+        async def generate_stream(self, request: Any, context: Any = None) -> Any:
             frames = super().generate_stream(request)
             yield await anext(frames)
             raise ConnectionResetError("the engine replica went away")
@@ -400,7 +400,7 @@ def test_nothing_follows_done_even_when_the_upstream_ends_late(tokenizer: Any) -
     `[DONE]`."""
 
     class LateEndingBackend(InProcessBackend):
-        async def generate_stream(self, request: Any, trace: Any = None) -> Any:
+        async def generate_stream(self, request: Any, context: Any = None) -> Any:
             async for frame in super().generate_stream(request):
                 yield frame
             await asyncio.sleep(0.35)  # three keep-alive intervals between [DONE] and the end
@@ -419,13 +419,13 @@ def test_a_request_past_the_deadline_is_stopped_and_answered(tokenizer: Any) -> 
     stopped: list[str] = []
 
     class SlowBackend(InProcessBackend):
-        async def generate(self, request: Any, trace: Any = None) -> Any:
+        async def generate(self, request: Any, context: Any = None) -> Any:
             try:
                 await asyncio.sleep(30)
             finally:
                 stopped.append("whole")
 
-        async def generate_stream(self, request: Any, trace: Any = None) -> Any:
+        async def generate_stream(self, request: Any, context: Any = None) -> Any:
             try:
                 while True:
                     yield b'data: {"choices": []}\n\n'
@@ -453,7 +453,7 @@ def test_past_the_ingress_capacity_a_request_is_refused_at_once_with_a_503(token
     release = asyncio.Event()
 
     class HeldBackend(InProcessBackend):
-        async def generate(self, request: Any, trace: Any = None) -> Any:
+        async def generate(self, request: Any, context: Any = None) -> Any:
             await release.wait()
             return await super().generate(request)
 
@@ -483,7 +483,7 @@ def test_a_client_that_leaves_a_whole_answer_cancels_the_generation(tokenizer: A
     cancelled = asyncio.Event()
 
     class SlowBackend(InProcessBackend):
-        async def generate(self, request: Any, trace: Any = None) -> Any:
+        async def generate(self, request: Any, context: Any = None) -> Any:
             try:
                 await asyncio.sleep(30)
             except asyncio.CancelledError:

@@ -108,7 +108,7 @@ def test_refusals_count_as_errors_by_code_and_rate_limits_by_kind(tokenizer: Any
 
 def test_a_stream_that_fails_after_it_started_counts_its_error_events_code(tokenizer: Any, tmp_path: Any) -> None:
     class BreakingBackend(InProcessBackend):
-        async def generate_stream(self, request: Any, trace: Any = None) -> Any:
+        async def generate_stream(self, request: Any, context: Any = None) -> Any:
             frames = super().generate_stream(request)
             yield await anext(frames)
             raise ConnectionResetError("the engine replica went away")
