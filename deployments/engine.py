@@ -26,7 +26,7 @@ from serve_app.protocol.completions import CompletionRequest
 from serve_app.protocol.embeddings import EmbeddingRequest
 from serve_app.protocol.errors import OpenAIError
 from serve_app.ray_settings import restore_normal_priority
-from serve_app.request_context import RequestContext
+from serve_app.request_context import NO_CONTEXT, RequestContext
 from serve_app.streaming import accepted_then_batched, batched
 from serve_app.structured_output import ResponseConstraint
 from serve_app.tracing import Tracing
@@ -96,7 +96,7 @@ class LLMServer:
     ) -> bytes | OpenAIError:
         span = self._hop(request, context)
         try:
-            plan = self._service.plan(request)
+            plan = self._service.plan(request, context or NO_CONTEXT)
             return plan if isinstance(plan, OpenAIError) else await plan.complete()
         finally:
             if span is not None:
@@ -107,7 +107,7 @@ class LLMServer:
     ) -> AsyncGenerator[bytes | OpenAIError | UsageReport, None]:
         span = self._hop(request, context)
         try:
-            plan = self._service.plan(request)
+            plan = self._service.plan(request, context or NO_CONTEXT)
             if isinstance(plan, OpenAIError):
                 yield plan
                 return
@@ -131,7 +131,7 @@ class LLMServer:
         `constraint` is the response format the structured-output deployment checked and compiled."""
         span = self._hop(request, context)
         try:
-            planned = self._service.chat.plan(request, constraint)
+            planned = self._service.chat.plan(request, constraint, context or NO_CONTEXT)
             if isinstance(planned, OpenAIError):
                 yield planned
                 return

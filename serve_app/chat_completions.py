@@ -43,6 +43,7 @@ from serve_app.protocol.common import FinishReason, Usage, valid_text
 from serve_app.protocol.errors import OpenAIError, internal_error, invalid_request, replica_lost
 from serve_app.protocol.tools import AllowedToolsChoice, FunctionDefinition, NamedToolChoice
 from serve_app.reasoning import EFFORTS, ReasoningFormat, starts_in_reasoning, template_kwargs
+from serve_app.request_context import NO_CONTEXT, RequestContext
 from serve_app.routing import needs_tool_parsing
 from serve_app.structured_output import ResponseConstraint, arguments_violation
 from serve_app.tool_constraints import callable_functions, enforced_schemas, forced_call_schema, strict_tools_tag
@@ -123,11 +124,15 @@ class ChatCompletions:
         self.compact_json = compact_json
 
     def plan(
-        self, request: ChatCompletionRequest, constraint: ResponseConstraint | None = None
+        self,
+        request: ChatCompletionRequest,
+        constraint: ResponseConstraint | None = None,
+        request_context: RequestContext = NO_CONTEXT,
     ) -> PlannedChat | OpenAIError:
         """Validate what only the model can judge (template, context window, the engine's own checks) and
         render the prompt. Schemas to enforce were checked before (structured_output.check_constraints);
-        `constraint` is the request's `response_format` as the engine must enforce it."""
+        `constraint` is the request's `response_format` as the engine must enforce it; `request_context` says whose
+        turn the generation takes in a busy engine."""
         if request.stream_options is not None and not request.stream:
             return invalid_request("stream_options is only allowed when stream is true.", param="stream_options")
         if request.top_logprobs is not None and not request.logprobs:
@@ -200,9 +205,9 @@ class ChatCompletions:
             constraint,
             tuple(name for _, name, _ in enforced_schemas(request)) if with_tools else (),
         )
-        generation = GenerationRequest(
-            request_id, prompt_ids, sampling, [m.model_dump(exclude_none=True) for m in request.messages]
-        )
+        messages = [m.model_dump(exclude_none=True) for m in request.messages]
+        who = request_context
+        generation = GenerationRequest(request_id, prompt_ids, sampling, messages, who.caller, who.priority)
         if (refused := self.engine.refusal(generation)) is not None:
             # The engine counts alternatives in `logprobs`; chat asks for them in `top_logprobs`.
             return dataclasses.replace(refused, param="top_logprobs") if refused.param == "logprobs" else refused

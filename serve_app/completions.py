@@ -17,6 +17,7 @@ from serve_app.generation import collect_all, context_error, sampling_options
 from serve_app.protocol.common import FinishReason, Usage, valid_text
 from serve_app.protocol.completions import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
 from serve_app.protocol.errors import OpenAIError, internal_error, invalid_request, replica_lost
+from serve_app.request_context import NO_CONTEXT, RequestContext
 from serve_app.streaming import merged
 from serve_app.usage import UsageReport
 
@@ -42,7 +43,7 @@ class TextCompletions:
         self.engine = engine
         self.tokenizer = tokenizer
 
-    def plan(self, request: CompletionRequest) -> PlannedCompletion | OpenAIError:
+    def plan(self, request: CompletionRequest, context: RequestContext = NO_CONTEXT) -> PlannedCompletion | OpenAIError:
         if request.suffix:
             return invalid_request("suffix (fill-in-the-middle) is not supported by this server.", param="suffix")
         if request.best_of not in (None, request.n):
@@ -81,7 +82,9 @@ class TextCompletions:
                 return sampling
             # A scripted engine matches on messages; a text prompt reads as the user's last message.
             as_message = [{"role": "user", "content": texts[-1]}]
-            generation = GenerationRequest(f"{request_id}-{i}", ids, sampling, as_message)
+            generation = GenerationRequest(
+                f"{request_id}-{i}", ids, sampling, as_message, context.caller, context.priority
+            )
             if (refused := self.engine.refusal(generation)) is not None:
                 return refused
             generations.append(generation)

@@ -228,6 +228,14 @@ class ModelConfig(StrictModel):
             "None: off."
         ),
     )
+    fair_share: bool = Field(
+        True,
+        description=(
+            "When the engine is busy, waiting requests take turns by API key: the next to start is the oldest of "
+            "the key with the fewest generations running (keys of a lower `priority` first). False: first come, "
+            "first served."
+        ),
+    )
     max_queued_requests: int | None = Field(
         256,
         ge=0,

@@ -17,6 +17,7 @@ from serve_app.protocol.completions import CompletionRequest
 from serve_app.protocol.embeddings import EmbeddingRequest
 from serve_app.protocol.errors import OpenAIError
 from serve_app.reasoning import ReasoningFormat
+from serve_app.request_context import NO_CONTEXT, RequestContext
 from serve_app.structured_output import check_constraints
 from serve_app.usage import UsageReport
 
@@ -65,19 +66,24 @@ class ModelService:
             self._endpoints = {EmbeddingRequest: Embeddings(model_id, cast(EmbeddingEngine, engine), tokenizer)}
             return
         self.chat = ChatCompletions(model_id, engine, tokenizer, tool_parser, reasoning_parser, compact_json)
-        self._endpoints = {
-            ChatCompletionRequest: self.chat,
-            CompletionRequest: TextCompletions(model_id, engine, tokenizer),
-        }
+        self.completions = TextCompletions(model_id, engine, tokenizer)
+        self._endpoints = {ChatCompletionRequest: self.chat, CompletionRequest: self.completions}
 
-    def plan(self, request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest) -> Plan | OpenAIError:
+    def plan(
+        self,
+        request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest,
+        context: RequestContext = NO_CONTEXT,
+    ) -> Plan | OpenAIError:
         """A request served whole by this model (no post-processing deployment in front of it)."""
         endpoint = self._endpoints[type(request)]
+        planned: Any
         if isinstance(request, ChatCompletionRequest):
             constraint = check_constraints(request)
             if isinstance(constraint, OpenAIError):
                 return constraint
-            planned = self.chat.plan(request, constraint)
+            planned = self.chat.plan(request, constraint, context)
+        elif isinstance(request, CompletionRequest):
+            planned = self.completions.plan(request, context)
         else:
             planned = endpoint.plan(request)
         return planned if isinstance(planned, OpenAIError) else Plan(endpoint, planned)

@@ -16,3 +16,7 @@ class RequestContext:
     """The key's priority: lower goes first when the engine is busy."""
     trace: TraceCarrier | None = None
     """The span the next hop continues, when the request is traced."""
+
+
+NO_CONTEXT = RequestContext()
+"""A request's context where none came with it (called without the ingress: tests, benchmarks)."""

@@ -10,7 +10,7 @@ from serve_app.engines.base import Engine
 from serve_app.http_api import GenerationBody
 from serve_app.model_service import ModelService
 from serve_app.protocol.errors import OpenAIError
-from serve_app.request_context import RequestContext
+from serve_app.request_context import NO_CONTEXT, RequestContext
 from serve_app.routing import ModelCatalog
 from serve_app.usage import UsageReport
 
@@ -24,13 +24,13 @@ class InProcessBackend:
         return self.service.model_info()
 
     async def generate(self, request: GenerationBody, context: RequestContext | None = None) -> bytes | OpenAIError:
-        plan = self.service.plan(request)
+        plan = self.service.plan(request, context or NO_CONTEXT)
         return plan if isinstance(plan, OpenAIError) else await plan.complete()
 
     async def generate_stream(
         self, request: GenerationBody, context: RequestContext | None = None
     ) -> AsyncGenerator[bytes | OpenAIError | UsageReport, None]:
-        plan = self.service.plan(request)
+        plan = self.service.plan(request, context or NO_CONTEXT)
         if isinstance(plan, OpenAIError):
             yield plan
             return

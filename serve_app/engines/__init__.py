@@ -36,4 +36,7 @@ def create_engine(
         )
     if model.task == "embed":
         return engine
-    return AdmittedEngine(engine, model.id, model.deployment.max_ongoing_requests, model.max_queued_requests, on_wait)
+    deployment = model.deployment
+    return AdmittedEngine(
+        engine, model.id, deployment.max_ongoing_requests, model.max_queued_requests, on_wait, model.fair_share
+    )

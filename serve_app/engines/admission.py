@@ -15,24 +15,42 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from serve_app.engines.base import Engine, GenerationDelta, GenerationRequest
 from serve_app.protocol.errors import OpenAIError, unavailable
 
 
-class Admission:
-    """A first-come-first-served weighted semaphore: `weight` places out of `max_running`.
+@dataclass(eq=False)
+class _Waiter:
+    weight: int
+    caller: str
+    priority: int
+    arrival: int
+    ticket: asyncio.Future[None]
 
-    A request heavier than the whole capacity runs when nothing else does, rather than never. Later
-    requests do not overtake a waiting heavy one: that keeps the order fair and starvation out.
+
+class Admission:
+    """A weighted semaphore: `weight` places out of `max_running`, handed to waiting requests fairly.
+
+    Fair (the default): when room frees, the next to go in is the first waiting request of the caller (an
+    API key) that has the fewest generations running, among the callers of the best (lowest) priority that
+    wait; ties go to the one that came first. So a key with 32 requests in flight does not make another
+    key's single request wait behind all of them: the keys take turns, and a key's own requests keep their
+    order. Not fair: one queue, first come first served.
+
+    A request heavier than the whole capacity runs when nothing else does, rather than never. The request
+    chosen next is not overtaken by a lighter one that would fit: that keeps starvation out.
     """
 
-    def __init__(self, max_running: int) -> None:
+    def __init__(self, max_running: int, fair: bool = True) -> None:
         self.max_running = max_running
+        self.fair = fair
         self.running = 0
-        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._running_by: dict[str, int] = {}
+        self._waiters: list[_Waiter] = []  # in arrival order
+        self._arrivals = 0
 
     @property
     def waiting(self) -> int:
@@ -42,7 +60,7 @@ class Admission:
     @property
     def waiting_weight(self) -> int:
         """Generations waiting for room (what the queue depth counts)."""
-        return sum(weight for weight, _ in self._waiters)
+        return sum(waiter.weight for waiter in self._waiters)
 
     def _fits(self, weight: int) -> bool:
         return self.running == 0 or self.running + weight <= self.max_running
@@ -51,37 +69,50 @@ class Admission:
         """Whether a request of this weight would start at once, without waiting."""
         return not self._waiters and self._fits(weight)
 
-    async def acquire(self, weight: int) -> None:
+    async def acquire(self, weight: int, caller: str = "", priority: int = 0) -> None:
         if self.runs_now(weight):
-            self.running += weight
+            self._take(weight, caller)
             return
-        ticket: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (weight, ticket)
-        self._waiters.append(entry)
+        self._arrivals += 1
+        waiter = _Waiter(weight, caller, priority, self._arrivals, asyncio.get_running_loop().create_future())
+        self._waiters.append(waiter)
         try:
-            await ticket
+            await waiter.ticket
         except asyncio.CancelledError:
-            if ticket.done() and not ticket.cancelled():  # admitted in the same moment it was cancelled
-                self.release(weight)
+            if waiter.ticket.done() and not waiter.ticket.cancelled():  # admitted in the same moment it was cancelled
+                self.release(weight, caller)
             else:
-                self._waiters.remove(entry)
+                self._waiters.remove(waiter)
                 self._admit()  # a heavy request that left may have held lighter ones back
             raise
 
-    def release(self, weight: int) -> None:
+    def release(self, weight: int, caller: str = "") -> None:
         self.running -= weight
+        self._running_by[caller] -= weight
+        if not self._running_by[caller]:
+            del self._running_by[caller]
         self._admit()
 
+    def _take(self, weight: int, caller: str) -> None:
+        self.running += weight
+        self._running_by[caller] = self._running_by.get(caller, 0) + weight
+
+    def _next(self) -> _Waiter:
+        if not self.fair:
+            return self._waiters[0]
+        return min(self._waiters, key=lambda w: (w.priority, self._running_by.get(w.caller, 0), w.arrival))
+
     def _admit(self) -> None:
-        while self._waiters and self._fits(self._waiters[0][0]):
-            weight, ticket = self._waiters.popleft()
-            self.running += weight
-            ticket.set_result(None)
+        while self._waiters and self._fits((waiter := self._next()).weight):
+            self._waiters.remove(waiter)
+            self._take(waiter.weight, waiter.caller)
+            waiter.ticket.set_result(None)
 
 
 class AdmittedEngine(Engine):
-    """`engine`, with at most `max_running` generations in it and at most `max_waiting` requests waiting.
-    `on_wait` is told how long each request waited for room, in seconds (the queue-time metric)."""
+    """`engine`, with at most `max_running` generations in it and at most `max_waiting` requests waiting,
+    fairly across callers or first come first served (`fair`). `on_wait` is told how long each request
+    waited for room, in seconds (the queue-time metric)."""
 
     def __init__(
         self,
@@ -90,10 +121,11 @@ class AdmittedEngine(Engine):
         max_running: int,
         max_waiting: int | None,
         on_wait: Callable[[float], None] | None = None,
+        fair: bool = True,
     ) -> None:
         self._engine = engine
         self._model_id = model_id
-        self._admission = Admission(max_running)
+        self._admission = Admission(max_running, fair)
         self._max_waiting = max_waiting
         self._on_wait = on_wait
 
@@ -123,14 +155,14 @@ class AdmittedEngine(Engine):
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         weight = request.sampling.n
         arrived = time.monotonic()
-        await self._admission.acquire(weight)
+        await self._admission.acquire(weight, request.caller, request.priority)
         try:
             if self._on_wait is not None:
                 self._on_wait(time.monotonic() - arrived)
             async for delta in self._engine.generate(request):
                 yield delta
         finally:
-            self._admission.release(weight)
+            self._admission.release(weight, request.caller)
 
     def lost(self) -> bool:
         return self._engine.lost()

@@ -66,6 +66,51 @@ def test_a_request_counts_once_per_generation_and_is_not_overtaken() -> None:
     asyncio.run(scenario())
 
 
+def _admitted_order(admission: Admission, arrivals: list[tuple[str, int]]) -> list[str]:
+    """Fills the admission with caller "a", lets `arrivals` (caller, priority) wait in that order, then ends
+    the running requests one at a time, oldest first: the order in which the waiting ones got in."""
+
+    async def scenario() -> list[str]:
+        for _ in range(admission.max_running):
+            await admission.acquire(1, "a")
+        order: list[str] = []
+
+        async def wait(caller: str, priority: int) -> None:
+            await admission.acquire(1, caller, priority)
+            order.append(caller)
+
+        tasks = []
+        for caller, priority in arrivals:
+            tasks.append(asyncio.create_task(wait(caller, priority)))
+            await _settle()
+        running = ["a"] * admission.max_running
+        for _ in arrivals:
+            admission.release(1, running.pop(0))
+            await _settle()
+            running.append(order[-1])
+        await asyncio.gather(*tasks)
+        return order
+
+    return asyncio.run(scenario())
+
+
+def test_a_busy_engine_lets_waiting_keys_take_turns_not_the_burst_first() -> None:
+    """Issue #20, fair share: key a holds every place and has four more waiting; b's one request, which came
+    last, goes in with the first free place, because b has nothing running; then a's, in their order."""
+    arrivals = [("a", 0), ("a", 0), ("a", 0), ("a", 0), ("b", 0)]
+    assert _admitted_order(Admission(max_running=2), arrivals) == ["b", "a", "a", "a", "a"]
+    # First come, first served when fairness is off.
+    assert _admitted_order(Admission(max_running=2, fair=False), arrivals) == ["a", "a", "a", "a", "b"]
+
+
+def test_keys_take_turns_by_what_they_run_and_a_lower_priority_goes_first() -> None:
+    arrivals = [("b", 0), ("b", 0), ("c", 0), ("d", 1), ("c", 0)]
+    # b (nothing running) first; then c (nothing running, while b now runs one); then b and c alternate by
+    # what each runs; d's priority 1 waits for every priority-0 request.
+    assert _admitted_order(Admission(max_running=2), arrivals) == ["b", "c", "b", "c", "d"]
+    assert _admitted_order(Admission(max_running=2), [("b", 1), ("c", 0)]) == ["c", "b"]
+
+
 def test_a_waiter_that_leaves_gives_its_turn_away() -> None:
     async def scenario() -> None:
         admission = Admission(max_running=1)

@@ -234,6 +234,25 @@ def test_a_key_is_charged_the_tokens_its_answers_used_streamed_or_not(tokenizer:
     assert int(refused.headers["retry-after-ms"]) == pytest.approx((spent - 200 + 1) * 300, abs=1)
 
 
+def test_the_engine_knows_whose_request_it_runs_for_its_fair_share(tokenizer: Any, tmp_path: Any) -> None:
+    """Issue #20: the caller's name and priority reach the engine's admission with each generation."""
+    seen: list[tuple[str, int]] = []
+
+    class Recording(ReplayEngine):
+        def generate(self, request: Any) -> Any:
+            seen.append((request.caller, request.priority))
+            return super().generate(request)
+
+    path = tmp_path / "keys.yaml"
+    path.write_text(f"keys: [{{name: mo, sha256: {hash_key('sk-mo')}, priority: 2}}]\n")
+    backend = InProcessBackend("replay-model", Recording(tokenizer, REPLAY_SCRIPT, 512, 0.0), tokenizer)
+    client = TestClient(create_http_app(backend, ServerOptions(keys_file=str(path))))
+    mo = {"Authorization": "Bearer sk-mo"}
+    client.post("/v1/chat/completions", json=HELLO, headers=mo)
+    client.post("/v1/completions", json={"model": "replay-model", "prompt": "hi", "stream": True}, headers=mo)
+    assert seen == [("mo", 2), ("mo", 2)]
+
+
 def test_the_openai_sdk_waits_out_a_rate_limit_by_its_retry_headers(tokenizer: Any, tmp_path: Any) -> None:
     """Issue #20: the official SDK reads `retry-after-ms` from our 429, waits, and its retry is let in. At 20
     requests a minute a permit takes 3 s to flow back in: longer than the SDK's own backoff for two retries
