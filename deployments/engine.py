@@ -157,9 +157,11 @@ class LLMServer:
         await self._engine.check_health()
 
     async def __del__(self) -> None:
-        if hasattr(self, "_engine"):  # not when scaled down (or deleted) while still starting
-            if hasattr(self, "_watch"):  # not when the engine failed to start
-                self._watch.cancel()  # an engine shut down on purpose is no engine lost
-            await self._engine.shutdown()
-        if (tracing := getattr(self, "_tracing", None)) is not None:
-            tracing.shutdown()
+        try:
+            if hasattr(self, "_engine"):  # not when scaled down (or deleted) while still starting
+                if hasattr(self, "_watch"):  # not when the engine failed to start
+                    self._watch.cancel()  # an engine shut down on purpose is no engine lost
+                await self._engine.shutdown()
+        finally:
+            if (tracing := getattr(self, "_tracing", None)) is not None:
+                await asyncio.to_thread(tracing.shutdown)  # sends the spans it holds

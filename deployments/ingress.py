@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator
 from typing import Any, cast
@@ -49,6 +50,10 @@ class OpenAIIngress:
         self._limits_ledger = HandleLedger(limits_ledger)
         self._metrics = RayMetrics(INGRESS_METRICS)
         self._tracing = Tracing.of(server.tracing)
+
+    async def __del__(self) -> None:
+        if self._tracing is not None:
+            await asyncio.to_thread(self._tracing.shutdown)  # sends the spans it holds
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_http_app(self, self._server, self._limits_ledger, self._metrics, self._tracing)

@@ -4,6 +4,7 @@ the ingress forwards them untouched). Each stage owns per-request state and scal
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import replace
@@ -34,6 +35,10 @@ class OutputStage:
         self._engines = {model_id: by_value(handle) for model_id, handle in engines.items()}
         self._batch_interval_s = stream_batch_interval_s
         self._tracing = Tracing.of(tracing)
+
+    async def __del__(self) -> None:
+        if self._tracing is not None:
+            await asyncio.to_thread(self._tracing.shutdown)  # sends the spans it holds
 
     def constraint(self, request: ChatCompletionRequest) -> ResponseConstraint | None | OpenAIError:
         """What the engine must enforce for this request's `response_format`, decided before generation."""

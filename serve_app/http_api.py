@@ -201,7 +201,11 @@ def create_http_app(
     app.add_middleware(_Limits, limiter=limiter)
     app.add_middleware(_Authorize, keys=keys)
     app.add_middleware(
-        CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"], expose_headers=["x-request-id"]
+        CORSMiddleware,
+        allow_origins=["*"],
+        allow_methods=["*"],
+        allow_headers=["*"],
+        expose_headers=["x-request-id", "traceparent"],
     )
     if metrics is not None or tracing is not None:
         request_metrics = RequestMetrics(metrics) if metrics is not None else None

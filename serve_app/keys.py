@@ -63,7 +63,7 @@ class KeyEntry(_Strict):
     team: str | None = Field(None, min_length=1, description="A team in `teams` (its limits apply too), or any name.")
     models: list[str] | None = Field(None, description="Model ids or aliases the key may use; null: every model.")
     limits: Limits = Limits()
-    priority: int = Field(0, description="Lower is served first when the engine is busy (vLLM's scheduler order).")
+    priority: int = Field(0, description="Lower is served first when the engine is busy (its admission queue).")
     revoked: bool = Field(False, description="A revoked key is refused (401) like an unknown one.")
 
 

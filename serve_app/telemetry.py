@@ -86,7 +86,8 @@ class RequestTelemetry:
         if span is not None and self.tracing is not None:
             carrier = self.tracing.carrier(span)
             scope.setdefault("state", {})["trace"] = carrier  # what the hops behind continue
-            extra_headers = [(name.encode(), value.encode()) for name, value in carrier.items()]
+            if span.get_span_context().trace_flags.sampled:  # a trace the client can find
+                extra_headers = [(name.encode(), value.encode()) for name, value in carrier.items()]
 
         async def watching(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -74,7 +74,8 @@ class Tracing:
         if seen.model:
             span.update_name(f"{OPERATIONS.get(seen.route, seen.route)} {seen.model}")
             span.set_attribute("gen_ai.request.model", seen.model)
-        span.set_attribute("http.response.status_code", seen.status)
+        status = seen.status or 500  # no answer started here: the app's error handler answered 500 outside
+        span.set_attribute("http.response.status_code", status)
         span.set_attribute("agent_serve.key", seen.caller.name)
         if seen.usage is not None:
             span.set_attribute("gen_ai.usage.input_tokens", seen.usage.prompt_tokens)
@@ -85,8 +86,10 @@ class Tracing:
             span.add_event("first_token", timestamp=_wall_ns(seen.first_token_at))
         if (error := seen.error()) is not None:
             span.set_attribute("error.type", error[0])
-            if seen.status >= 500 or seen.status < 400:  # ours, or a stream that failed after it started
+            if status >= 500 or status < 400:  # ours, or a stream that failed after it started
                 span.set_status(Status(StatusCode.ERROR, error[0]))
+        elif status >= 500:
+            span.set_status(Status(StatusCode.ERROR, str(status)))
         span.end()
 
     def start_hop(self, name: str, carrier: TraceCarrier | None, **attributes: Any) -> Span | None:

@@ -7,8 +7,8 @@ judged good. Waiting here instead of in Serve's router also lets one request cou
 generation per prompt and per `n`.
 
 `AdmittedEngine` wraps an engine: `refusal` says "full, retry" (503 with `Retry-After`) when too many
-requests already wait, and `generate` waits its turn, first come first served, before the engine sees the
-request. Pure asyncio; no Ray.
+requests already wait, and `generate` waits its turn (by API key, fairly: `Admission`) before the engine
+sees the request. Pure asyncio; no Ray.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class Admission:
         except asyncio.CancelledError:
             if waiter.ticket.done() and not waiter.ticket.cancelled():  # admitted in the same moment it was cancelled
                 self.release(weight, caller)
-            else:
+            elif waiter in self._waiters:  # (`_admit` may have dropped it already)
                 self._waiters.remove(waiter)
                 self._admit()  # a heavy request that left may have held lighter ones back
             raise
@@ -103,7 +103,13 @@ class Admission:
         return min(self._waiters, key=lambda w: (w.priority, self._running_by.get(w.caller, 0), w.arrival))
 
     def _admit(self) -> None:
-        while self._waiters and self._fits((waiter := self._next()).weight):
+        while self._waiters:
+            waiter = self._next()
+            if waiter.ticket.done():  # cancelled, its task not resumed yet: it takes no place
+                self._waiters.remove(waiter)
+                continue
+            if not self._fits(waiter.weight):
+                return
             self._waiters.remove(waiter)
             self._take(waiter.weight, waiter.caller)
             waiter.ticket.set_result(None)

@@ -50,7 +50,7 @@ class GenerationRequest:
     # The conversation the prompt was rendered from; engines that script answers (replay) match on it.
     messages: list[dict[str, Any]] = field(default_factory=list)
     # Who asked (an API key's name) and its priority: its turn when the engine is busy (admission.py).
-    caller: str = ""
+    caller: str = "anonymous"
     priority: int = 0
 
 

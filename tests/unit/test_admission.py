@@ -94,6 +94,25 @@ def _admitted_order(admission: Admission, arrivals: list[tuple[str, int]]) -> li
     return asyncio.run(scenario())
 
 
+def test_a_waiter_cancelled_just_before_a_place_frees_takes_no_place() -> None:
+    """Its ticket is cancelled at once, its task resumes later: a release in between must not admit it."""
+
+    async def scenario() -> None:
+        admission = Admission(max_running=1)
+        await admission.acquire(1, "a")
+        waiting = asyncio.create_task(admission.acquire(1, "b"))
+        await _settle()
+        waiting.cancel()  # cancels its ticket now; its task runs its handler later
+        admission.release(1, "a")
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert (admission.running, admission.waiting) == (0, 0)
+        await admission.acquire(1, "b")  # the place is free, and b has nothing counted against it
+        assert admission.running == 1
+
+    asyncio.run(scenario())
+
+
 def test_a_busy_engine_lets_waiting_keys_take_turns_not_the_burst_first() -> None:
     """Issue #20, fair share: key a holds every place and has four more waiting; b's one request, which came
     last, goes in with the first free place, because b has nothing running; then a's, in their order."""

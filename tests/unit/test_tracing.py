@@ -5,6 +5,7 @@ in-memory exporter; the real OTLP path is `tests/distributed/test_tracing.py`.""
 
 from __future__ import annotations
 
+import contextvars
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -71,6 +72,10 @@ def test_a_refusal_is_traced_with_its_error_and_an_unsampled_request_is_not_expo
 
 
 def test_hops_are_children_of_their_caller_and_a_queue_wait_a_child_of_its_hop() -> None:
+    contextvars.copy_context().run(_hops_and_a_queue_wait)  # a replica sets the current hop once per request task
+
+
+def _hops_and_a_queue_wait() -> None:
     kept = InMemorySpanExporter()
     tracing = Tracing(TracingOptions(otlp_endpoint="unused"), kept)
     request = tracing.start_request(
