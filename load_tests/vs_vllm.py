@@ -11,6 +11,10 @@ and the error count, against the overhead budget. Workloads: `chat` (plain strea
 (the same with a tool declared: bare vLLM with its hermes parser, ours through the ToolParsing
 deployment; for a template without tools, as SmolLM2's, ours also adds its tool prompt, so prompts are
 longer on our side). The replay-engine mode (stack overhead with no model compute) is `overhead.py`.
+
+`--team`: ours as a team's endpoint, as issue #20 budgets it: the load generator's requests carry a key
+from a keys file, with limits on requests, tokens and concurrency (high enough never to refuse, so every
+request is counted against them); the metrics are always recorded, tracing stays at its default (off).
 """
 
 from __future__ import annotations
@@ -198,6 +202,22 @@ def report(results: dict[str, dict[int, dict[str, dict[str, float]]]]) -> None:
     )
 
 
+def _as_team_endpoint(app_args: dict[str, Any]) -> dict[str, Any]:
+    """The app with a keys file of one key with limits, whose key the load generator sends (vLLM's benchmark
+    reads `OPENAI_API_KEY`; bare vLLM ignores it)."""
+    import tempfile
+
+    from serve_app.keys import hash_key, new_key
+
+    key = new_key()
+    limits = {"requests_per_minute": 1_000_000, "tokens_per_minute": 1_000_000_000, "concurrent_requests": 1000}
+    keys = Path(tempfile.mkdtemp()) / "keys.yaml"
+    keys.write_text(json.dumps({"keys": [{"name": "bench", "sha256": hash_key(key), "limits": limits}]}))
+    os.environ["OPENAI_API_KEY"] = key
+    server = dict(app_args.get("server") or {}) | {"keys_file": str(keys)}
+    return app_args | {"server": server}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "local.yaml")
@@ -206,6 +226,7 @@ def main() -> None:
     parser.add_argument(
         "--concurrency", type=int, nargs="+", choices=sorted(CONCURRENCY_PROMPTS), default=sorted(CONCURRENCY_PROMPTS)
     )
+    parser.add_argument("--team", action="store_true", help="ours with a keyed, limited caller (issue #20)")
     options = parser.parse_args()
 
     import ray
@@ -214,6 +235,8 @@ def main() -> None:
     from serve_app.builder import build_app
 
     app_args = load_serve_config(options.config)["applications"][0]["args"]
+    if options.team:
+        app_args = _as_team_endpoint(app_args)
     model = parse_app_config(app_args).models[0]
     model_dir = prepare_model(model.source, parse_app_config(app_args).model_cache_dir)
     bare_port, our_port = _free_port(), _free_port()
