@@ -96,6 +96,8 @@ def bare_vllm_command(model: ModelConfig, model_dir: Path, port: int) -> tuple[l
         flag = "--" + key.replace("_", "-")
         if value is True:
             command.append(flag)
+        elif isinstance(value, dict):  # a config group (`structured_outputs_config`): JSON on the command line
+            command += [flag, json.dumps(value)]
         elif value is not False:
             command += [flag, str(value)]
     env = dict(os.environ)
