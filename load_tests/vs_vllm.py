@@ -20,6 +20,7 @@ request is counted against them); the metrics are always recorded, tracing stays
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -270,11 +271,12 @@ def main() -> None:
     finally:
         serve.shutdown()
         ray.shutdown()
-        os.killpg(bare.pid, signal.SIGTERM)
-        try:
-            bare.wait(timeout=60)
-        except subprocess.TimeoutExpired:  # a busy-polling EngineCore left behind would skew the next run
-            os.killpg(bare.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # (the bare server may have exited already)
+            os.killpg(bare.pid, signal.SIGTERM)
+            try:
+                bare.wait(timeout=60)
+            except subprocess.TimeoutExpired:  # a busy-polling EngineCore left behind would skew the next run
+                os.killpg(bare.pid, signal.SIGKILL)
 
 
 if __name__ == "__main__":
