@@ -67,7 +67,9 @@ def _wait_ready(base_url: str, process: subprocess.Popen[bytes] | None, timeout_
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"the server at {base_url} exited with {process.returncode} before it was ready")
         try:
-            if httpx.get(f"{base_url}/v1/models", timeout=5).status_code == 200:
+            key = os.environ.get("OPENAI_API_KEY")  # what the load generator sends (`--team`)
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            if httpx.get(f"{base_url}/v1/models", headers=headers, timeout=5).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
