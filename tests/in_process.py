@@ -36,3 +36,15 @@ class InProcessBackend:
             return
         async for frame in plan.stream():
             yield frame
+
+
+class BreakingBackend(InProcessBackend):
+    """A stream that breaks after its first item, in a way no layer turned into a value: a replica lost
+    mid-stream, as the ingress sees it at worst (R4.8)."""
+
+    async def generate_stream(
+        self, request: GenerationBody, context: RequestContext | None = None
+    ) -> AsyncGenerator[bytes | OpenAIError | UsageReport, None]:
+        frames = super().generate_stream(request, context)
+        yield await anext(frames)
+        raise ConnectionResetError("the engine replica went away")

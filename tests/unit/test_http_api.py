@@ -19,7 +19,7 @@ from serve_app.keys import hash_key
 from serve_app.protocol.errors import unavailable
 from serve_app.rate_limits import Ledger, LocalLedger
 from tests.conftest import REPLAY_SCRIPT
-from tests.in_process import InProcessBackend
+from tests.in_process import BreakingBackend, InProcessBackend
 from tests.openai_spec import assert_valid
 from tests.sse_client import parse_sse
 
@@ -396,12 +396,6 @@ def test_a_failure_after_the_stream_started_ends_it_with_an_error_event_and_done
 ) -> None:
     """R4.8: whatever breaks once the stream is committed (a replica lost in a way the backend did not turn
     into a value), the client gets an error event naming the request id, then [DONE], never a cut body."""
-
-    class BreakingBackend(InProcessBackend):
-        async def generate_stream(self, request: Any, context: Any = None) -> Any:
-            frames = super().generate_stream(request)
-            yield await anext(frames)
-            raise ConnectionResetError("the engine replica went away")
 
     backend = BreakingBackend("replay-model", ReplayEngine(tokenizer, REPLAY_SCRIPT, 512, 0.0), tokenizer)
     client = TestClient(create_http_app(backend, ServerOptions()))

@@ -24,7 +24,7 @@ from serve_app.metrics import (
     Metric,
 )
 from tests.conftest import REPLAY_SCRIPT
-from tests.in_process import InProcessBackend
+from tests.in_process import BreakingBackend, InProcessBackend
 
 HELLO = {"model": "replay-model", "messages": [{"role": "user", "content": "hi"}]}
 Labels = tuple[tuple[str, str], ...]
@@ -107,12 +107,6 @@ def test_refusals_count_as_errors_by_code_and_rate_limits_by_kind(tokenizer: Any
 
 
 def test_a_stream_that_fails_after_it_started_counts_its_error_events_code(tokenizer: Any, tmp_path: Any) -> None:
-    class BreakingBackend(InProcessBackend):
-        async def generate_stream(self, request: Any, context: Any = None) -> Any:
-            frames = super().generate_stream(request)
-            yield await anext(frames)
-            raise ConnectionResetError("the engine replica went away")
-
     backend = BreakingBackend("replay-model", ReplayEngine(tokenizer, REPLAY_SCRIPT, 512, 0.0), tokenizer)
     client, kept = _app(tokenizer, tmp_path, backend)
     assert client.post("/v1/chat/completions", json=HELLO | {"stream": True}, headers=ALICE).status_code == 200
