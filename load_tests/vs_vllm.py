@@ -37,9 +37,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from load_tests.local_serve import local_serve  # noqa: E402
 from serve_app.config import ModelConfig, load_serve_config, parse_app_config  # noqa: E402
 from serve_app.model_source import prepare_model  # noqa: E402
-from serve_app.ray_settings import CONTROLLER_OPTIONS, prepare_node_environment  # noqa: E402
 
 CONCURRENCY_PROMPTS = {1: 16, 8: 48, 32: 96}
 TOOL = {
@@ -207,6 +207,25 @@ def report(results: dict[str, dict[int, dict[str, dict[str, float]]]]) -> None:
     )
 
 
+def _measure(
+    targets: dict[str, str], model_id: str, model_dir: Path, options: argparse.Namespace
+) -> dict[str, dict[int, dict[str, dict[str, float]]]]:
+    """Each workload at each concurrency, for the rounds asked, both servers in turn (alternating who goes
+    first); the medians of the rounds by workload, concurrency and server."""
+    results: dict[str, dict[int, dict[str, dict[str, float]]]] = {}
+    for workload in options.workloads:
+        results[workload] = {}
+        for concurrency in options.concurrency:
+            runs: dict[str, list[dict[str, Any]]] = {"bare": [], "ours": []}
+            for round_index in range(options.rounds):
+                order = ["bare", "ours"] if round_index % 2 == 0 else ["ours", "bare"]
+                for name in order:
+                    print(f"--- {workload}, concurrency {concurrency}, round {round_index + 1}: {name}", flush=True)
+                    runs[name].append(bench(targets[name], model_id, model_dir, concurrency, WORKLOAD_BODIES[workload]))
+            results[workload][concurrency] = {name: summarize(r) for name, r in runs.items()}
+    return results
+
+
 def _as_team_endpoint(app_args: dict[str, Any]) -> dict[str, Any]:
     """The app with a keys file of one key with limits, whose key the load generator sends (vLLM's benchmark
     reads `OPENAI_API_KEY`; bare vLLM ignores it)."""
@@ -234,7 +253,6 @@ def main() -> None:
     parser.add_argument("--team", action="store_true", help="ours with a keyed, limited caller (issue #20)")
     options = parser.parse_args()
 
-    import ray
     from ray import serve
 
     from serve_app.builder import build_app
@@ -244,35 +262,18 @@ def main() -> None:
         app_args = _as_team_endpoint(app_args)
     model = parse_app_config(app_args).models[0]
     model_dir = prepare_model(model.source, parse_app_config(app_args).model_cache_dir)
-    bare_port, our_port = _free_port(), _free_port()
+    bare_port = _free_port()
     command, env = bare_vllm_command(model, model_dir, bare_port)
     print("bare vLLM:", " ".join(command), flush=True)
     bare = subprocess.Popen(command, env=env, start_new_session=True)
-    prepare_node_environment()
-    ray.init(namespace="agent-serve-vs-vllm", log_to_driver=False)
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": our_port}, controller_options=CONTROLLER_OPTIONS)
-        serve.run(build_app({**app_args, "models": [app_args["models"][0]]}), name="ours", route_prefix="/")
-        targets = {"bare": f"http://127.0.0.1:{bare_port}", "ours": f"http://127.0.0.1:{our_port}"}
-        _wait_ready(targets["bare"], bare)
-        _wait_ready(targets["ours"], None)
-        results: dict[str, dict[int, dict[str, dict[str, float]]]] = {}
-        for workload in options.workloads:
-            results[workload] = {}
-            for concurrency in options.concurrency:
-                runs: dict[str, list[dict[str, Any]]] = {"bare": [], "ours": []}
-                for round_index in range(options.rounds):
-                    order = ["bare", "ours"] if round_index % 2 == 0 else ["ours", "bare"]
-                    for name in order:
-                        print(f"--- {workload}, concurrency {concurrency}, round {round_index + 1}: {name}", flush=True)
-                        runs[name].append(
-                            bench(targets[name], model.id, model_dir, concurrency, WORKLOAD_BODIES[workload])
-                        )
-                results[workload][concurrency] = {name: summarize(r) for name, r in runs.items()}
-        report(results)
+        with local_serve("agent-serve-vs-vllm") as our_port:
+            serve.run(build_app({**app_args, "models": [app_args["models"][0]]}), name="ours", route_prefix="/")
+            targets = {"bare": f"http://127.0.0.1:{bare_port}", "ours": f"http://127.0.0.1:{our_port}"}
+            _wait_ready(targets["bare"], bare)
+            _wait_ready(targets["ours"], None)
+            report(_measure(targets, model.id, model_dir, options))
     finally:
-        serve.shutdown()
-        ray.shutdown()
         with contextlib.suppress(ProcessLookupError):  # (the bare server may have exited already)
             os.killpg(bare.pid, signal.SIGTERM)
             try:
