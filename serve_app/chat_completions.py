@@ -19,7 +19,7 @@ from serve_app import sse
 from serve_app.engines.base import Engine, EngineLost, GenerationDelta, GenerationRequest, TokenLogprob
 from serve_app.engines.base import FinishReason as EngineFinishReason
 from serve_app.generation import context_error, sampling_options
-from serve_app.output_parsing import ChoiceOutput, create_output_parser
+from serve_app.output_parsing import AnswerOutput, ChoiceOutput, create_output_parser
 from serve_app.protocol.chat import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -91,8 +91,8 @@ class ChatMeta:
         reason = constraint.violation(choice.content)
         return None if reason is None else constraint.violation_error(reason, choice.content)
 
-    def new_output(self) -> ChoiceOutput:
-        return ChoiceOutput(self.new_parser())
+    def new_answer(self) -> AnswerOutput:
+        return AnswerOutput([ChoiceOutput(self.new_parser()) for _ in range(self.n)], self.prompt_tokens)
 
     def new_parser(self) -> TextParser | None:
         return create_output_parser(
@@ -263,19 +263,19 @@ async def render_stream(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]) 
 async def _render_frames(
     meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]
 ) -> AsyncGenerator[bytes | UsageReport, None]:
-    choices = [meta.new_output() for _ in range(meta.n)]
-    yield UsageReport.of(_usage(meta, choices))  # the prompt's: what a stream cut early is charged
-    frames = _chunk_frames(meta, choices, deltas)
+    answer = meta.new_answer()
+    yield UsageReport.of(answer.usage())  # the prompt's: what a stream cut early is charged
+    frames = _chunk_frames(meta, answer, deltas)
     try:
         async for frame in frames:
             yield frame
     finally:
         await frames.aclose()
-    yield UsageReport.of(_usage(meta, choices))
+    yield UsageReport.of(answer.usage())
 
 
 async def _chunk_frames(
-    meta: ChatMeta, choices: list[ChoiceOutput], deltas: AsyncIterator[GenerationDelta]
+    meta: ChatMeta, answer: AnswerOutput, deltas: AsyncIterator[GenerationDelta]
 ) -> AsyncGenerator[bytes, None]:
     """The frames of each engine output joined into one item (possibly empty after the first)."""
     encode = _ChunkEncoder(meta)
@@ -283,8 +283,8 @@ async def _chunk_frames(
     finished: set[int] = set()
     try:
         async for delta in deltas:
-            choice = choices[delta.index]
-            events = choice.feed(delta.text, delta.completion_tokens)
+            choice = answer.choices[delta.index]
+            events = answer.feed(delta)
             if delta.finish_reason:
                 events += choice.finish(delta.finish_reason)
             logprobs = _wire_logprobs(delta.logprobs)
@@ -308,7 +308,7 @@ async def _chunk_frames(
     except Exception:
         yield b"".join(out) + sse.error_frame(internal_error(meta.id, "generating"))
         return
-    for index, choice in enumerate(choices):
+    for index, choice in enumerate(answer.choices):
         if index not in finished:  # the engine ended without saying why: it stopped
             out += [encode(index, _wire_delta(event)) for event in choice.finish(None)]
             frame, failed = _closing_frame(meta, encode, index, choice, None)
@@ -317,7 +317,7 @@ async def _chunk_frames(
                 yield b"".join(out)
                 return
     if meta.include_usage:
-        out.append(encode.usage(_usage(meta, choices)))
+        out.append(encode.usage(answer.usage()))
     out.append(sse.DONE)
     yield b"".join(out)
 
@@ -334,13 +334,13 @@ def _closing_frame(
 
 async def render_complete(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]) -> bytes | OpenAIError:
     """The whole answer as one `chat.completion` body, read by the same per-choice machines as streaming."""
-    choices = [meta.new_output() for _ in range(meta.n)]
+    answer = meta.new_answer()
     outputs = [ParsedOutput() for _ in range(meta.n)]
     reasons: list[EngineFinishReason | None] = [None] * meta.n
     logprobs: list[list[TokenLogprob] | None] = [None] * meta.n
     try:
         async for delta in deltas:
-            outputs[delta.index].apply(choices[delta.index].feed(delta.text, delta.completion_tokens))
+            outputs[delta.index].apply(answer.feed(delta))
             reasons[delta.index] = delta.finish_reason or reasons[delta.index]
             if delta.logprobs is not None:
                 logprobs[delta.index] = (logprobs[delta.index] or []) + delta.logprobs
@@ -349,7 +349,7 @@ async def render_complete(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]
     except Exception:
         return internal_error(meta.id, "generating")
     wire_choices = []
-    for index, (choice, output) in enumerate(zip(choices, outputs, strict=True)):
+    for index, (choice, output) in enumerate(zip(answer.choices, outputs, strict=True)):
         output.apply(choice.finish(reasons[index]))
         if (error := meta.violation(choice, reasons[index])) is not None:
             return error
@@ -373,18 +373,10 @@ async def render_complete(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]
         created=meta.created,
         model=meta.model,
         choices=wire_choices,
-        usage=_usage(meta, choices),
+        usage=answer.usage(),
         system_fingerprint=SYSTEM_FINGERPRINT,
     )
     return response.model_dump_json().encode()
-
-
-def _usage(meta: ChatMeta, choices: list[ChoiceOutput]) -> Usage:
-    return Usage.of(
-        meta.prompt_tokens,
-        sum(c.completion_tokens for c in choices),
-        reasoning_tokens=sum(c.reasoning_tokens for c in choices),
-    )
 
 
 class _ChunkEncoder:

@@ -110,7 +110,8 @@ class TextCompletions:
             for p, result in enumerate(results)
             for c, choice in enumerate(result.choices)
         ]
-        usage = Usage.of(planned.prompt_tokens, sum(r.completion_tokens for r in results))
+        cached = sum(r.cached_tokens for r in results)
+        usage = Usage.of(planned.prompt_tokens, sum(r.completion_tokens for r in results), cached_tokens=cached)
         return self._object(planned, choices, usage).model_dump_json().encode()
 
     async def stream(self, planned: PlannedCompletion) -> AsyncIterator[bytes | UsageReport]:
@@ -118,15 +119,18 @@ class TextCompletions:
         (also after an error event; not when the consumer closes the stream early)."""
         yield UsageReport(planned.prompt_tokens, 0)
         tokens: dict[int, int] = {}  # completion tokens so far, by choice index
-        frames = self._frames(planned, tokens)
+        cached: dict[int, int] = {}  # cached prompt tokens, by prompt index
+        frames = self._frames(planned, tokens, cached)
         try:
             async for frame in frames:
                 yield frame
         finally:
             await frames.aclose()
-        yield UsageReport(planned.prompt_tokens, sum(tokens.values()))
+        yield UsageReport(planned.prompt_tokens, sum(tokens.values()), sum(cached.values()))
 
-    async def _frames(self, planned: PlannedCompletion, tokens: dict[int, int]) -> AsyncGenerator[bytes, None]:
+    async def _frames(
+        self, planned: PlannedCompletion, tokens: dict[int, int], cached: dict[int, int]
+    ) -> AsyncGenerator[bytes, None]:
         n = planned.request.n or 1
         offsets: dict[int, int] = {}
         echoed: set[int] = set()
@@ -136,6 +140,7 @@ class TextCompletions:
             async for prompt_index, delta in merged(streams):
                 index = self._choice_index(planned, prompt_index, delta.index)
                 tokens[index] = delta.completion_tokens
+                cached[prompt_index] = delta.cached_tokens
                 text = delta.text
                 if planned.request.echo and index not in echoed:
                     text = planned.prompt_texts[prompt_index] + text
@@ -155,7 +160,7 @@ class TextCompletions:
             if index not in finished:
                 yield self._frame(planned, index, "", "stop", None)
         if planned.request.include_usage:
-            usage = Usage.of(planned.prompt_tokens, sum(tokens.values()))
+            usage = Usage.of(planned.prompt_tokens, sum(tokens.values()), cached_tokens=sum(cached.values()))
             yield sse.frame(self._object(planned, [], usage).model_dump_json())
         yield sse.DONE
 

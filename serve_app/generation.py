@@ -90,6 +90,7 @@ class ChoiceResult:
 @dataclass
 class GenerationResult:
     choices: list[ChoiceResult] = field(default_factory=list)
+    cached_tokens: int = 0  # the prompt's tokens found in the engine's prefix cache
 
     @property
     def completion_tokens(self) -> int:
@@ -98,15 +99,16 @@ class GenerationResult:
 
 async def collect(deltas: AsyncIterator[GenerationDelta], n: int) -> GenerationResult:
     """Run a generation to the end; its n choices in index order."""
-    choices = [ChoiceResult() for _ in range(n)]
+    result = GenerationResult([ChoiceResult() for _ in range(n)])
     async for delta in deltas:
-        choice = choices[delta.index]
+        result.cached_tokens = max(result.cached_tokens, delta.cached_tokens)
+        choice = result.choices[delta.index]
         choice.text += delta.text
         choice.completion_tokens = delta.completion_tokens
         choice.finish_reason = delta.finish_reason or choice.finish_reason
         if delta.logprobs is not None:
             choice.logprobs = (choice.logprobs or []) + delta.logprobs
-    return GenerationResult(choices)
+    return result
 
 
 async def collect_all(engine: Engine, requests: list[GenerationRequest]) -> list[GenerationResult]:

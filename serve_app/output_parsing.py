@@ -8,7 +8,8 @@ and whole answers feed the same `ChoiceOutput` delta by delta, so they cannot di
 from __future__ import annotations
 
 from serve_app.engines.base import FinishReason as EngineFinishReason
-from serve_app.protocol.common import FinishReason
+from serve_app.engines.base import GenerationDelta
+from serve_app.protocol.common import FinishReason, Usage
 from serve_app.protocol.tools import FunctionDefinition
 from serve_app.reasoning import ReasoningFormat, ThinkParser
 from serve_app.tool_parsers import create_parser
@@ -113,3 +114,24 @@ class ChoiceOutput:
             elif isinstance(event, ToolCallArguments):
                 self.calls[event.index].fragments.append(event.fragment)
         return events
+
+
+class AnswerOutput:
+    """All choices of one answer, fed the engine's deltas, and what its `usage` counts."""
+
+    def __init__(self, choices: list[ChoiceOutput], prompt_tokens: int) -> None:
+        self.choices = choices
+        self._prompt_tokens = prompt_tokens
+        self._cached_tokens = 0
+
+    def feed(self, delta: GenerationDelta) -> list[Event]:
+        self._cached_tokens = max(self._cached_tokens, delta.cached_tokens)
+        return self.choices[delta.index].feed(delta.text, delta.completion_tokens)
+
+    def usage(self) -> Usage:
+        return Usage.of(
+            self._prompt_tokens,
+            sum(c.completion_tokens for c in self.choices),
+            reasoning_tokens=sum(c.reasoning_tokens for c in self.choices),
+            cached_tokens=self._cached_tokens,
+        )

@@ -78,6 +78,8 @@ class GenerationDelta:
     finish_reason: FinishReason | None = None
     index: int = 0
     logprobs: list[TokenLogprob] | None = None
+    # The prompt's tokens the engine found in its prefix cache (the same on every delta of a request).
+    cached_tokens: int = 0
 
 
 class EngineLost(Exception):

@@ -5,7 +5,8 @@ The script (YAML or JSON) is a list of replies; the first whose `when` matches t
 token by token:
 
     token_delay_s: 0.01          # between tokens
-    first_token_delay_s: 0.0     # before the first token (simulates prefill or queueing)
+    first_token_delay_s: 0.0     # before the first token (simulates queueing)
+    prefill_s_per_token: 0.0     # and per prompt token not in the prefix cache (prefix_cache.py's model)
     replies:
       - when: {turn: 0}                     # assistant messages already in the conversation
         text: "Hello! How can I help?"
@@ -38,6 +39,7 @@ from serve_app.engines.base import (
     TokenLogprob,
     token_bytes,
 )
+from serve_app.engines.prefix_cache import PrefixCacheModel
 
 
 class _Match(BaseModel):
@@ -67,6 +69,7 @@ class ReplayScript(BaseModel):
     model_config = ConfigDict(extra="forbid")
     token_delay_s: float = Field(0.0, ge=0)
     first_token_delay_s: float = Field(0.0, ge=0)
+    prefill_s_per_token: float = Field(0.0, ge=0, description="Prefill time of each uncached prompt token.")
     replies: list[_Reply] = Field(min_length=1)
 
     @classmethod
@@ -97,6 +100,7 @@ class ReplayEngine(Engine):
         self._max_model_len = max_model_len
         self._token_delay_s = self._script.token_delay_s if token_delay_s is None else token_delay_s
         self._active = 0
+        self._prefix_cache = PrefixCacheModel()
 
     async def start(self) -> None:
         return None  # nothing to load: the tokenizer is the model's own, passed in
@@ -114,9 +118,10 @@ class ReplayEngine(Engine):
         try:
             reply = self._script.reply_for(request.messages)
             token_ids = self._tokenizer.encode(reply.text, add_special_tokens=False)
+            cached = self._prefix_cache.serve(request.prompt_token_ids)
             delay = (
                 reply.first_token_delay_s if reply.first_token_delay_s is not None else self._script.first_token_delay_s
-            )
+            ) + self._script.prefill_s_per_token * (len(request.prompt_token_ids) - cached)
             if delay:
                 await asyncio.sleep(delay)
             sampling = request.sampling
@@ -125,7 +130,7 @@ class ReplayEngine(Engine):
                     raise RuntimeError(f"scripted failure after {reply.fail_after_tokens} tokens")
                 logprobs = None if sampling.logprobs is None else [self._certain(i) for i in ids]
                 for index in range(sampling.n):
-                    yield GenerationDelta(piece, count, finish, index, logprobs)
+                    yield GenerationDelta(piece, count, finish, index, logprobs, cached)
         finally:
             self._active -= 1
 

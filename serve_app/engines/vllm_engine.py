@@ -200,6 +200,7 @@ class VLLMEngine(Engine):
                     finish_reason=choice.finish_reason if choice.finish_reason in ("stop", "length") else None,
                     index=choice.index,
                     logprobs=_token_logprobs(choice.token_ids, choice.logprobs, request.sampling.logprobs),
+                    cached_tokens=output.num_cached_tokens or 0,
                 )
 
     def embedding_shape(self) -> EmbeddingShape:

@@ -214,3 +214,22 @@ def test_role_chunk_marks_the_first_token_even_without_visible_text() -> None:
     ]
     chunks = parse_sse(b"".join(item for _, item in frames))
     assert [c["choices"][0]["delta"].get("content") for c in chunks] == ["", "Hi", None]
+
+
+def test_cached_prompt_tokens_are_reported_in_usage(chat: ChatCompletions) -> None:
+    """The engine's prefix-cache hits reach `usage.prompt_tokens_details.cached_tokens`, whole and streamed,
+    and the stream's last `UsageReport` (what metrics count)."""
+    history = [{"role": "user", "content": "please count " + "and keep counting " * 20}]
+    first = _complete(chat, messages=history)
+    assert first["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    again = _complete(chat, messages=history)
+    cached = again["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert 0 < cached < again["usage"]["prompt_tokens"]
+    chunks = _stream(chat, messages=history, stream_options={"include_usage": True})
+    assert chunks[-1]["usage"]["prompt_tokens_details"]["cached_tokens"] == cached
+
+    async def last_report() -> UsageReport:
+        items = [item async for item in chat.stream(_plan(chat, stream=True, messages=history))]
+        return [item for item in items if isinstance(item, UsageReport)][-1]
+
+    assert asyncio.run(last_report()).cached_tokens == cached

@@ -536,3 +536,14 @@ def test_a_client_that_leaves_a_whole_answer_cancels_the_generation(tokenizer: A
         assert cancelled.is_set()
 
     asyncio.run(scenario())
+
+
+def test_completions_report_cached_prompt_tokens(client: TestClient) -> None:
+    """A repeated prompt finds its prefix cached: `usage.prompt_tokens_details.cached_tokens`, whole and streamed."""
+    body = {"model": "replay-model", "prompt": "count " * 60, "max_tokens": 3}
+    assert client.post("/v1/completions", json=body).json()["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    usage = client.post("/v1/completions", json=body).json()["usage"]
+    assert 0 < usage["prompt_tokens_details"]["cached_tokens"] < usage["prompt_tokens"]
+    streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    chunks = parse_sse(client.post("/v1/completions", json=streamed).content)
+    assert chunks[-1]["usage"] == usage

@@ -37,7 +37,7 @@ def test_a_whole_answers_usage_is_its_last_usage_object_whatever_its_text_says()
     "body",
     [
         {"messages": [{"role": "user", "content": "hi"}], "n": 2},
-        {"prompt": ["hi", "tell me a story"], "max_tokens": 20},
+        {"prompt": ["hi", "tell me a story about a dragon, a knight and a castle " * 3], "max_tokens": 20},
     ],
     ids=["chat", "completions"],
 )
@@ -51,11 +51,13 @@ def test_a_streams_usage_report_matches_the_whole_answers_usage(tokenizer: Any, 
         return planned
 
     async def both() -> tuple[bytes, list[bytes | UsageReport]]:
+        await plan().complete()  # from now on the prompt's prefix is cached, for both answers alike
         whole = await plan().complete()
         assert isinstance(whole, bytes)
         return whole, [item async for item in plan(stream=True).stream()]
 
     whole, items = asyncio.run(both())
     usage = json.loads(whole)["usage"]
-    assert items[-1] == UsageReport(usage["prompt_tokens"], usage["completion_tokens"])
+    cached = usage["prompt_tokens_details"]["cached_tokens"]
+    assert items[-1] == UsageReport(usage["prompt_tokens"], usage["completion_tokens"], cached) and cached > 0
     assert UsageReport.from_body(whole) == items[-1]
