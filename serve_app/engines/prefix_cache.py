@@ -1,8 +1,8 @@
 """A model of an engine's prefix cache, for the replay engine: which leading tokens of a prompt an engine
 that had served the earlier prompts would find cached, counted as vLLM counts them.
 
-vLLM caches KV in blocks (16 tokens on CPU and by default on GPU); a block is reused when it and every block
-before it hold the same tokens, so a block's identity is the hash of all tokens up to its end. At least the
+vLLM caches KV in blocks (16 tokens by default on GPU, 128 on CPU); a block is reused when it and every
+block before it hold the same tokens, so a block's identity is the hash of all tokens up to its end. At least the
 prompt's last token is always computed (its logits start the answer), so a prompt never counts as wholly
 cached. Old blocks are evicted least recently used, as vLLM's free-block queue does.
 """

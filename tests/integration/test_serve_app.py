@@ -184,10 +184,10 @@ def test_context_overflow_is_a_400_through_the_app(client: OpenAI) -> None:
 def test_real_model_reports_its_prefix_cache_hits(client: OpenAI) -> None:
     """vLLM's prefix cache, as `usage.prompt_tokens_details.cached_tokens`: a conversation's next turn finds
     the earlier turn's prompt cached (issue #22), streamed and whole."""
-    system: ChatCompletionMessageParam = {"role": "system", "content": "You answer questions about rivers. " * 12}
+    system: ChatCompletionMessageParam = {"role": "system", "content": "You answer questions about rivers. " * 50}
     history = [system, *QUESTION]
     first = client.chat.completions.create(model=VLLM_MODEL, messages=history, max_tokens=2)
-    assert first.usage is not None and first.usage.prompt_tokens > 64
+    assert first.usage is not None and first.usage.prompt_tokens > 2 * 128  # vLLM's CPU blocks: 128 tokens
     turn: list[ChatCompletionMessageParam] = [
         *history,
         {"role": "assistant", "content": "Paris."},
@@ -195,7 +195,7 @@ def test_real_model_reports_its_prefix_cache_hits(client: OpenAI) -> None:
     ]
     second = client.chat.completions.create(model=VLLM_MODEL, messages=turn, max_tokens=2)
     assert second.usage is not None and second.usage.prompt_tokens_details is not None
-    assert (second.usage.prompt_tokens_details.cached_tokens or 0) >= 64
+    assert (second.usage.prompt_tokens_details.cached_tokens or 0) >= 128
     chunks = list(
         client.chat.completions.create(
             model=VLLM_MODEL,
@@ -207,4 +207,4 @@ def test_real_model_reports_its_prefix_cache_hits(client: OpenAI) -> None:
     )
     usage = chunks[-1].usage
     assert usage is not None and usage.prompt_tokens_details is not None
-    assert (usage.prompt_tokens_details.cached_tokens or 0) >= 64
+    assert (usage.prompt_tokens_details.cached_tokens or 0) >= 128
