@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from serve_app import sse
+from serve_app import responses_output, sse
 from serve_app.engines.base import Engine, EngineLost, GenerationDelta, GenerationRequest, TokenLogprob
 from serve_app.engines.base import FinishReason as EngineFinishReason
 from serve_app.generation import context_error, sampling_options
@@ -41,6 +41,7 @@ from serve_app.protocol.chat import (
 )
 from serve_app.protocol.common import FinishReason, Usage, valid_text
 from serve_app.protocol.errors import OpenAIError, internal_error, invalid_request, replica_lost
+from serve_app.protocol.responses import ChatFromResponses, ResponsesShape
 from serve_app.protocol.tools import AllowedToolsChoice, FunctionDefinition, NamedToolChoice
 from serve_app.reasoning import EFFORTS, ReasoningFormat, starts_in_reasoning, template_kwargs
 from serve_app.request_context import NO_CONTEXT, RequestContext
@@ -73,6 +74,7 @@ class ChatMeta:
     starts_in_reasoning: bool = False  # the prompt opened the reasoning block
     response_constraint: ResponseConstraint | None = None  # answers are post-checked against it
     enforced_tools: tuple[str, ...] = ()  # functions whose call arguments are post-checked (forced, strict)
+    responses: ResponsesShape | None = None  # a `/v1/responses` request: rendered in that shape
 
     def violation(self, choice: ChoiceOutput, engine_reason: EngineFinishReason | None) -> OpenAIError | None:
         """A finished answer (not cut by the cap) that breaks what was enforced: the arguments of a call to
@@ -189,7 +191,8 @@ class ChatCompletions:
                 if request.parallel_tool_calls is False and parser == "hermes":
                     # At most one call (R2.3): generation ends where the first call closes.
                     sampling = dataclasses.replace(sampling, stop=(*sampling.stop, "</tool_call>"))
-        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        responses = request.responses if isinstance(request, ChatFromResponses) else None
+        request_id = f"resp_{uuid.uuid4().hex}" if responses else f"chatcmpl-{uuid.uuid4().hex}"
         meta = ChatMeta(
             request_id,
             int(time.time()),
@@ -204,6 +207,7 @@ class ChatCompletions:
             starts_in_reasoning(self.reasoning_parser, prompt),
             constraint,
             tuple(name for _, name, _ in enforced_schemas(request)) if with_tools else (),
+            responses,
         )
         messages = [m.model_dump(exclude_none=True) for m in request.messages]
         who = request_context
@@ -241,7 +245,14 @@ def _wire_delta(event: Event) -> Delta:
     return Delta(tool_calls=[ToolCallDelta(index=event.index, function=FunctionCallDelta(arguments=event.fragment))])
 
 
-async def render_stream(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]) -> AsyncIterator[bytes | UsageReport]:
+def render_stream(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]) -> AsyncIterator[bytes | UsageReport]:
+    """The answer's stream: chat's chunks, or a `/v1/responses` request's events (`responses_output.py`)."""
+    if meta.responses is not None:
+        return responses_output.render_stream(meta, meta.responses, deltas)
+    return _render_chunks(meta, deltas)
+
+
+async def _render_chunks(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]) -> AsyncIterator[bytes | UsageReport]:
     """SSE frames. First an empty item: the request is accepted, so the status and headers can go out
     before any token, without a chunk (clients and load generators time the first chunk as the first
     token). Then one item per engine output: the role chunks of all choices travel with the first
@@ -333,7 +344,10 @@ def _closing_frame(
 
 
 async def render_complete(meta: ChatMeta, deltas: AsyncIterator[GenerationDelta]) -> bytes | OpenAIError:
-    """The whole answer as one `chat.completion` body, read by the same per-choice machines as streaming."""
+    """The whole answer as one `chat.completion` body, read by the same per-choice machines as streaming; or
+    for a `/v1/responses` request, its `response` object (`responses_output.py`)."""
+    if meta.responses is not None:
+        return await responses_output.render_complete(meta, meta.responses, deltas)
     answer = meta.new_answer()
     outputs = [ParsedOutput() for _ in range(meta.n)]
     reasons: list[EngineFinishReason | None] = [None] * meta.n

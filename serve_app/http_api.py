@@ -40,11 +40,16 @@ from serve_app.protocol.errors import (
     internal_error,
     invalid_request,
     model_not_found,
+    param_path,
     unavailable,
 )
+from serve_app.protocol.responses import ResponsesRequest
 from serve_app.rate_limits import Ledger, LedgerClient, Limiter, LocalLedger, Refusal
 from serve_app.request_context import RequestContext, TraceCarrier
+from serve_app.responses import Translation, translate
+from serve_app.responses_output import ResponsesFraming
 from serve_app.routing import ModelCatalog
+from serve_app.sse import ChatFraming
 from serve_app.streaming import marking_silences
 from serve_app.telemetry import RequestTelemetry
 from serve_app.tracing import Tracing
@@ -105,7 +110,7 @@ def create_http_app(
         # Of a union's errors (one per member the value might have been), the deepest names the place: a
         # list of parts with a bad part fails as "not a string" too, one level up.
         deepest = max(exc.errors(), key=lambda error: len(error["loc"]))
-        param = _param_path(deepest["loc"])
+        param = param_path(deepest["loc"])
         return error_response(invalid_request(f"Invalid request: {param or 'body'}: {deepest['msg']}", param=param))
 
     @app.exception_handler(StarletteHTTPException)
@@ -141,38 +146,44 @@ def create_http_app(
             return error_response(model_not_found(model))
         return JSONResponse(await model_card(model, model_id))
 
-    async def serve(body: GenerationBody, task: ModelTask, request: Request) -> Response:
+    async def serve(
+        body: GenerationBody, task: ModelTask, request: Request, responses: Translation | None = None
+    ) -> Response:
+        """`body` answered by its model; for `/v1/responses`, `responses` is what it was translated from."""
+
+        def refuse(error: OpenAIError) -> Response:  # an error names the field as the client sent it
+            return error_response(responses.error(error) if responses is not None else error)
+
         model_id = catalog.resolve(body.model, task)
         if isinstance(model_id, OpenAIError):
-            return error_response(model_id)
+            return refuse(model_id)
         if not _caller(request).may_use(body.model, model_id):  # as OpenAI: not told apart from no such model
-            return error_response(model_not_found(body.model))
+            return refuse(model_not_found(body.model))
         request.state.model = model_id  # for the metrics: a model that exists, never a name a client made up
-        unknown = sorted(body.model_extra or {})
+        sent = responses.request if responses is not None else body
+        unknown = sorted(sent.model_extra or {})
         if options.strict_request_fields and (
-            not_openai := unknown + sorted(VLLM_SAMPLING_EXTENSIONS & body.model_fields_set)
+            not_openai := unknown + sorted(VLLM_SAMPLING_EXTENSIONS & sent.model_fields_set)
         ):
-            return error_response(
-                invalid_request(f"Unrecognized request argument: {not_openai[0]}", param=not_openai[0])
-            )
+            return refuse(invalid_request(f"Unrecognized request argument: {not_openai[0]}", param=not_openai[0]))
         if unknown:
             logger.info("ignoring unknown request fields: %s", ", ".join(unknown))
         if (fan_out := _fan_out_error(body, options)) is not None:
-            return error_response(fan_out)
+            return refuse(fan_out)
         # An alias is answered as the model it stands for (as OpenAI answers `gpt-4o` with its dated id).
         body = body if body.model == model_id else body.model_copy(update={"model": model_id})
         deadline = _Deadline.starting_now(options.request_deadline_s)
         if isinstance(body, EmbeddingRequest) or not body.stream:
             result = await _whole_answer(backend.generate(body, _context(request)), request, deadline)
             if isinstance(result, OpenAIError):
-                return error_response(result)
+                return refuse(result)
             _note_usage(request, UsageReport.from_body(result))
             return Response(result, media_type="application/json")
+        framing = ResponsesFraming(responses.chat.responses, model_id) if responses is not None else ChatFraming()
         return await _stream_response(
             backend.generate_stream(body, _context(request)),
-            options.keep_alive_interval_s,
-            _request_id(request),
-            deadline,
+            _StreamSettings(options.keep_alive_interval_s, _request_id(request), deadline, framing),
+            refuse,
             lambda report: _note_usage(request, report),
         )
 
@@ -187,6 +198,13 @@ def create_http_app(
     @app.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
         return await serve(body, "embed", request)
+
+    @app.post("/v1/responses")
+    async def responses(body: ResponsesRequest, request: Request) -> Response:
+        translation = translate(body)
+        if isinstance(translation, OpenAIError):
+            return error_response(translation)
+        return await serve(translation.chat, "generate", request, translation)
 
     # Pure ASGI middlewares: Starlette's `@app.middleware("http")` would relay every streamed chunk through
     # an extra task and memory stream. The last added runs first: path, telemetry (so refusals count too),
@@ -292,26 +310,44 @@ CLIENT_LEFT = OpenAIError(
 )
 
 
+@dataclass(frozen=True)
+class _StreamSettings:
+    keep_alive_s: float
+    request_id: str
+    deadline: _Deadline | None
+    framing: StreamFraming  # what this layer's own frames look like: chat's, or a Responses stream's
+
+
+class StreamFraming(Protocol):
+    def saw(self, frame: bytes) -> None:
+        """A frame that went out."""
+
+    def ended(self, frame: bytes) -> bool:
+        """Whether `frame` ends the stream: nothing may follow it."""
+
+    def error(self, error: OpenAIError) -> bytes:
+        """The frames that end a started stream with `error`."""
+
+
 async def _stream_response(
     frames: AsyncGenerator[bytes | OpenAIError | UsageReport, None],
-    keep_alive_s: float,
-    request_id: str,
-    deadline: _Deadline | None,
+    settings: _StreamSettings,
+    refuse: Callable[[OpenAIError], Response],
     on_usage: Callable[[UsageReport], None],
 ) -> Response:
     """Wait for the first item to pick the status; if the engine is slow to start, commit to a stream."""
-    items = marking_silences(frames, keep_alive_s)
+    items = marking_silences(frames, settings.keep_alive_s)
     first = await anext(items)
     while isinstance(first, UsageReport):  # the prompt's, before any frame
         on_usage(first)
         first = await anext(items)
     if isinstance(first, OpenAIError):
         await items.aclose()
-        return error_response(first)
+        return refuse(first)
     # A silence first means queued behind other requests: headers and keep-alives go out now (R4.1, R4.7)
     # and a later error becomes an error event (R4.8).
     return StreamingResponse(
-        _sse(first, items, request_id, deadline, on_usage),
+        _sse(first, items, settings, on_usage),
         media_type="text/event-stream",
         headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
     )
@@ -320,40 +356,44 @@ async def _stream_response(
 async def _sse(
     first: bytes | OpenAIError | None,
     rest: AsyncGenerator[bytes | OpenAIError | UsageReport | None, None],
-    request_id: str,
-    deadline: _Deadline | None,
+    settings: _StreamSettings,
     on_usage: Callable[[UsageReport], None],
 ) -> AsyncGenerator[bytes, None]:
     """Frames as they come; an SSE comment for each silence of the engine (clients time out at 300 s). A
-    failure the backend did not turn into a value still ends the stream with an error event and [DONE]
-    (R4.8): a dropped connection is what clients handle worst. Past the `deadline` (checked at each frame
-    and each silence) the stream ends with the deadline's error event. Nothing follows `[DONE]` (R4.1): a
-    busy upstream may take a while to end after its last frame, and a keep-alive then would break the rule.
-    The stream's `UsageReport`s go to `on_usage`."""
+    failure the backend did not turn into a value still ends the stream with an error event (and [DONE]:
+    R4.8; `response.failed` in a Responses stream): a dropped connection is what clients handle worst. Past
+    the deadline (checked at each frame and each silence) the stream ends with the deadline's error event.
+    Nothing follows the stream's end (R4.1): a busy upstream may take a while to end after its last frame,
+    and a keep-alive then would break the rule. The stream's `UsageReport`s go to `on_usage`."""
+    framing = settings.framing
+    ended = False
+
+    def frame_of(item: bytes | OpenAIError | None) -> bytes:
+        nonlocal ended
+        if item is None:
+            return sse.KEEP_ALIVE
+        frame = framing.error(item) if isinstance(item, OpenAIError) else item
+        framing.saw(frame)
+        ended = framing.ended(frame)
+        return frame
+
     try:
-        frame = _sse_bytes(first)
-        yield frame
+        yield frame_of(first)
         async for item in rest:
             if isinstance(item, UsageReport):
                 on_usage(item)
                 continue
-            if frame.endswith(sse.DONE):
+            if ended:
                 continue  # only the upstream's end is awaited now
-            if deadline is not None and deadline.passed():
-                yield sse.error_frame(deadline.error())
+            if settings.deadline is not None and settings.deadline.passed():
+                yield framing.error(settings.deadline.error())
                 return
-            frame = _sse_bytes(item)
-            yield frame
+            yield frame_of(item)
     except Exception:
-        yield sse.error_frame(internal_error(request_id, "streaming the response"))
+        if not ended:
+            yield framing.error(internal_error(settings.request_id, "streaming the response"))
     finally:
         await rest.aclose()  # stops generation upstream
-
-
-def _sse_bytes(item: bytes | OpenAIError | None) -> bytes:
-    if item is None:
-        return sse.KEEP_ALIVE
-    return sse.error_frame(item) if isinstance(item, OpenAIError) else item
 
 
 def _fan_out_error(body: GenerationBody, options: ServerOptions) -> OpenAIError | None:
@@ -374,26 +414,6 @@ def _fan_out_error(body: GenerationBody, options: ServerOptions) -> OpenAIError 
         f"this server allows at most {limit} per request.",
         param="n" if prompts == 1 else "prompt",
     )
-
-
-# pydantic names the union member it tried: 'str', 'list[dict[str,any]]', a tag such as 'json-schema', or a
-# model's class name ('FunctionName'); OpenAI's field names are none of these.
-_UNION_BRANCH = re.compile(r"^(str|int|float|bool|none|[A-Z].*|.*[\[\]-].*)$")
-
-
-def _param_path(location: tuple[Any, ...]) -> str | None:
-    """pydantic's ('body', 'messages', 0, 'content') as OpenAI's `messages[0].content`."""
-    path = ""
-    for part in location:
-        if part == "body":
-            continue
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif _UNION_BRANCH.match(str(part)):
-            continue
-        else:
-            path += f".{part}" if path else str(part)
-    return path or None
 
 
 class _CanonicalRequest:

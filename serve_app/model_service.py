@@ -75,7 +75,8 @@ class ModelService:
         context: RequestContext = NO_CONTEXT,
     ) -> Plan | OpenAIError:
         """A request served whole by this model (no post-processing deployment in front of it)."""
-        endpoint = self._endpoints[type(request)]
+        # By kind: a `/v1/responses` request is a chat request (`ChatFromResponses`).
+        endpoint = next(endpoint for kind, endpoint in self._endpoints.items() if isinstance(request, kind))
         planned: Any
         if isinstance(request, ChatCompletionRequest):
             constraint = check_constraints(request)

@@ -15,3 +15,16 @@ def frame(json_text: str) -> bytes:
 def error_frame(error: OpenAIError) -> bytes:
     """A failure after the stream started: an `error` event, then [DONE], never a dropped socket (R4.8)."""
     return b"data: " + error.body() + b"\n\n" + DONE
+
+
+class ChatFraming:
+    """What the HTTP layer adds to a chat or completions stream itself: an error event and [DONE] (R4.8)."""
+
+    def saw(self, frame: bytes) -> None:
+        return None
+
+    def ended(self, frame: bytes) -> bool:
+        return frame.endswith(DONE)
+
+    def error(self, error: OpenAIError) -> bytes:
+        return error_frame(error)

@@ -21,12 +21,16 @@ from serve_app import sse
 from serve_app.keys import ANONYMOUS, Identity
 from serve_app.metrics import RequestMetrics
 from serve_app.protocol.errors import CLIENT_CLOSED_REQUEST
+from serve_app.responses_output import failed_error_code
 from serve_app.tracing import Tracing
 from serve_app.usage import METERED_PATHS, UsageReport, request_usage
 
 _ERROR_EVENT = b'data: {"error": '  # as `OpenAIError.body()` writes it
-# A finish reason in a body or a frame; within strings quotes are escaped, so text cannot look like one.
-_FINISH_REASON = re.compile(rb'"finish_reason":"(\w+)"')
+# A finish reason in a body or a frame, or how a `response` object ended; within strings quotes are escaped,
+# so text cannot look like one.
+_FINISH_REASON = re.compile(
+    rb'"finish_reason":"(\w+)"|"object":"response","created_at":\d+,"status":"(completed|incomplete|failed)"'
+)
 
 
 @dataclass
@@ -52,6 +56,8 @@ class Observation:
             return None
         if self.status >= 400:
             body = self.error_body
+        elif (code := failed_error_code(self.last_frame)) is not None:  # a Responses stream
+            return code, "server_error"
         elif (at := self.last_frame.rfind(_ERROR_EVENT)) >= 0 and self.last_frame.endswith(sse.DONE):
             body = self.last_frame[at + len(b"data: ") : -len(sse.DONE)].strip()
         else:
@@ -98,12 +104,13 @@ class RequestTelemetry:
                 if seen.status >= 400:
                     seen.error_body += body
                 else:
-                    if body.startswith(b"data: "):  # a frame (not a keep-alive comment)
-                        if seen.first_token_at is None and not body.startswith(_ERROR_EVENT):
+                    if body.startswith((b"data: ", b"event: ")):  # a frame (not a whole body or a keep-alive)
+                        if seen.first_token_at is None and not _failed(body):
                             seen.first_token_at = self.clock()
                         seen.last_frame = body
                     if span is not None:
-                        seen.finish_reasons += tuple(r.decode() for r in _FINISH_REASON.findall(body))
+                        found = _FINISH_REASON.findall(body)
+                        seen.finish_reasons += tuple((chat or response).decode() for chat, response in found)
             await send(message)
 
         if self.metrics is not None:
@@ -120,3 +127,8 @@ class RequestTelemetry:
                 self.metrics.finished(seen)
             if span is not None and self.tracing is not None:
                 self.tracing.end_request(span, seen)
+
+
+def _failed(frame: bytes) -> bool:
+    """A stream's frame that says it failed instead of answering: not a first token."""
+    return frame.startswith(_ERROR_EVENT) or failed_error_code(frame) is not None

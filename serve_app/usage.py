@@ -18,7 +18,7 @@ from starlette.types import Scope
 
 from serve_app.protocol.common import Usage
 
-METERED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+METERED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"})
 """The API paths whose requests cost tokens: what limits are charged for and metrics measure."""
 
 _USAGE_KEY = b'"usage":'
@@ -40,14 +40,18 @@ class UsageReport:
 
     @classmethod
     def from_body(cls, body: bytes) -> UsageReport | None:
-        """The `usage` of a whole JSON answer (chat, completion or embeddings), without parsing the rest: an
-        embeddings body may be megabytes of vectors. Its usage is the last object named `usage`: within
-        strings the quotes are escaped, so `"usage":` cannot occur there."""
+        """The `usage` of a whole JSON answer (chat, completion, embeddings or a `response` object, whose usage
+        counts `input_tokens` and `output_tokens`), without parsing the rest: an embeddings body may be
+        megabytes of vectors. Its usage is the last object named `usage`: within strings the quotes are
+        escaped, so `"usage":` cannot occur there."""
         at = body.rfind(_USAGE_KEY)
         if at < 0:
             return None
         try:
             usage, _ = json.JSONDecoder().raw_decode(body[at + len(_USAGE_KEY) :].decode().lstrip())
+            if "input_tokens" in usage:
+                cached = usage["input_tokens_details"]["cached_tokens"]
+                return cls(usage["input_tokens"], usage["output_tokens"], cached)
             details = usage.get("prompt_tokens_details") or {}
             return cls(usage["prompt_tokens"], usage.get("completion_tokens", 0), details.get("cached_tokens", 0))
         except (ValueError, KeyError, TypeError, AttributeError):

@@ -10,15 +10,18 @@ from serve_app.engines.base import Engine
 from serve_app.http_api import GenerationBody
 from serve_app.model_service import ModelService
 from serve_app.protocol.errors import OpenAIError
+from serve_app.reasoning import ReasoningFormat
 from serve_app.request_context import NO_CONTEXT, RequestContext
 from serve_app.routing import ModelCatalog
 from serve_app.usage import UsageReport
 
 
 class InProcessBackend:
-    def __init__(self, model_id: str, engine: Engine, tokenizer: Any) -> None:
+    def __init__(
+        self, model_id: str, engine: Engine, tokenizer: Any, reasoning_parser: ReasoningFormat | None = None
+    ) -> None:
         self.catalog = ModelCatalog({model_id: "generate"}, {})
-        self.service = ModelService(model_id, engine, tokenizer)
+        self.service = ModelService(model_id, engine, tokenizer, reasoning_parser=reasoning_parser)
 
     async def model_info(self, model_id: str) -> dict[str, Any]:
         return self.service.model_info()

@@ -46,8 +46,9 @@ def _nullable_to_anyof(schema: dict[str, Any]) -> Any:
 
 
 def closed(schema: dict[str, Any]) -> dict[str, Any]:
-    """An object schema that lists its properties admits no others (R3.6: only fields OpenAI defines)."""
-    if "properties" in schema and "additionalProperties" not in schema and "allOf" not in schema:
+    """An object schema that lists its properties admits no others (R3.6: only fields OpenAI defines). One
+    that lists none (`EmptyModelParam`, a function's `parameters`) is any object."""
+    if schema.get("properties") and "additionalProperties" not in schema and "allOf" not in schema:
         return {**schema, "additionalProperties": False}
     return schema
 
@@ -64,6 +65,33 @@ REASONING_FIELDS = {"reasoning_content": {"type": "string"}, "reasoning": {"type
 REASONING_SCHEMAS = ("ChatCompletionResponseMessage", "ChatCompletionStreamResponseDelta")
 
 
+def _merged_all_of(components: dict[str, Any]) -> dict[str, Any]:
+    """Each `allOf` of object schemas (the Responses API's `Response`, `CreateResponse`) as one object schema
+    listing all the parts' properties: closing the parts one by one would make each refuse the others'."""
+    schemas = components["schemas"]
+
+    def resolved(part: dict[str, Any]) -> dict[str, Any]:
+        while set(part) <= {"$ref", "description"} and "$ref" in part:
+            part = schemas[part["$ref"].rsplit("/", 1)[-1]]
+        return merged(part)
+
+    def merged(schema: dict[str, Any]) -> dict[str, Any]:
+        if "allOf" not in schema:
+            return schema
+        rest = {key: value for key, value in schema.items() if key != "allOf"}
+        properties: dict[str, Any] = {}
+        required: set[str] = set()
+        for part in [*(resolved(p) for p in schema["allOf"]), rest]:
+            for name, value in part.get("properties", {}).items():
+                properties[name] = {"allOf": [properties[name], value]} if name in properties else value
+            required.update(part.get("required", []))
+        if not properties:  # not an object made of parts (e.g. a constrained scalar)
+            return schema
+        return {**rest, "type": "object", "properties": properties, "required": sorted(required)}
+
+    return {**components, "schemas": {name: merged(schema) for name, schema in schemas.items()}}
+
+
 def _with_reasoning(components: dict[str, Any]) -> dict[str, Any]:
     schemas = dict(components["schemas"])
     for name in REASONING_SCHEMAS:
@@ -73,7 +101,7 @@ def _with_reasoning(components: dict[str, Any]) -> dict[str, Any]:
 
 @functools.cache
 def validator(schema_name: str, closed_objects: bool = True) -> Draft202012Validator:
-    components = _with_reasoning(_components())
+    components = _merged_all_of(_with_reasoning(_components()))
     components = rewrite_schema(components, closed) if closed_objects else components
     if schema_name not in components["schemas"]:
         raise KeyError(f"no schema {schema_name!r} in OpenAI's spec")

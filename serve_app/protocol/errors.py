@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
+from typing import Any
 
 logger = logging.getLogger("agent_serve.errors")
 
@@ -85,3 +87,23 @@ def internal_error(request_id: str, doing: str) -> OpenAIError:
         f"The server had an internal error while {doing}. Request id: {request_id}; "
         "the server's log has the details under it."
     )
+
+
+# pydantic names the union member it tried: 'str', 'list[dict[str,any]]', a tag such as 'json-schema', or a
+# model's class name ('FunctionName'); OpenAI's field names are none of these.
+_UNION_BRANCH = re.compile(r"^(str|int|float|bool|none|[A-Z].*|.*[\[\]-].*)$")
+
+
+def param_path(location: tuple[Any, ...]) -> str | None:
+    """pydantic's ('body', 'messages', 0, 'content') as OpenAI's `messages[0].content`."""
+    path = ""
+    for part in location:
+        if part == "body":
+            continue
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif _UNION_BRANCH.match(str(part)):
+            continue
+        else:
+            path += f".{part}" if path else str(part)
+    return path or None
