@@ -116,3 +116,32 @@ def assert_valid(instance: Any, schema_name: str) -> None:
             f"  at {'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message[:300]}" for e in errors
         )
         raise AssertionError(f"not a valid {schema_name}:\n{details}\ninstance: {str(instance)[:1000]}")
+
+
+# A Responses stream's events by type: each validated against its own schema (`ResponseStreamEvent`, their
+# union, would only say "not valid under any of the given schemas").
+RESPONSE_EVENT_SCHEMAS = {
+    "response.created": "ResponseCreatedEvent",
+    "response.in_progress": "ResponseInProgressEvent",
+    "response.completed": "ResponseCompletedEvent",
+    "response.incomplete": "ResponseIncompleteEvent",
+    "response.failed": "ResponseFailedEvent",
+    "response.output_item.added": "ResponseOutputItemAddedEvent",
+    "response.output_item.done": "ResponseOutputItemDoneEvent",
+    "response.content_part.added": "ResponseContentPartAddedEvent",
+    "response.content_part.done": "ResponseContentPartDoneEvent",
+    "response.output_text.delta": "ResponseTextDeltaEvent",
+    "response.output_text.done": "ResponseTextDoneEvent",
+    "response.function_call_arguments.delta": "ResponseFunctionCallArgumentsDeltaEvent",
+    "response.function_call_arguments.done": "ResponseFunctionCallArgumentsDoneEvent",
+    "response.custom_tool_call_input.delta": "ResponseCustomToolCallInputDeltaEvent",
+    "response.custom_tool_call_input.done": "ResponseCustomToolCallInputDoneEvent",
+    "response.reasoning_text.delta": "ResponseReasoningTextDeltaEvent",
+    "response.reasoning_text.done": "ResponseReasoningTextDoneEvent",
+}
+
+
+def assert_valid_event(event: dict[str, Any]) -> None:
+    """A Responses stream event, valid against its type's schema (R9.3)."""
+    assert event.get("type") in RESPONSE_EVENT_SCHEMAS, f"not an event type this server sends: {event.get('type')}"
+    assert_valid(event, RESPONSE_EVENT_SCHEMAS[event["type"]])

@@ -113,3 +113,18 @@ def test_a_stream_that_fails_after_it_started_counts_its_error_events_code(token
     assert client.post("/v1/chat/completions", json=HELLO | {"stream": True}, headers=ALICE).status_code == 200
     assert kept.sum(REQUESTS, key="alice", status="200") == 1
     assert kept.sum(ERRORS, model="replay-model", code="internal_error") == 1
+
+
+def test_responses_requests_are_counted_like_chat(tokenizer: Any, tmp_path: Any) -> None:
+    """`/v1/responses` (R9) is metered as chat is: tokens as its `usage` counts them (`input_tokens`,
+    `output_tokens`), the first event of a stream as its first token, a `response.failed` as an error."""
+    client, kept = _app(tokenizer, tmp_path)
+    ask = {"model": "replay-model", "input": "please count"}
+    whole = client.post("/v1/responses", json=ask, headers=ALICE).json()["usage"]
+    client.post("/v1/responses", json=ask | {"stream": True}, headers=ALICE)
+    client.post("/v1/responses", json=ask | {"input": "break down", "stream": True}, headers=ALICE)
+    who = {"key": "alice", "team": "core", "model": "replay-model"}
+    assert kept.sum(REQUESTS, **who, route="/v1/responses", status="200") == 3
+    assert kept.sum(TOKENS, **who, kind="completion") == 2 * whole["output_tokens"] + 3  # the broken one: 3
+    assert len(kept.observed(TIME_TO_FIRST_TOKEN, model="replay-model")) == 2
+    assert kept.sum(ERRORS, model="replay-model", route="/v1/responses", code="server_error") == 1
