@@ -112,7 +112,13 @@ class VLLMEngineArgs(StrictModel):
     """The vLLM engine arguments we expose by name; `extra` passes anything else verbatim."""
 
     max_model_len: int | None = Field(None, ge=16, description="Context window in tokens; none: the model's own.")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="Weights and activations.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto",
+        description=(
+            "Weights and activations. `auto`: on a GPU the model's own; on a CPU bfloat16 where the CPU computes it "
+            "natively (AVX512-BF16, AMX, ARM BF16), else float32 (bfloat16 emulated is ~4x slower to prefill)."
+        ),
+    )
     enforce_eager: bool = Field(
         False, description="Skip torch.compile and CUDA graphs: a faster start, a slower decode."
     )

@@ -26,6 +26,7 @@ from serve_app.engines.base import (
     TokenLogprob,
     token_bytes,
 )
+from serve_app.engines.cpu_dtype import fastest_cpu_dtype, read_cpu_flags
 from serve_app.engines.stall_watch import StallWatch
 from serve_app.protocol.errors import OpenAIError, invalid_request, replica_lost
 from serve_app.reasoning import VLLM_REASONING_PARSERS
@@ -69,7 +70,7 @@ class VLLMEngine(Engine):
         kwargs: dict[str, Any] = {
             "model": str(self._model_path),
             "served_model_name": self._served_model_name,
-            "dtype": args.dtype,
+            "dtype": self._dtype(),
             "enforce_eager": args.enforce_eager,
             "tensor_parallel_size": args.tensor_parallel_size,
             "pipeline_parallel_size": args.pipeline_parallel_size,
@@ -95,6 +96,16 @@ class VLLMEngine(Engine):
             kwargs["reasoning_parser"] = VLLM_REASONING_PARSERS[self._reasoning_parser]
         kwargs.update(args.extra)
         return kwargs
+
+    def _dtype(self) -> str:
+        """The configured dtype; `auto` on a CPU: the fastest there (`cpu_dtype.py`)."""
+        from vllm.platforms import current_platform
+
+        if self._args.dtype != "auto" or not current_platform.is_cpu():
+            return self._args.dtype
+        dtype, why = fastest_cpu_dtype(read_cpu_flags())
+        logger.info("model %r runs in %s: %s (set engine_args.dtype to choose)", self._served_model_name, dtype, why)
+        return dtype
 
     async def start(self) -> None:
         if self._args.kv_cache_space_gib is not None:

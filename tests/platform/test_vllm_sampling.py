@@ -1,9 +1,14 @@
-"""Engine options -> vLLM's own SamplingParams (R2.1): the extensions reach vLLM, the rest keep its defaults."""
+"""Engine options -> vLLM's own SamplingParams (R2.1): the extensions reach vLLM, the rest keep its defaults;
+the engine's dtype as vLLM gets it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from serve_app.config import VLLMEngineArgs
 from serve_app.engines.base import SamplingOptions
-from serve_app.engines.vllm_engine import _sampling_params
+from serve_app.engines.cpu_dtype import fastest_cpu_dtype, read_cpu_flags
+from serve_app.engines.vllm_engine import VLLMEngine, _sampling_params
 from serve_app.generation import sampling_options
 from serve_app.protocol.chat import ChatCompletionRequest
 
@@ -44,3 +49,17 @@ def test_openais_greedy_forms_are_accepted_by_vllm() -> None:
         options = sampling_options(_request(**fields), 8, room=100, logprobs=None, vocab_size=VOCAB)
         assert isinstance(options, SamplingOptions)
         _sampling_params(options, None)  # raises vLLM's own validation error if it refuses them
+
+
+def test_auto_dtype_on_this_cpu_is_the_fastest_here_and_a_named_dtype_is_kept(tmp_path: Path) -> None:
+    """Issue #22: vLLM gets bfloat16 only on a CPU that computes it natively (vLLM itself would take the
+    model's bfloat16 on any CPU); a dtype the config names is passed as is."""
+    from vllm.platforms import current_platform
+
+    def dtype(configured: str) -> object:
+        args = VLLMEngineArgs.model_validate({"dtype": configured})
+        return VLLMEngine(tmp_path, args, "m").engine_args()["dtype"]
+
+    expected = fastest_cpu_dtype(read_cpu_flags())[0] if current_platform.is_cpu() else "auto"
+    assert dtype("auto") == expected
+    assert dtype("bfloat16") == "bfloat16"
