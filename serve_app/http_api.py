@@ -179,7 +179,9 @@ def create_http_app(
                 return refuse(result)
             _note_usage(request, UsageReport.from_body(result))
             return Response(result, media_type="application/json")
-        framing = ResponsesFraming(responses.chat.responses, model_id) if responses is not None else ChatFraming()
+        framing = (
+            ResponsesFraming(responses.chat.responses.settings, model_id) if responses is not None else ChatFraming()
+        )
         return await _stream_response(
             backend.generate_stream(body, _context(request)),
             _StreamSettings(options.keep_alive_interval_s, _request_id(request), deadline, framing),

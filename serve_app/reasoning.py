@@ -15,12 +15,20 @@ from typing import Any, Literal
 from serve_app.tool_parsers.base import ContentDelta, Event, ReasoningDelta, coalesce, split_at_marker
 
 ReasoningFormat = Literal["think", "harmony"]
-EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 # vLLM's reasoning parsers for the same formats: its structured-output backend starts enforcing a JSON
 # constraint only after the reasoning ends (deepseek_r1 handles both an opened and a pre-opened block).
 VLLM_REASONING_PARSERS: dict[str, str] = {"think": "deepseek_r1", "harmony": "openai_gptoss"}
 # Harmony has three levels; OpenAI's wider scale is folded onto them.
-HARMONY_LEVELS = {"none": "low", "minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "high"}
+HARMONY_LEVELS = {
+    "none": "low",
+    "minimal": "low",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "xhigh": "high",
+    "max": "high",
+}
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 

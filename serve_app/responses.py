@@ -38,6 +38,7 @@ from serve_app.protocol.responses import (
     CustomToolParam,
     FunctionCallItem,
     FunctionToolParam,
+    HostedChoice,
     HostedToolParam,
     InputPart,
     MediaInputPart,
@@ -106,13 +107,18 @@ def translate(request: ResponsesRequest) -> Translation | OpenAIError:
     params: dict[str, str] = {
         "max_completion_tokens": "max_output_tokens",
         "response_format": "text.format",
+        "response_format.json_schema": "text.format",
         "reasoning_effort": "reasoning.effort",
+        "tool_choice": "tool_choice",
+        "tool_choice.allowed_tools": "tool_choice",
         "messages": "input",
     }
     messages = _messages(request, params)
     if isinstance(messages, OpenAIError):
         return messages
-    tools, echoed, custom, namespaces = _tools(request, params)
+    tools = _tools(request, params)
+    if isinstance(tools, OpenAIError):
+        return tools
     body: dict[str, Any] = {
         "model": request.model,
         "messages": messages,
@@ -123,14 +129,16 @@ def translate(request: ResponsesRequest) -> Translation | OpenAIError:
         "parallel_tool_calls": request.parallel_tool_calls,
         "user": request.user,
     }
-    if tools:
-        body["tools"] = tools
+    if tools.chat:
+        body["tools"] = tools.chat
         body["tool_choice"] = _tool_choice(request)
     if (response_format := _response_format(request)) is not None:
         body["response_format"] = response_format
     if request.reasoning is not None and request.reasoning.effort is not None:
         body["reasoning_effort"] = request.reasoning.effort
-    shape = ResponsesShape(settings=_settings(request, echoed), custom_tools=custom, namespaces=namespaces)
+    shape = ResponsesShape(
+        settings=_settings(request, tools.echoed), custom_tools=frozenset(tools.custom), namespaces=tools.namespaces
+    )
     try:
         chat = ChatFromResponses.model_validate({**body, "responses": shape}, strict=False)
     except ValidationError as exc:  # what the chat request refuses that the Responses shapes let through
@@ -160,6 +168,9 @@ def _messages(request: ResponsesRequest, params: dict[str, str]) -> list[dict[st
             messages.append(turn)
         return turn
 
+    def joined(before: str | None, text: str) -> str:  # separate items are separate paragraphs
+        return f"{before}\n\n{text}" if before else text
+
     for index, item in enumerate(request.input):
         where = f"input[{index}]"
         if isinstance(item, MessageItem) and item.role == "assistant":
@@ -169,13 +180,13 @@ def _messages(request: ResponsesRequest, params: dict[str, str]) -> list[dict[st
             if turn is not None and turn.get("tool_calls"):
                 turn = None  # words after calls start the next assistant message
             gathered = assistant(index)
-            gathered["content"] = (gathered["content"] or "") + text
+            gathered["content"] = joined(gathered["content"], text)
         elif isinstance(item, ReasoningItem):
             if turn is not None and (turn["content"] or turn.get("tool_calls")):
                 turn = None
-            parts = item.content if item.content is not None else item.summary
+            parts = item.content or item.summary  # the reasoning itself, or what is left of it
             gathered = assistant(index)
-            gathered["reasoning_content"] = gathered.get("reasoning_content", "") + "".join(p.text for p in parts)
+            gathered["reasoning_content"] = joined(gathered.get("reasoning_content"), "".join(p.text for p in parts))
         elif isinstance(item, FunctionCallItem | CustomToolCallItem):
             arguments = (
                 item.arguments
@@ -183,7 +194,9 @@ def _messages(request: ResponsesRequest, params: dict[str, str]) -> list[dict[st
                 else json.dumps({CUSTOM_TOOL_ARGUMENT: item.input}, ensure_ascii=False)
             )
             call = {"id": item.call_id, "type": "function", "function": {"name": item.name, "arguments": arguments}}
-            assistant(index).setdefault("tool_calls", []).append(call)
+            calls = assistant(index).setdefault("tool_calls", [])
+            params[f"messages[{len(messages) - 1}].tool_calls[{len(calls)}]"] = where
+            calls.append(call)
         elif isinstance(item, ToolOutputItem):
             turn = None
             output = _text(item.output, f"{where}.output")
@@ -225,37 +238,53 @@ def _text(content: str | list[InputPart], where: str) -> str | OpenAIError:
     return "".join(texts)
 
 
-def _tools(
-    request: ResponsesRequest, params: dict[str, str]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], frozenset[str], dict[str, str]]:
-    """Chat's function tools for the request's tools; the tools as the response echoes them; the names of
-    custom tools; the namespace of each namespaced function."""
-    chat_tools: list[dict[str, Any]] = []
-    echoed: list[dict[str, Any]] = []
-    custom: set[str] = set()
-    namespaces: dict[str, str] = {}
+@dataclass
+class _Tools:
+    chat: list[dict[str, Any]] = field(default_factory=list)  # chat's function tools
+    echoed: list[dict[str, Any]] = field(default_factory=list)  # the tools as the response reports them
+    custom: set[str] = field(default_factory=set)  # functions that stand for custom tools
+    namespaces: dict[str, str] = field(default_factory=dict)  # the namespace of each namespaced function
 
-    def offer(tool: FunctionToolParam | CustomToolParam, where: str) -> dict[str, Any]:
-        params[f"tools[{len(chat_tools)}]"] = where
+
+def _tools(request: ResponsesRequest, params: dict[str, str]) -> _Tools | OpenAIError:
+    """The request's tools as chat's function tools. Every tool is offered to the model by its name alone, so
+    names must be unique across namespaces and kinds."""
+    tools = _Tools()
+    offered: set[str] = set()
+
+    def offer(tool: FunctionToolParam | CustomToolParam, where: str) -> dict[str, Any] | OpenAIError:
+        if tool.name in offered:
+            return invalid_request(
+                f"{where} is named {tool.name!r}, as another tool is; tool names must be unique, namespaces included.",
+                param=f"{where}.name",
+            )
+        offered.add(tool.name)
+        params[f"tools[{len(tools.chat)}]"] = where
         if isinstance(tool, CustomToolParam):
-            custom.add(tool.name)
-            chat_tools.append({"type": "function", "function": _custom_as_function(tool)})
+            tools.custom.add(tool.name)
+            tools.chat.append({"type": "function", "function": _custom_as_function(tool)})
             return tool.model_dump(exclude_none=True)
         function = {"name": tool.name, "description": tool.description, "parameters": tool.parameters}
-        chat_tools.append({"type": "function", "function": function | {"strict": tool.strict}})
+        tools.chat.append({"type": "function", "function": function | {"strict": tool.strict}})
         return {"type": "function", **function, "strict": tool.strict}
 
     for index, tool in enumerate(request.tools or []):
+        if isinstance(tool, HostedToolParam):
+            logger.info("ignoring a '%s' tool: it runs on OpenAI's side, and this server cannot run it", tool.type)
+            continue
         if isinstance(tool, NamespaceToolParam):
             inner = [offer(t, f"tools[{index}].tools[{j}]") for j, t in enumerate(tool.tools)]
-            namespaces.update((t.name, tool.name) for t in tool.tools)
+            if (refused := next((t for t in inner if isinstance(t, OpenAIError)), None)) is not None:
+                return refused
+            tools.namespaces.update((t.name, tool.name) for t in tool.tools)
             description = tool.description or ""
-            echoed.append({"type": "namespace", "name": tool.name, "description": description, "tools": inner})
-        elif isinstance(tool, HostedToolParam):
-            logger.info("ignoring a '%s' tool: it runs on OpenAI's side, and this server cannot run it", tool.type)
-        else:
-            echoed.append(offer(tool, f"tools[{index}]"))
-    return chat_tools, echoed, frozenset(custom), namespaces
+            tools.echoed.append({"type": "namespace", "name": tool.name, "description": description, "tools": inner})
+            continue
+        echoed = offer(tool, f"tools[{index}]")
+        if isinstance(echoed, OpenAIError):
+            return echoed
+        tools.echoed.append(echoed)
+    return tools
 
 
 def _custom_as_function(tool: CustomToolParam) -> dict[str, Any]:
@@ -292,6 +321,14 @@ def _tool_choice(request: ResponsesRequest) -> Any:
     return "auto"
 
 
+def _tool_choice_echoed(request: ResponsesRequest) -> str | dict[str, Any]:
+    """The choice as it was served: one of a hosted tool was `auto`."""
+    choice = request.tool_choice
+    if choice is None or isinstance(choice, HostedChoice):
+        return "auto"
+    return choice if isinstance(choice, str) else choice.model_dump()
+
+
 def _response_format(request: ResponsesRequest) -> dict[str, Any] | None:
     text_format = request.text.format if request.text is not None else None
     if isinstance(text_format, TextFormatJsonObject):
@@ -305,13 +342,12 @@ def _response_format(request: ResponsesRequest) -> dict[str, Any] | None:
 
 
 def _settings(request: ResponsesRequest, tools: list[dict[str, Any]]) -> ResponseSettings:
-    choice = request.tool_choice
     text_format = request.text.format if request.text is not None else None
     reasoning = request.reasoning
     return ResponseSettings(
         instructions=request.instructions,
         tools=tools,
-        tool_choice=choice if isinstance(choice, str) else "auto" if choice is None else choice.model_dump(),
+        tool_choice=_tool_choice_echoed(request),
         parallel_tool_calls=request.parallel_tool_calls is not False,
         metadata=request.metadata or {},
         temperature=request.temperature,

@@ -39,6 +39,7 @@ from serve_app.protocol.responses import (
     OutputTokensDetails,
     ReasoningTextPart,
     ResponseError,
+    ResponseSettings,
     ResponsesShape,
     ResponseStatus,
     ResponseUsage,
@@ -81,18 +82,21 @@ def response_usage(usage: Usage) -> ResponseUsage:
 
 
 def failure(error: OpenAIError) -> ResponseError:
-    """An error as a failed response's `error`: OpenAI's codes are few; a lack of capacity is theirs too."""
-    return ResponseError(
-        code="rate_limit_exceeded" if error.status_code == 429 else "server_error", message=error.message
-    )
+    """An error as a failed response's `error`: a lack of capacity and our faults under OpenAI's codes (clients
+    retry both); a client's mistake under its own code (`context_length_exceeded`: Codex stops and says so)."""
+    if error.status_code == 429:
+        return ResponseError(code="rate_limit_exceeded", message=error.message)
+    if error.status_code < 500 and error.code is not None:
+        return ResponseError(code=error.code, message=error.message)
+    return ResponseError(code="server_error", message=error.message)
 
 
 class ResponseObject:
     """The `response` object of one request, in any of its states."""
 
-    def __init__(self, response_id: str, created_at: int, model: str, shape: ResponsesShape) -> None:
+    def __init__(self, response_id: str, created_at: int, model: str, settings: ResponseSettings) -> None:
         self.id, self.created_at, self._model = response_id, created_at, model
-        self._settings = shape.settings.model_dump()
+        self._settings = settings.model_dump()
 
     def body(
         self,
@@ -136,12 +140,14 @@ class _Item:
         if self.kind == "reasoning":
             return OutputReasoning(id=self.id, status=status, content=[ReasoningTextPart(text=text)])
         if self.kind == "custom_tool_call":
-            return OutputCustomToolCall(id=self.id, call_id=self.call_id, name=self.name, input=_custom_input(text))
+            return OutputCustomToolCall(
+                id=self.id, call_id=self.call_id, name=self.name, input=_custom_input(text), namespace=self.namespace
+            )
         return OutputFunctionCall(
             id=self.id,
             call_id=self.call_id,
             name=self.name,
-            arguments=text,
+            arguments=text or ("" if status == "in_progress" else "{}"),  # no arguments: "{}" (R3.3)
             status=status,
             namespace=self.namespace,
         )
@@ -207,9 +213,9 @@ class ItemWriter:
                 if not text.strip():
                     self._held_space += text
                     return b""
-                leading = "" if self.done or self._open is not None else self._held_space
+                after_an_item = bool(self.done) or self._open is not None
+                text = text.lstrip() if after_an_item else self._held_space + text
                 out += self.close("completed") + self._start(_Item(kind, _new_id(kind)))
-                text = leading + text
             else:
                 text = self._held_space + text
             visible = text.rstrip()
@@ -316,7 +322,7 @@ async def render_stream(
 async def _events(
     meta: ChatMeta, shape: ResponsesShape, answer: AnswerOutput, deltas: AsyncIterator[GenerationDelta]
 ) -> AsyncGenerator[bytes, None]:
-    response = ResponseObject(meta.id, meta.created, meta.model, shape)
+    response = ResponseObject(meta.id, meta.created, meta.model, shape.settings)
     items = ItemWriter(shape, streaming=True)
     choice = answer.choices[0]
     reason: EngineFinishReason | None = None
@@ -331,6 +337,7 @@ async def _events(
         created = items.event("response.created", response=response.body("in_progress", []))
         return created + items.event("response.in_progress", response=response.body("in_progress", []))
 
+    out = b""  # the frames of the engine's output at hand: sent even when a failure interrupts them
     try:
         async for delta in deltas:
             out = opening()
@@ -338,11 +345,15 @@ async def _events(
             if delta.finish_reason:
                 reason = delta.finish_reason
                 events += choice.finish(reason)
-            yield out + b"".join(items.on(event) for event in events)
+            for event in events:
+                out += items.on(event)
+            yield out
+            out = b""
     except Exception as exc:
         lost = replica_lost() if isinstance(exc, EngineLost) else internal_error(meta.id, "generating")
         yield (
-            opening()
+            out
+            + opening()
             + items.close("incomplete")
             + items.event(
                 "response.failed", response=response.body("failed", items.done, answer.usage(), failure(lost))
@@ -380,7 +391,7 @@ async def render_complete(
     if error is not None:
         return error
     items.finish("incomplete" if status == "incomplete" else "completed")
-    response = ResponseObject(meta.id, meta.created, meta.model, shape)
+    response = ResponseObject(meta.id, meta.created, meta.model, shape.settings)
     return _json(response.body(status, items.done, answer.usage(), None, incomplete))
 
 
@@ -390,17 +401,16 @@ class ResponsesFraming:
     response they created (or, when none was sent yet, after a `response.created` and `.in_progress` of
     its own)."""
 
-    def __init__(self, shape: ResponsesShape, model: str) -> None:
-        self._shape, self._model = shape, model
+    def __init__(self, settings: ResponseSettings, model: str) -> None:
+        self._settings, self._model = settings, model
         self._sent = 0
         self._response: ResponseObject | None = None
 
     def saw(self, frame: bytes) -> None:
         self._sent += frame.count(b"\ndata: ")  # one per event: JSON holds no raw newline
-        if self._response is None and (at := frame.find(b"event: response.created\ndata: ")) >= 0:
-            data = frame[at:].split(b"\n", 2)[1].removeprefix(b"data: ")
-            created = json.loads(data)["response"]
-            self._response = ResponseObject(created["id"], created["created_at"], self._model, self._shape)
+        if self._response is None and (created := _event_data(frame, "response.created")) is not None:
+            response = json.loads(created)["response"]
+            self._response = ResponseObject(response["id"], response["created_at"], self._model, self._settings)
 
     def ended(self, frame: bytes) -> bool:
         return any(terminal in frame for terminal in TERMINAL_EVENTS)
@@ -408,7 +418,9 @@ class ResponsesFraming:
     def error(self, error: OpenAIError) -> bytes:
         out = b""
         if self._response is None:
-            self._response = ResponseObject(f"resp_{secrets.token_hex(16)}", int(time.time()), self._model, self._shape)
+            self._response = ResponseObject(
+                f"resp_{secrets.token_hex(16)}", int(time.time()), self._model, self._settings
+            )
             started = self._response.body("in_progress", [])
             out = self._event("response.created", response=started) + self._event(
                 "response.in_progress", response=started
@@ -422,11 +434,18 @@ class ResponsesFraming:
 
 def failed_error_code(frame: bytes) -> str | None:
     """The error code of the `response.failed` event in `frame`, if there is one."""
-    at = frame.rfind(b"event: response.failed\ndata: ")
-    if at < 0:
+    data = _event_data(frame, "response.failed")
+    if data is None:
         return None
-    data = frame[at:].split(b"\n", 2)[1].removeprefix(b"data: ")
     try:
         return str(json.loads(data)["response"]["error"]["code"])
     except (ValueError, KeyError, TypeError):
         return "server_error"
+
+
+def _event_data(frame: bytes, kind: str) -> bytes | None:
+    """The JSON of the last event of type `kind` in `frame`."""
+    at = frame.rfind(b"event: " + kind.encode() + b"\ndata: ")
+    if at < 0:
+        return None
+    return frame[at:].split(b"\n", 2)[1].removeprefix(b"data: ")

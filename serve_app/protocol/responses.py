@@ -37,7 +37,8 @@ class RefusalInputPart(_Shape):
 
 
 class MediaInputPart(_Shape):
-    """An image, file or audio part: accepted as a shape, refused by text-only models with a clear 400."""
+    """An image, file or audio part: accepted as a shape, refused with a 400 naming it (the models served
+    here read text)."""
 
     type: Literal["input_image", "input_file", "input_audio"]
 
@@ -107,7 +108,7 @@ class ReasoningItem(_Shape):
 class OtherItem(_Shape):
     """An item this server cannot take (`item_reference`, a hosted tool's call, ...): refused by name."""
 
-    type: str
+    type: str = "item_reference"  # OpenAI's item reference may leave out its type
 
 
 _ITEM_TAGS = {
@@ -122,8 +123,8 @@ _ITEM_TAGS = {
 
 def _item_tag(value: Any) -> str:
     kind = shape_field(value, "type")
-    if kind is None:  # OpenAI's "easy" message: a role and content, no type
-        return "item-message"
+    if kind is None:  # OpenAI's "easy" message: a role and content, no type; or a reference to an item
+        return "item-message" if shape_field(value, "role") is not None else "item-other"
     return f"item-{_ITEM_TAGS.get(kind, 'other')}"
 
 
@@ -387,10 +388,13 @@ class OutputFunctionCall(BaseModel):
 
     @model_serializer(mode="wrap")
     def _namespace_only_when_set(self, handler: Any) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        if data.get("namespace") is None:
-            data.pop("namespace", None)
-        return data
+        return _without_null_namespace(handler(self))
+
+
+def _without_null_namespace(data: dict[str, Any]) -> dict[str, Any]:
+    if data.get("namespace") is None:  # OpenAI's schema allows a string, not null
+        data.pop("namespace", None)
+    return data
 
 
 class OutputCustomToolCall(BaseModel):
@@ -400,6 +404,11 @@ class OutputCustomToolCall(BaseModel):
     call_id: str
     name: str
     input: str
+    namespace: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _namespace_only_when_set(self, handler: Any) -> dict[str, Any]:
+        return _without_null_namespace(handler(self))
 
 
 OutputItem = OutputMessage | OutputReasoning | OutputFunctionCall | OutputCustomToolCall
@@ -422,11 +431,10 @@ class ResponseUsage(BaseModel):
     total_tokens: int
 
 
-ResponseErrorCode = Literal["server_error", "rate_limit_exceeded", "invalid_prompt"]
-
-
 class ResponseError(BaseModel):
-    code: ResponseErrorCode
+    # OpenAI's codes (`server_error`, `rate_limit_exceeded`, ...), or a client's mistake found after the stream
+    # started under its own code (`context_length_exceeded`, which Codex tells its user about instead of retrying).
+    code: str
     message: str
 
 

@@ -113,7 +113,7 @@ def test_r6_2_a_turn_that_only_reasoned_is_not_returned_empty(http: httpx.Client
 
 
 @pytest.mark.parametrize("model", [VLLM_MODEL, REPLAY_MODEL, THINK_MODEL, HARMONY_MODEL])
-@pytest.mark.parametrize("effort", ["none", "minimal", "low", "medium", "high", "xhigh"])
+@pytest.mark.parametrize("effort", ["none", "minimal", "low", "medium", "high", "xhigh", "max"])
 def test_r6_3_reasoning_effort_is_accepted_for_every_model(http: httpx.Client, model: str, effort: str) -> None:
     body = _chat(http, model, "hi", reasoning_effort=effort, max_tokens=4)
     assert body["choices"][0]["message"]["role"] == "assistant"

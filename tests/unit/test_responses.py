@@ -16,10 +16,12 @@ from serve_app.config import ServerOptions
 from serve_app.engines.replay import ReplayEngine
 from serve_app.http_api import create_http_app
 from serve_app.protocol.errors import OpenAIError, invalid_request
-from serve_app.protocol.responses import ResponsesRequest
+from serve_app.protocol.responses import OutputMessage, ResponsesRequest
 from serve_app.protocol.tools import NamedToolChoice
 from serve_app.reasoning import ReasoningFormat
 from serve_app.responses import Translation, translate
+from serve_app.responses_output import ItemWriter
+from serve_app.tool_parsers.base import ContentDelta, Event, ToolCallArguments, ToolCallStart
 from tests.conftest import REPLAY_SCRIPT, ROOT
 from tests.in_process import BreakingBackend, InProcessBackend
 from tests.openai_spec import assert_valid, assert_valid_event
@@ -177,6 +179,11 @@ def test_tools_are_chat_functions_and_hosted_tools_are_left_out() -> None:
         ({"conversation": "conv_1"}, "conversation"),
         ({"background": True}, "background"),
         ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
+        ({"input": [{"id": "msg_1"}]}, "input[0].type"),  # a reference may leave out its type
+        (
+            {"tools": [READ_FILE, {"type": "namespace", "name": "ns", "description": "", "tools": [READ_FILE]}]},
+            "tools[1].tools[0].name",
+        ),
         ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "input[0].content[0]"),
         ({"input": []}, "input"),
     ],
@@ -193,9 +200,20 @@ def test_a_chat_error_names_the_field_the_client_sent() -> None:
     assert renamed.param == "tools[0].parameters.properties"
     assert translation.error(invalid_request("x", param="messages[1].content")).param == "input[1].content"
     assert translation.error(invalid_request("x", param="max_completion_tokens")).param == "max_output_tokens"
-    assert (
-        translation.error(invalid_request("x", param="response_format.json_schema")).param == "text.format.json_schema"
+    schema = "response_format.json_schema.schema"
+    assert translation.error(invalid_request("x", param=schema)).param == "text.format.schema"
+    assert translation.error(invalid_request("x", param="tool_choice.function.name")).param == "tool_choice.name"
+    allowed = "tool_choice.allowed_tools.tools[0].function.name"
+    assert translation.error(invalid_request("x", param=allowed)).param == "tool_choice.tools[0].name"
+    calls = _translate(
+        input=[
+            {"role": "user", "content": "a"},
+            {"type": "function_call", "call_id": "c1", "name": "now", "arguments": "{}"},
+            {"type": "function_call", "call_id": "c2", "name": "now", "arguments": "{"},
+        ]
     )
+    arguments = "messages[1].tool_calls[1].function.arguments"
+    assert calls.error(invalid_request("x", param=arguments)).param == "input[2].arguments"
 
 
 # --- answers over the HTTP surface ------------------------------------------------------------------
@@ -386,3 +404,40 @@ def test_the_sdk_creates_streams_and_parses_responses(client: TestClient) -> Non
 
     parsed = sdk.responses.parse(model="replay-model", input="weather as json", text_format=Weather)
     assert parsed.output_parsed == Weather(city="Paris", days=3)
+
+
+def test_a_namespaced_custom_tools_call_names_its_namespace_and_a_hosted_choice_is_auto(client: TestClient) -> None:
+    namespace = {"type": "namespace", "name": "edits", "description": "Edits.", "tools": [APPLY_PATCH]}
+    body = _create(client, input="patch the file", tools=[namespace], tool_choice={"type": "mcp", "server_label": "x"})
+    assert [(i["type"], i["namespace"]) for i in body["output"]] == [("custom_tool_call", "edits")]
+    assert body["tool_choice"] == "auto"
+
+
+def test_every_reasoning_effort_of_openais_is_accepted(client: TestClient) -> None:
+    for effort in ("none", "minimal", "low", "medium", "high", "xhigh", "max"):
+        assert _create(client, input="hi", reasoning={"effort": effort})["reasoning"]["effort"] == effort
+
+
+def test_layout_between_items_is_dropped_however_the_engine_splits_it() -> None:
+    """Whitespace after a call is not the next message's, whether it came alone or with the words after it."""
+    shape = _translate(input="hi").chat.responses
+    for pieces in (["\n\nDone."], ["\n\n", "Done."], ["\n", "\nDone", "."]):
+        items = ItemWriter(shape, streaming=False)
+        events: list[Event] = [ToolCallStart(0, "call_1", "now"), ToolCallArguments(0, "{}")]
+        for event in events + [ContentDelta(piece) for piece in pieces]:
+            items.on(event)
+        items.finish("completed")
+        call, message = items.done
+        assert isinstance(message, OutputMessage) and message.content[0].text == "Done.", pieces
+
+
+def test_a_failed_response_keeps_a_clients_mistake_under_its_own_code() -> None:
+    """R9.3: `context_length_exceeded` found after the stream started stays that (Codex stops and says so);
+    capacity and our faults are OpenAI's `rate_limit_exceeded` and `server_error` (clients retry)."""
+    from serve_app.protocol.errors import server_error, unavailable
+    from serve_app.responses_output import failure
+
+    overflow = invalid_request("too long", param="input", code="context_length_exceeded")
+    assert failure(overflow).code == "context_length_exceeded"
+    assert failure(unavailable("busy", status_code=429)).code == "rate_limit_exceeded"
+    assert failure(unavailable("lost")).code == failure(server_error("bug")).code == "server_error"
