@@ -228,7 +228,7 @@ def test_reasoning_effort_switches_qwen3_thinking_off(tokenizer: Any, tmp_path: 
     assert "<think>" not in tokenizer.decode(_plan(chat, reasoning_effort="high").generation.prompt_token_ids)
     error = chat.plan(
         ChatCompletionRequest.model_validate(
-            {"model": "thinker", "messages": [{"role": "user", "content": "x"}], "reasoning_effort": "max"}
+            {"model": "thinker", "messages": [{"role": "user", "content": "x"}], "reasoning_effort": "maximal"}
         )
     )
     assert not isinstance(error, PlannedChat) and error.status_code == 400 and error.param == "reasoning_effort"
