@@ -165,6 +165,8 @@ def test_prometheus_counts_each_keys_requests_and_tokens_and_the_dashboard_has_d
                 )["usage"]
                 tokens[(name, "prompt")] += usage["prompt_tokens"]
                 tokens[(name, "completion")] += usage["completion_tokens"]
+                if cached := usage["prompt_tokens_details"]["cached_tokens"]:  # Ray exports no series of zeros
+                    tokens[(name, "cached")] += cached
 
         for _ in range(3):
             ask("sk-alice")
@@ -175,7 +177,7 @@ def test_prometheus_counts_each_keys_requests_and_tokens_and_the_dashboard_has_d
         ask("sk-nobody")
         assert sent == {("alice", "200"): 7, ("bob", "200"): 4, ("bob", "429"): 1, ("anonymous", "401"): 1}
 
-        counted: dict[tuple[str, ...], float] = {k: float(v) for k, v in tokens.items()}  # no cached tokens yet
+        counted: dict[tuple[str, ...], float] = {k: float(v) for k, v in tokens.items()}
         expected: list[tuple[str, tuple[str, ...], dict[tuple[str, ...], float]]] = [
             (
                 f'sum by (key, status) (ray_agent_serve_requests_total{{application="{APP}"}})',
