@@ -77,7 +77,9 @@ def test_r6_1_reasoning_in_both_fields_streamed_and_not(
     chunks = _stream(http, model, "hi")
     assert _joined(chunks, "reasoning_content") == _joined(chunks, "reasoning") == reasoning
     assert _joined(chunks, "content") == content
-    assert chunks[-1]["usage"] == body["usage"]
+    streamed = chunks[-1]["usage"]  # its prompt found cached: the whole answer's was the same prompt
+    assert streamed["prompt_tokens_details"]["cached_tokens"] > body["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert {**streamed, "prompt_tokens_details": None} == {**body["usage"], "prompt_tokens_details": None}
 
 
 def test_r6_1_harmony_reasoning_and_tool_call_through_tool_parsing(http: httpx.Client) -> None:
