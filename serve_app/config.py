@@ -142,8 +142,9 @@ class VLLMEngineArgs(StrictModel):
         120,
         gt=0,
         description=(
-            "A hung engine: with requests in it and no output for this long, its EngineCore is killed, the "
-            "requests end with 503s and the replica is replaced. Longer than the slowest prefill. None: no watch."
+            "A hung engine: with requests in it and no step done for this long (a long prompt's prefill steps "
+            "count, tokens or not), its EngineCore is killed, the requests end with 503s and the replica is "
+            "replaced. Longer than the slowest engine step. None: no watch."
         ),
     )
     ray_metrics: bool = Field(
@@ -177,6 +178,28 @@ class RepetitionGuard(StrictModel):
     multiplier: float = Field(0.8, ge=0, description="The penalty of the shortest repeat it acts on.")
     base: float = Field(1.75, ge=1, description="How fast the penalty grows with each more token repeated.")
     allowed_length: int = Field(3, ge=1, description="Repeats of up to this many tokens are free.")
+
+
+class RoutingOptions(StrictModel):
+    """How the callers of an engine deployment pick one of its replicas (docs/routing.md)."""
+
+    router: str = Field(
+        "prefix_affinity",
+        description=(
+            "`prefix_affinity`: a conversation's turns go to the replica that holds its prefix in vLLM's cache, "
+            "unless that replica is loaded past `max_load_factor` (`serve_app/prefix_routing.py`); "
+            "`power_of_two`: Serve's default, the shorter queue of two random replicas; or a Serve "
+            "`RequestRouter` class by import path (`package.module.Class`)."
+        ),
+    )
+    max_load_factor: float = Field(
+        1.5,
+        ge=1,
+        description=(
+            "`prefix_affinity`: a replica takes a request only while its queue is under this × the average queue "
+            "(rounded up); past it the request goes to the key's next replica. 1: strict balance."
+        ),
+    )
 
 
 class ModelConfig(StrictModel):
@@ -218,6 +241,7 @@ class ModelConfig(StrictModel):
     engine_args: VLLMEngineArgs = Field(VLLMEngineArgs(), description="vLLM's engine arguments.")
     replay: ReplayEngineArgs | None = Field(None, description="Only with `engine: replay`: its script.")
     deployment: DeploymentOptions = Field(DeploymentOptions(), description="The engine deployment's Serve options.")
+    routing: RoutingOptions = Field(RoutingOptions(), description="How requests pick one of the engine's replicas.")
     compact_json: bool = Field(
         True,
         description=(

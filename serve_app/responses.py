@@ -128,6 +128,7 @@ def translate(request: ResponsesRequest) -> Translation | OpenAIError:
         "top_p": request.top_p,
         "parallel_tool_calls": request.parallel_tool_calls,
         "user": request.user,
+        "prompt_cache_key": request.prompt_cache_key,  # the conversation's routing key (prefix_routing.py)
     }
     if tools.chat:
         body["tools"] = tools.chat

@@ -6,7 +6,8 @@ token by token:
 
     token_delay_s: 0.01          # between tokens
     first_token_delay_s: 0.0     # before the first token (simulates queueing)
-    prefill_s_per_token: 0.0     # and per prompt token not in the prefix cache (prefix_cache.py's model)
+    prefill_s_per_token: 0.0     # and per prompt token not in the prefix cache (prefix_cache.py's model),
+                                 # one prompt at a time per engine, as an engine's compute is one
     replies:
       - when: {turn: 0}                     # assistant messages already in the conversation
         text: "Hello! How can I help?"
@@ -101,6 +102,8 @@ class ReplayEngine(Engine):
         self._token_delay_s = self._script.token_delay_s if token_delay_s is None else token_delay_s
         self._active = 0
         self._prefix_cache = PrefixCacheModel()
+        # Prefills queue for the engine's compute: a replica given more uncached prompts answers later.
+        self._prefill = asyncio.Lock()
 
     async def start(self) -> None:
         return None  # nothing to load: the tokenizer is the model's own, passed in
@@ -121,9 +124,12 @@ class ReplayEngine(Engine):
             cached = self._prefix_cache.serve(request.prompt_token_ids)
             delay = (
                 reply.first_token_delay_s if reply.first_token_delay_s is not None else self._script.first_token_delay_s
-            ) + self._script.prefill_s_per_token * (len(request.prompt_token_ids) - cached)
+            )
             if delay:
                 await asyncio.sleep(delay)
+            if prefill_s := self._script.prefill_s_per_token * (len(request.prompt_token_ids) - cached):
+                async with self._prefill:
+                    await asyncio.sleep(prefill_s)
             sampling = request.sampling
             async for piece, ids, count, finish in self._pieces(token_ids, sampling.max_tokens, sampling.stop):
                 if reply.fail_after_tokens is not None and count > reply.fail_after_tokens:

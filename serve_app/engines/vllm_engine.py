@@ -116,6 +116,8 @@ class VLLMEngine(Engine):
         from vllm.v1.engine.async_llm import AsyncLLM
         from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
+        from serve_app.engines.vllm_heartbeat import heartbeat_logger
+
         # vLLM picks scheduler defaults (batched tokens, sequences per step) by usage context: we serve the
         # OpenAI API, so we take the defaults `vllm serve` takes, and the same engine arguments mean the
         # same engine.
@@ -125,11 +127,15 @@ class VLLMEngine(Engine):
         args = AsyncEngineArgs(**kwargs)
         # Opt-in: vLLM's metrics (queue, KV cache use, token latencies) through Ray's metrics agent, which
         # the cluster's Prometheus scrapes with Serve's. Recording them through Ray costs CPU per token.
-        loggers = [RayPrometheusStatLogger] if self._args.ray_metrics else None
-        self._llm = AsyncLLM.from_engine_args(args, usage_context=UsageContext.OPENAI_API_SERVER, stat_loggers=loggers)
-        self._supported_tasks = await self._llm.get_supported_tasks()
+        loggers: list[Any] = [RayPrometheusStatLogger] if self._args.ray_metrics else []
         if self._args.stall_timeout_s is not None:
             self._stall = StallWatch(self._args.stall_timeout_s)
+            loggers.append(heartbeat_logger(self._stall.moved))  # every step, a prefill's too, is progress
+        self._llm = AsyncLLM.from_engine_args(
+            args, usage_context=UsageContext.OPENAI_API_SERVER, stat_loggers=loggers or None
+        )
+        self._supported_tasks = await self._llm.get_supported_tasks()
+        if self._stall is not None:
             self._stall_task = asyncio.create_task(self._end_a_stalled_engine(self._stall))
 
     async def _end_a_stalled_engine(self, stall: StallWatch) -> None:
@@ -199,8 +205,6 @@ class VLLMEngine(Engine):
         async for output in self._llm.generate(
             prompt, _sampling_params(request.sampling, self._guard_args), request_id=request.request_id
         ):
-            if self._stall is not None:
-                self._stall.moved()
             for choice in output.outputs:
                 if choice.finish_reason == "abort":
                     raise RuntimeError("the engine aborted the request")

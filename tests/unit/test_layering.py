@@ -10,8 +10,9 @@ from tests.conftest import ROOT
 
 # The modules that wire the application into Ray Serve (the deployments/ package is all wiring too).
 SERVE_WIRING = {"serve_app.builder", "serve_app.app", "serve_app.cli", "serve_app.__main__"}
-# Plugins vLLM loads by name into its own process: its classes are their base classes.
-VLLM_PLUGINS = {"serve_app.engines.vllm_repetition_guard"}
+# Plugins vLLM runs (a logits processor it loads by name into its own process, a stat logger it calls after
+# each step): its classes are their base classes.
+VLLM_PLUGINS = {"serve_app.engines.vllm_repetition_guard", "serve_app.engines.vllm_heartbeat"}
 
 PROBE = """
 import importlib, json, pkgutil, sys

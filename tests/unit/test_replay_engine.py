@@ -72,3 +72,35 @@ def test_stop_sequence_ends_before_it_and_is_not_returned(tokenizer: Any) -> Non
     deltas = _run(tokenizer, _messages("please count"), stop=(" four",))
     assert "".join(d.text for d in deltas) == "one two three"
     assert deltas[-1].finish_reason == "stop"
+
+
+def test_uncached_prefills_take_turns_on_one_engine(
+    tokenizer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cost model of simulated deployments: a replica computes one prompt at a time."""
+    script = tmp_path / "s.yaml"
+    script.write_text('prefill_s_per_token: 0.001\nreplies: [{text: "ok"}]')
+    sleeping, most = 0, 0
+    real_sleep = asyncio.sleep
+
+    async def counted_sleep(seconds: float) -> None:
+        nonlocal sleeping, most
+        sleeping += 1
+        most = max(most, sleeping)
+        for _ in range(3):  # let the other request run meanwhile, if it may
+            await real_sleep(0)
+        sleeping -= 1
+
+    engine = ReplayEngine(tokenizer, script, max_model_len=8192, token_delay_s=0.0)
+    monkeypatch.setattr("serve_app.engines.replay.asyncio.sleep", counted_sleep)
+
+    async def one(first_token: int) -> list[GenerationDelta]:
+        request = GenerationRequest("r", [first_token, *range(100)], SamplingOptions(max_tokens=5), _messages("hi"))
+        return [delta async for delta in engine.generate(request)]
+
+    async def both() -> tuple[list[GenerationDelta], list[GenerationDelta]]:
+        return await asyncio.gather(one(1), one(2))
+
+    first, second = asyncio.run(both())
+    assert most == 1
+    assert first[-1].finish_reason == second[-1].finish_reason == "stop"

@@ -97,6 +97,11 @@ def _translate(**fields: Any) -> Translation:
     return translation
 
 
+def test_the_prompt_cache_key_travels_with_the_conversation() -> None:
+    """Codex names its conversation in `prompt_cache_key`: the engine router keeps its turns together by it."""
+    assert _translate(input="hi", prompt_cache_key="conversation-1").chat.prompt_cache_key == "conversation-1"
+
+
 def test_a_conversation_of_items_is_the_chat_conversation_it_stands_for() -> None:
     """R9.1: instructions, roles, an assistant's reasoning, words and calls as one message, call outputs as
     tool messages, a custom tool's call as a call of the function it is offered as."""

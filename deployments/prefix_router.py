@@ -1,0 +1,68 @@
+"""`PrefixAffinityRouter`: Serve's request router for engine deployments, routing by prompt prefix.
+
+The policy is `serve_app/prefix_routing.py`; this class feeds it Serve's replicas and their queue lengths.
+Serve runs one router per deployment handle, in the process that calls the engines (the ingress and the
+post-processing replicas); the policy keeps no state, so they all agree.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
+
+from serve_app.prefix_routing import affinity_key, choose, ranking
+
+logger = logging.getLogger("ray.serve")
+
+
+class PrefixAffinityRouter(RequestRouter):
+    # No FIFOMixin: with it, a replica found for one request may be handed to an older pending one, whose
+    # prefix lives elsewhere. No LocalityMixin: the replica holding the prefix beats the one on this node.
+
+    def initialize_state(self, max_load_factor: float = 1.5) -> None:  # type: ignore[override]
+        self._max_load_factor = max_load_factor
+
+    async def choose_replicas(
+        self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
+    ) -> list[list[RunningReplica]]:
+        """Ranks of replicas, tried in order: the chosen one, then the rest (the shortest queue of them)."""
+        if pending_request is not None:
+            # The ranks hold every replica: if none of them takes the request, Serve waits before asking again.
+            pending_request.routing_context.should_backoff = True
+        key = self._key(pending_request)
+        if key is None or len(candidate_replicas) < 2:
+            return [candidate_replicas]
+        by_id = {replica.replica_id.unique_id: replica for replica in candidate_replicas}
+        ranked = ranking(key, list(by_id))
+        chosen = choose(ranked, await self._queue_lengths(candidate_replicas), self._max_load_factor)
+        return [[by_id[chosen]], [by_id[replica] for replica in ranked if replica != chosen]]
+
+    @staticmethod
+    def _key(pending_request: PendingRequest | None) -> bytes | None:
+        """The request's affinity key. An exception raised here would leave the request waiting forever
+        (Serve ends the routing task, not the request): a request whose key fails goes to the shortest queue."""
+        if pending_request is None or not pending_request.args:
+            return None
+        try:
+            return affinity_key(pending_request.args[0])
+        except Exception:
+            logger.exception("no affinity key for this request; it goes to the shortest queue")
+            return None
+
+    async def _queue_lengths(self, replicas: list[RunningReplica]) -> dict[str, int]:
+        """Serve's cached queue lengths (refreshed as requests are sent and finish), probing replicas it has
+        none for; a replica that does not answer the probe counts as idle here and is probed again by Serve
+        before it gets the request."""
+        lengths: dict[str, int] = {}
+        missing = []
+        for replica in replicas:
+            length = self.replica_queue_len_cache.get(replica.replica_id)
+            if length is None:
+                missing.append(replica)
+            else:
+                lengths[replica.replica_id.unique_id] = length
+        for replica, length in await self._probe_queue_lens(missing, 0):
+            if length is not None:
+                lengths[replica.replica_id.unique_id] = length
+        return lengths

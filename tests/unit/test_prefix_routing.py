@@ -1,0 +1,120 @@
+"""Prefix-affinity routing (issue #22, `serve_app/prefix_routing.py`): a conversation's turns share a key, keys
+spread evenly over replicas and stay put when other replicas come and go, and load bounds the affinity."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from serve_app.prefix_routing import affinity_key, choose, ranking
+from serve_app.protocol.chat import ChatCompletionRequest
+from serve_app.protocol.completions import CompletionRequest
+from serve_app.protocol.embeddings import EmbeddingRequest
+
+TOOLS = [{"type": "function", "function": {"name": "read_file", "parameters": {"type": "object"}}}]
+OPENING: list[dict[str, Any]] = [
+    {"role": "system", "content": "You are a coding agent."},
+    {"role": "user", "content": "Fix the failing test in parser.py"},
+]
+CALL = {"id": "c1", "type": "function", "function": {"name": "read_file", "arguments": "{}"}}
+TURN: list[dict[str, Any]] = [
+    {"role": "assistant", "content": None, "tool_calls": [CALL]},
+    {"role": "tool", "tool_call_id": "c1", "content": "def parse(): ..."},
+]
+
+
+def chat(messages: list[dict[str, Any]], **fields: Any) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate({"model": "m", "messages": messages, "tools": TOOLS, **fields})
+
+
+def test_every_turn_of_a_conversation_has_the_key_of_its_opening() -> None:
+    first = affinity_key(chat(OPENING))
+    assert first is not None
+    assert affinity_key(chat([*OPENING, *TURN])) == first
+    assert affinity_key(chat([*OPENING, *TURN, *TURN, {"role": "user", "content": "and now?"}])) == first
+
+
+def test_extras_clients_move_between_turns_leave_the_key_alone() -> None:
+    """Anthropic-style clients mark the latest user message with `cache_control`, then move the mark on."""
+    marked = {"role": "user", "content": [{"type": "text", "text": OPENING[1]["content"], "cache_control": {}}]}
+    assert affinity_key(chat([OPENING[0], marked])) == affinity_key(chat([*OPENING, *TURN]))
+
+
+def test_a_lone_surrogate_anywhere_still_gives_a_key() -> None:
+    """A lone surrogate (a file pasted cut mid-character) in the messages, the tools or the client's key."""
+    cut = "half a pair: \ud83d"
+    assert affinity_key(chat([OPENING[0], {"role": "user", "content": cut}])) is not None
+    tool = {"type": "function", "function": {"name": "f", "description": cut}}
+    assert affinity_key(chat(OPENING, tools=[tool])) is not None
+    assert affinity_key(chat(OPENING, prompt_cache_key=cut)) is not None
+
+
+def test_another_task_tool_set_or_system_prompt_is_another_key() -> None:
+    first = affinity_key(chat(OPENING))
+    assert affinity_key(chat([OPENING[0], {"role": "user", "content": "Add a README"}])) != first
+    assert affinity_key(chat(OPENING, tools=[*TOOLS, {"type": "function", "function": {"name": "ls"}}])) != first
+    assert affinity_key(chat([{"role": "system", "content": "Be brief."}, OPENING[1]])) != first
+
+
+def test_a_client_prompt_cache_key_names_the_conversation() -> None:
+    """Codex sends its conversation id as `prompt_cache_key`: two conversations with the same opening stay apart."""
+    one, other = chat(OPENING, prompt_cache_key="conv-1"), chat(OPENING, prompt_cache_key="conv-2")
+    assert affinity_key(one) != affinity_key(other)
+    assert affinity_key(chat([*OPENING, *TURN], prompt_cache_key="conv-1")) == affinity_key(one)
+
+
+def test_a_completion_prompt_keeps_its_key_as_it_grows_at_the_end() -> None:
+    document = "def main():\n" + "    x = 1\n" * 200
+    key = affinity_key(CompletionRequest(model="m", prompt=document))
+    assert key == affinity_key(CompletionRequest(model="m", prompt=document + "    return x\n"))
+    assert key != affinity_key(CompletionRequest(model="m", prompt="import os\n" + document))
+    tokens = list(range(1000))
+    token_key = affinity_key(CompletionRequest(model="m", prompt=tokens))
+    assert token_key == affinity_key(CompletionRequest(model="m", prompt=[*tokens, 5]))
+    assert token_key != affinity_key(CompletionRequest(model="m", prompt=[7, *tokens]))
+
+
+def test_embeddings_and_an_empty_prompt_list_have_no_key() -> None:
+    assert affinity_key(EmbeddingRequest(model="m", input="hello")) is None
+    assert affinity_key(CompletionRequest(model="m", prompt=[])) is None  # refused with a 400 by the engine
+
+
+def _keys(count: int) -> list[bytes]:
+    return [key for i in range(count) if (key := affinity_key(CompletionRequest(model="m", prompt=f"doc {i}")))]
+
+
+def test_keys_spread_evenly_and_the_ranking_ignores_the_order_replicas_are_listed_in() -> None:
+    replicas = ["a", "b", "c", "d"]
+    firsts = Counter(ranking(key, replicas)[0] for key in _keys(2000))
+    assert set(firsts) == set(replicas)
+    assert all(400 <= count <= 600 for count in firsts.values()), firsts
+    key = _keys(1)[0]
+    assert ranking(key, replicas) == ranking(key, list(reversed(replicas)))
+
+
+def test_a_replica_joining_or_leaving_moves_only_the_keys_it_takes_or_held() -> None:
+    keys = _keys(2000)
+    before = {key: ranking(key, ["a", "b", "c"])[0] for key in keys}
+    grown = {key: ranking(key, ["a", "b", "c", "d"])[0] for key in keys}
+    moved = [key for key in keys if grown[key] != before[key]]
+    assert all(grown[key] == "d" for key in moved)
+    assert 400 <= len(moved) <= 600  # about a quarter: the new replica's share
+    shrunk = {key: ranking(key, ["a", "c"])[0] for key in keys}
+    assert all(shrunk[key] == before[key] for key in keys if before[key] != "b")
+
+
+def test_the_preferred_replica_takes_the_request_until_its_queue_reaches_the_bound() -> None:
+    ranked = ["a", "b", "c"]
+    assert choose(ranked, {}, 1.5) == "a"  # idle: the key's own replica
+    # 3 queued + this one = 4 requests; bound ceil(1.5 * 4 / 3) = 2.
+    assert choose(ranked, {"a": 1, "b": 1, "c": 1}, 1.5) == "a"
+    assert choose(ranked, {"a": 2, "b": 1, "c": 0}, 1.5) == "b"
+    # 5 + 1 requests; bound ceil(1.2 * 6 / 3) = 3: the next of the ranking under it.
+    assert choose(ranked, {"a": 3, "b": 1, "c": 1}, 1.2) == "b"
+    assert choose(ranked, {"a": 3, "b": 3, "c": 0}, 1.0) == "c"
+
+
+def test_a_load_factor_of_one_balances_strictly_and_a_large_one_never_leaves_the_key() -> None:
+    ranked = ["a", "b"]
+    assert choose(ranked, {"a": 1, "b": 0}, 1.0) == "b"
+    assert choose(ranked, {"a": 50, "b": 0}, 100.0) == "a"
