@@ -19,7 +19,10 @@ tokens the engines found cached (later turns, and all), output tokens per second
 
 Real: two replicas of the embedded model (float32 on a CPU without native bfloat16) share this machine's
 cores, one OpenMP thread each, so the workload is Cline's shape at a size that finishes in minutes: the
-system prompt with the first `--tools` tool schemas, `--result-lines` of file per tool result.
+system prompt with the first `--tools` tool schemas, `--result-lines` of file per tool result. Between turns
+each session waits `--think-s` (±50%), the time its agent runs the tool: with two replicas and none, Serve's
+shortest-queue choice is sticky by accident (a session's turn ends, its replica has the shorter queue, the
+next turn goes there); with it, a turn finds queues that other sessions moved.
 
 Simulated (`--simulated`): the replay engine with its prefix-cache cost model
 (`serve_app/engines/prefix_cache.py`): each replica keeps a prefix cache of 16-token blocks, computes its
@@ -91,6 +94,7 @@ class Workload:
     result_lines: int
     answer_tokens: int
     stagger_s: float
+    think_s: float
     cline: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -167,8 +171,12 @@ async def _session(client: httpx.AsyncClient, workload: Workload, model: str, se
     await asyncio.sleep(session * workload.stagger_s)
     messages = workload.opening(session)
     results = []
+    rng = random.Random(session)
     for turn in range(workload.turns):
         if turn:
+            # The agent runs the tool meanwhile (reads files, runs tests): the next turn arrives when the
+            # replicas' queues have moved on.
+            await asyncio.sleep(workload.think_s * rng.uniform(0.5, 1.5))
             messages += workload.exchange(session, turn)
         result = Turn(session, turn)
         await _turn(client, workload.body(model, messages), result)
@@ -232,6 +240,7 @@ def main() -> None:
     parser.add_argument("--result-lines", type=int, default=60, help="lines of file in each tool result")
     parser.add_argument("--answer-tokens", type=int, default=8, help="max_tokens of each answer")
     parser.add_argument("--stagger-s", type=float, help="between session starts (default: 2 real, 0.05 simulated)")
+    parser.add_argument("--think-s", type=float, help="tool time between turns, ±50%% (default: 5 real, 0 simulated)")
     parser.add_argument("--prefill-ms-per-token", type=float, default=1.0, help="simulated: uncached prompt token")
     parser.add_argument("--max-load-factor", type=float, help="prefix_affinity's bound (default: the config's)")
     parser.add_argument("--token-ms", type=float, default=20.0, help="simulated: between answer tokens")
@@ -246,6 +255,7 @@ def main() -> None:
         result_lines=options.result_lines,
         answer_tokens=options.answer_tokens,
         stagger_s=options.stagger_s if options.stagger_s is not None else (0.05 if simulated else 2.0),
+        think_s=options.think_s if options.think_s is not None else (0.0 if simulated else 5.0),
     )
     if not simulated:
         # Two engines on this machine's cores: one OpenMP thread each, not pinned (vLLM would pin both to the
