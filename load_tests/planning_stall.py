@@ -46,6 +46,7 @@ def _long_prompt(tokens: int) -> dict[str, Any]:
         f"    total_{n} = compute(values[{n}]) + offset_{n}" for n in range(max(0, tokens - 5700) // 14)
     )
     body["messages"][1]["content"] += "\n<file>\n" + padding + "\n</file>"
+    body.pop("stream_options")
     return body | {"model": MODEL, "stream": False, "max_tokens": 1}
 
 
