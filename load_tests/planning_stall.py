@@ -3,7 +3,7 @@
 An engine replica plans each request (chat template, tokenization) before the engine sees it; an agent's
 8k-token prompt takes tens of milliseconds to plan. This runs 8 streams on one replica of the replay engine
 (no model compute: a token every `--token-ms`), twice side by side in one run: alone, then while
-`--senders` clients keep sending ~8k-token agent prompts to the same replica. It prints the streams'
+~8k-token agent prompts arrive at the same replica, `--rate` per second. It prints the streams'
 inter-token latency (p50, p99, max) in both, and the ratio of the p99s: 1.0 means arriving prompts cost the
 running streams nothing.
 
@@ -64,25 +64,34 @@ async def _stream(client: httpx.AsyncClient, gaps: list[float]) -> None:
             last = now
 
 
-async def _send_long_prompts(client: httpx.AsyncClient, body: dict[str, Any], stop: asyncio.Event) -> int:
-    sent = 0
-    while not stop.is_set():
+async def _send_long_prompts(client: httpx.AsyncClient, body: dict[str, Any], rate: float, stop: asyncio.Event) -> int:
+    """Prompts at a fixed rate, each sent without waiting for the others (an open loop: the same arrivals
+    whatever the server does with them)."""
+
+    async def one() -> None:
         response = await client.post("/chat/completions", json=body)
         assert response.status_code == 200, response.text
-        sent += 1
-    return sent
+
+    sent: list[asyncio.Task[None]] = []
+    while not stop.is_set():
+        sent.append(asyncio.create_task(one()))
+        await asyncio.sleep(1 / rate)
+    await asyncio.gather(*sent)
+    return len(sent)
 
 
-async def _measure(base_url: str, long_prompt: dict[str, Any] | None, senders: int) -> tuple[list[float], int]:
+async def _measure(base_url: str, long_prompt: dict[str, Any] | None, rate: float) -> tuple[list[float], int]:
     gaps: list[float] = []
     stop = asyncio.Event()
-    async with httpx.AsyncClient(base_url=base_url, timeout=600) as client:
-        prompts = [] if long_prompt is None else [long_prompt] * senders
-        sending = [asyncio.create_task(_send_long_prompts(client, prompt, stop)) for prompt in prompts]
+    limits = httpx.Limits(max_connections=None)
+    async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits) as client:
+        sending = (
+            None if long_prompt is None else asyncio.create_task(_send_long_prompts(client, long_prompt, rate, stop))
+        )
         await asyncio.sleep(0.5 if sending else 0)  # the prompts are arriving when the streams start
         await asyncio.gather(*(_stream(client, gaps) for _ in range(STREAMS)))
         stop.set()
-        sent = sum(await asyncio.gather(*sending))
+        sent = 0 if sending is None else await sending
     return gaps, sent
 
 
@@ -95,7 +104,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--token-ms", type=float, default=20.0, help="the replay engine's time between tokens")
     parser.add_argument("--prompt-tokens", type=int, default=8000, help="size of each arriving prompt")
-    parser.add_argument("--senders", type=int, default=2, help="clients sending long prompts back to back")
+    parser.add_argument("--rate", type=float, default=10.0, help="long prompts per second")
     options = parser.parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)
     from ray import serve
@@ -113,12 +122,12 @@ def main() -> None:
         }
         serve.run(build_app({"models": [model]}), name=APP, route_prefix="/")
         base_url = f"http://127.0.0.1:{port}/v1"
-        quiet, _ = asyncio.run(_measure(base_url, None, 0))
-        busy, sent = asyncio.run(_measure(base_url, _long_prompt(options.prompt_tokens), options.senders))
+        quiet, _ = asyncio.run(_measure(base_url, None, options.rate))
+        busy, sent = asyncio.run(_measure(base_url, _long_prompt(options.prompt_tokens), options.rate))
         serve.delete(APP)
     print(
         f"\n{STREAMS} streams on one replay replica ({options.token_ms} ms/token); "
-        f"{sent} prompts of ~{options.prompt_tokens} tokens arrived during the second run"
+        f"{sent} prompts of ~{options.prompt_tokens} tokens arrived during the second run, {options.rate:g} a second"
     )
     print(f"{'':26}{'ITL p50 ms':>11}{'p99 ms':>9}{'max ms':>9}")
     for name, gaps in (("streams alone", quiet), ("with long prompts arriving", busy)):
