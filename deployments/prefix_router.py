@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from ray.serve._private.common import RequestMetadata
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
 from serve_app.prefix_routing import affinity_key, choose, ranking
@@ -37,6 +38,24 @@ class PrefixAffinityRouter(RequestRouter):
         ranked = ranking(key, list(by_id))
         chosen = choose(ranked, await self._queue_lengths(candidate_replicas), self._max_load_factor)
         return [[by_id[chosen]], [by_id[replica] for replica in ranked if replica != chosen]]
+
+    def _fulfill_next_pending_request(
+        self, replica: RunningReplica, request_metadata: RequestMetadata | None = None
+    ) -> None:
+        """Gives `replica` to the request whose routing task chose it.
+
+        Serve's base class finds that request by its internal request id. But every call made while serving
+        one request carries that request's id, and Serve indexes only the first of them: when one request
+        calls an engine twice at once (`GET /v1/models` asks a model's info once per alias), the second call
+        was never given a replica and waited forever. The routing task passes its request's own metadata
+        object, so matching that object finds exactly its request.
+        """
+        for pending in self._pending_requests_to_fulfill:
+            if pending.metadata is request_metadata and not pending.future.done():
+                self._record_queue_wait_time(pending)
+                pending.future.set_result(replica)
+                self._remove_pending_request_from_indices(pending)
+                return
 
     @staticmethod
     def _key(pending_request: PendingRequest | None) -> bytes | None:

@@ -184,7 +184,7 @@ class RoutingOptions(StrictModel):
     """How the callers of an engine deployment pick one of its replicas (docs/routing.md)."""
 
     router: str = Field(
-        "power_of_two",
+        "prefix_affinity",
         description=(
             "`prefix_affinity`: a conversation's turns go to the replica that holds its prefix in vLLM's cache, "
             "unless that replica is loaded past `max_load_factor` (`serve_app/prefix_routing.py`); "

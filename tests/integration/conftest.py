@@ -23,7 +23,9 @@ THINK_MODEL = "replay-think"
 HARMONY_MODEL = "replay-harmony"
 # A replay engine that runs one generation at a time and lets one request wait: admission (issue #17).
 NARROW_MODEL = "replay-narrow"
-ALL_MODELS = [VLLM_MODEL, REPLAY_MODEL, THINK_MODEL, HARMONY_MODEL, NARROW_MODEL]
+# A replay engine of two replicas behind the prefix-affinity router (issue #22).
+ROUTED_MODEL = "replay-routed"
+ALL_MODELS = [VLLM_MODEL, REPLAY_MODEL, THINK_MODEL, HARMONY_MODEL, NARROW_MODEL, ROUTED_MODEL]
 # all-MiniLM-L6-v2 on vLLM's pooling runner, as configs/multi-model.yaml serves it, with the same alias.
 EMBEDDING_MODEL = "all-minilm-l6-v2"
 EMBEDDING_ALIAS = "text-embedding-minilm"
@@ -132,6 +134,14 @@ def running_app(model_dir: object, tmp_path_factory: pytest.TempPathFactory) -> 
                 "replay": {"script": str(REPLAY_SCRIPT), "max_model_len": 512},
                 "deployment": {"num_cpus": 0.1, "max_ongoing_requests": 1},
                 "max_queued_requests": 1,
+            },
+            {
+                "id": ROUTED_MODEL,
+                "source": EMBEDDED_SOURCE,
+                "engine": "replay",
+                "replay": {"script": str(REPLAY_SCRIPT)},
+                "deployment": {"num_cpus": 0.05, "num_replicas": 2},
+                "routing": {"router": "prefix_affinity"},
             },
             _shipped_embedding_model(on_gpu),
         ],

@@ -83,7 +83,7 @@ def test_single_worker_engine_needs_no_placement_group() -> None:
     assert options["num_replicas"] == 1 and "autoscaling_config" not in options
 
 
-def test_engines_take_serve_s_router_ours_by_prefix_or_another_by_name() -> None:
+def test_engines_route_by_prefix_by_default_and_take_serve_s_router_or_another_by_name() -> None:
     """Issue #22: the router Serve builds for every caller of the engine deployment."""
     from ray.serve.config import RequestRouterConfig
 
@@ -93,14 +93,13 @@ def test_engines_take_serve_s_router_ours_by_prefix_or_another_by_name() -> None
         model = {"id": "m", "source": "org/model"} | ({"routing": routing} if routing else {})
         return engine_deployment_options(parse_app_config({"models": [model]}).models[0]).get("request_router_config")
 
-    assert router(None) is None  # Serve's own until the first-/v1/models stall with it is understood
-    chosen = router({"router": "prefix_affinity"})
-    assert chosen == {
+    default = router(None)
+    assert default == {
         "request_router_class": "deployments.prefix_router.PrefixAffinityRouter",
         "request_router_kwargs": {"max_load_factor": 1.5},
     }
-    assert RequestRouterConfig.model_validate(chosen).get_request_router_class() is PrefixAffinityRouter
-    assert router({"router": "power_of_two"}) is None
+    assert RequestRouterConfig.model_validate(default).get_request_router_class() is PrefixAffinityRouter
+    assert router({"router": "power_of_two"}) is None  # Serve's own
     custom = "ray.serve.llm.request_router.PrefixCacheAffinityRouter"
     assert router({"router": custom}) == {"request_router_class": custom}
 
