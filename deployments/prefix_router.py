@@ -54,7 +54,7 @@ class PrefixAffinityRouter(RequestRouter):
             if pending.metadata is request_metadata and not pending.future.done():
                 self._record_queue_wait_time(pending)
                 pending.future.set_result(replica)
-                self._remove_pending_request_from_indices(pending)
+                self._remove_pending_request_from_indices(pending)  # by id: maybe a sibling's entry, unused here
                 return
 
     @staticmethod

@@ -162,7 +162,7 @@ def _answer(http: httpx.Client, body: dict[str, Any], stream: bool) -> tuple[str
 
 
 def test_r7_1_strict_schemas_from_the_real_model_always_validate(http: httpx.Client) -> None:
-    """SmolLM2-135M under 20 strict schemas, whole and streamed by turns (every schema both ways is
+    """SmolLM2-135M under 20 strict schemas, whole and streamed by turns (both ways over a wider sweep is
     load_tests/schema_sweep.py's job): every answer that finishes with `stop` validates."""
     failures, truncated = [], []
     for i, (what, schema) in enumerate(SCHEMAS):
@@ -185,7 +185,7 @@ def test_r7_1_strict_schemas_from_the_real_model_always_validate(http: httpx.Cli
         try:
             jsonschema.validate(json.loads(content), schema)
         except (ValueError, jsonschema.ValidationError) as exc:
-            failures.append((i, content, str(exc)[:200]))
+            failures.append((i, stream, content, str(exc)[:200]))
     print(
         f"{len(SCHEMAS)} strict schemas (whole and streamed by turns): "
         f"{len(SCHEMAS) - len(truncated)} finished "

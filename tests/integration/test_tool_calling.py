@@ -174,7 +174,7 @@ def test_scripted_calls_through_the_tool_parsing_deployment(http: httpx.Client) 
 
 
 # Each schema once, the four ways of forcing a call taking turns: the real model decodes ~15 tokens a second
-# here, and every schema under every mode is load_tests/schema_sweep.py's job (issue #18), not the suite's.
+# here. Every mode over every schema of a wider sweep (42) is load_tests/schema_sweep.py's job (issue #18).
 FORCED_MODES = [("required", False), ("named", False), ("required", True), ("named", True)]
 
 
@@ -182,7 +182,7 @@ def test_forced_calls_from_the_real_model_always_validate(http: httpx.Client) ->
     """R7.3 with SmolLM2-135M, which on its own ignores tools: every call it returns as finished
     (`tool_calls`) validates, over 20 schemas, each forced by `required` or by name, whole or streamed.
     A call cut by the token cap is reported as `length`."""
-    failures: list[tuple[int, str, object]] = []
+    failures: list[tuple[int, str, bool, str, object]] = []
     truncated: list[int] = []
     for i, schema in enumerate(SCHEMAS):
         mode, stream = FORCED_MODES[i % len(FORCED_MODES)]
@@ -211,17 +211,17 @@ def test_forced_calls_from_the_real_model_always_validate(http: httpx.Client) ->
             truncated.append(i)
             continue
         if not calls or finishes != ["tool_calls"]:
-            failures.append((i, "no call", finishes))
+            failures.append((i, mode, stream, "no call", finishes))
             continue
         call = calls[0]
         expected = {f"tool_{i}": schema, "now": NOW["function"]["parameters"]}
         if mode == "named" and call["name"] != f"tool_{i}":
-            failures.append((i, "wrong function", call["name"]))
+            failures.append((i, mode, stream, "wrong function", call["name"]))
             continue
         try:
             jsonschema.validate(json.loads(call["arguments"]), expected[call["name"]])
         except (ValueError, jsonschema.ValidationError, KeyError) as exc:
-            failures.append((i, call["arguments"], str(exc)[:200]))
+            failures.append((i, mode, stream, call["arguments"], str(exc)[:200]))
     assert not failures, failures
     assert len(truncated) <= 2, f"calls cut by the 400-token cap: {truncated}"
 

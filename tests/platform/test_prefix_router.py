@@ -11,6 +11,7 @@ from ray.serve._private.common import DeploymentHandleSource, DeploymentID, Repl
 from ray.serve.request_router import PendingRequest
 
 from deployments.prefix_router import PrefixAffinityRouter
+from serve_app.prefix_routing import affinity_key, ranking
 from serve_app.protocol.chat import ChatCompletionRequest
 
 DEPLOYMENT = DeploymentID(name="LLMServer:model", app_name="openai")
@@ -74,12 +75,15 @@ def test_calls_made_at_once_while_serving_one_request_all_get_a_replica() -> Non
 
 
 def test_a_conversations_calls_made_at_once_go_to_its_replica() -> None:
-    turn = ChatCompletionRequest.model_validate(
-        {
-            "model": "model",
-            "messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "hi"}],
-        }
-    )
-    replicas = [StandInReplica("a"), StandInReplica("b"), StandInReplica("c")]
-    chosen = _routed(replicas, [("one-request", (turn,))] * 2)
-    assert len(set(chosen)) == 1
+    ids = ["a", "b", "c"]
+    for task in ["Fix the parser", "Add a flag", "Port the settings page", "Profile the export"]:
+        turn = ChatCompletionRequest.model_validate(
+            {
+                "model": "model",
+                "messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": task}],
+            }
+        )
+        key = affinity_key(turn)
+        assert key is not None
+        chosen = _routed([StandInReplica(i) for i in ids], [("one-request", (turn,))] * 2)
+        assert chosen == [ranking(key, ids)[0]] * 2
