@@ -16,17 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from load_tests.local_serve import local_serve  # noqa: E402
+from load_tests.timed_stream import timed_stream  # noqa: E402
 from serve_app.engines.cpu_dtype import fastest_cpu_dtype, read_cpu_flags  # noqa: E402
 from tests.openai_spec import reference_dir  # noqa: E402
 
@@ -46,20 +45,9 @@ def _turn(base_url: str, model: str, name: str) -> tuple[float, int, int]:
     """(seconds to the first token, prompt tokens, cached prompt tokens) of one captured turn."""
     body = json.loads((reference_dir() / "client-requests" / TURNS[name]).read_text())["body"]
     body |= {"model": model, "max_tokens": ANSWER_TOKENS, "stream_options": {"include_usage": True}}
-    started = time.monotonic()
-    first: float | None = None
-    usage: dict[str, Any] = {}
-    with httpx.stream("POST", f"{base_url}/chat/completions", json=body, timeout=1800) as response:
-        assert response.status_code == 200, response.read()
-        for line in response.iter_lines():
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line.removeprefix("data: "))
-            if first is None and chunk["choices"]:
-                first = time.monotonic() - started
-            usage = chunk.get("usage") or usage
-    assert first is not None and usage, f"the stream ended without a token or usage: {line[:500]}"
-    return first, usage["prompt_tokens"], usage["prompt_tokens_details"]["cached_tokens"]
+    stream = timed_stream(base_url, body)
+    usage = stream.usage
+    return stream.first_token_s, usage["prompt_tokens"], usage["prompt_tokens_details"]["cached_tokens"]
 
 
 def main() -> None:

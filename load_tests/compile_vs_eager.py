@@ -28,13 +28,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from load_tests.local_serve import local_serve  # noqa: E402
+from load_tests.timed_stream import timed_stream  # noqa: E402
 from tests.openai_spec import reference_dir  # noqa: E402
 
 APP = "compile-vs-eager"
@@ -69,26 +69,12 @@ def _measure(base_url: str, model: str, salt: int) -> tuple[float, float, int, i
         "max_tokens": ANSWER_TOKENS,
         "temperature": 0,
         "ignore_eos": True,  # vLLM's extension: every mode decodes the same number of tokens
-        "stream": True,
         "stream_options": {"include_usage": True},
     }
-    started = time.monotonic()
-    first: float | None = None
-    usage: dict[str, Any] = {}
-    with httpx.stream("POST", f"{base_url}/chat/completions", json=body, timeout=1800) as response:
-        assert response.status_code == 200, response.read()
-        for line in response.iter_lines():
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line.removeprefix("data: "))
-            assert "error" not in chunk, chunk
-            if first is None and chunk["choices"]:
-                first = time.monotonic()
-            usage = chunk.get("usage") or usage
-    ended = time.monotonic()
-    assert first is not None and usage, "the stream ended without a token or usage"
-    decode_tok_s = (usage["completion_tokens"] - 1) / (ended - first)
-    return first - started, decode_tok_s, usage["prompt_tokens"], usage["completion_tokens"]
+    stream = timed_stream(base_url, body)
+    usage = stream.usage
+    decode_tok_s = (usage["completion_tokens"] - 1) / (stream.total_s - stream.first_token_s)
+    return stream.first_token_s, decode_tok_s, usage["prompt_tokens"], usage["completion_tokens"]
 
 
 def main() -> None:
