@@ -22,6 +22,7 @@ from serve_app.engines.base import GenerationDelta
 from serve_app.metrics import ENGINE_METRICS, QUEUE_TIME
 from serve_app.model_service import ModelService
 from serve_app.model_source import prepare_model
+from serve_app.prefix_routing import HELD_KEYS, HELD_KEYS_STAT, LatestKeys, affinity_key
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.completions import CompletionRequest
 from serve_app.protocol.embeddings import EmbeddingRequest
@@ -70,6 +71,9 @@ class LLMServer:
         # of its own it does not. One thread: requests are planned one at a time, in the order they arrive.
         self._planning = ThreadPoolExecutor(max_workers=1, thread_name_prefix="planning")
         self._watch = asyncio.create_task(self._leave_when_the_engine_dies())
+        # The affinity keys of the latest requests, reported to the prefix-affinity routers (docs/routing.md).
+        prefix_affinity = model.routing.router == "prefix_affinity"
+        self._held: LatestKeys[None] | None = LatestKeys(HELD_KEYS) if prefix_affinity else None
 
     async def _leave_when_the_engine_dies(self) -> None:
         """A dead EngineCore does not come back, and until the next health check Serve would go on routing
@@ -87,9 +91,14 @@ class LLMServer:
         if self._tracing is not None:
             self._tracing.queue_waited(seconds)
 
-    async def _planned(self, plan: Callable[..., T], *args: Any) -> T:
-        """`plan(*args)`, off the event loop (see `_planning`)."""
-        return await asyncio.get_running_loop().run_in_executor(self._planning, plan, *args)
+    async def _planned(
+        self, plan: Callable[..., T], request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest, *args: Any
+    ) -> T:
+        """`plan(request, *args)`, off the event loop (see `_planning`). The request's prompt is in this
+        replica's prefix cache from now on: its affinity key is noted for the routers."""
+        if self._held is not None and (key := affinity_key(request)) is not None:
+            self._held.note(key, None)
+        return await asyncio.get_running_loop().run_in_executor(self._planning, plan, request, *args)
 
     def _hop(
         self, request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest, context: RequestContext | None
@@ -159,6 +168,11 @@ class LLMServer:
 
     def model_info(self) -> dict[str, Any]:
         return self._service.model_info()
+
+    def record_routing_stats(self) -> dict[str, Any]:
+        """Serve calls this on each replica every `HELD_KEYS_REPORT_PERIOD_S` and hands what changed to every
+        router of this deployment (`deployments/prefix_router.py`)."""
+        return {} if self._held is None else {HELD_KEYS_STAT: self._held.keys()}
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve calls this on each replica every `metrics_interval_s`; `engine_queue_policy` reads it."""

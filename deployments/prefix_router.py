@@ -1,8 +1,10 @@
 """`PrefixAffinityRouter`: Serve's request router for engine deployments, routing by prompt prefix.
 
-The policy is `serve_app/prefix_routing.py`; this class feeds it Serve's replicas and their queue lengths.
-Serve runs one router per deployment handle, in the process that calls the engines (the ingress and the
-post-processing replicas); the policy keeps no state, so they all agree.
+The policy is `serve_app/prefix_routing.py`; this class feeds it Serve's replicas, their queue lengths and
+the holders of a request's key: where this router last sent the key, then the replicas whose routing stats
+(`LLMServer.record_routing_stats`) name it. Serve runs one router per deployment handle, in each process that
+calls the engines (the ingress and the post-processing replicas); the engines' reports let them all find a
+conversation that another one placed, a reporting period (`HELD_KEYS_REPORT_PERIOD_S`) after it started.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 from ray.serve._private.common import RequestMetadata
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
-from serve_app.prefix_routing import affinity_key, choose, ranking
+from serve_app.prefix_routing import HELD_KEYS_STAT, PLACED_KEYS, LatestKeys, affinity_key, choose, ranking
 
 logger = logging.getLogger("ray.serve")
 
@@ -23,11 +25,14 @@ class PrefixAffinityRouter(RequestRouter):
 
     def initialize_state(self, max_load_factor: float = 1.5) -> None:  # type: ignore[override]
         self._max_load_factor = max_load_factor
+        self._placed: LatestKeys[str] = LatestKeys(PLACED_KEYS)
 
     async def choose_replicas(
         self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
     ) -> list[list[RunningReplica]]:
-        """Ranks of replicas, tried in order: the chosen one, then the rest (the shortest queue of them)."""
+        """Ranks of replicas, tried in order: the chosen one, then the rest (the shortest queue of them).
+        Serve sends the request to the chosen one: an engine replica takes every request it is sent
+        (`OUT_OF_REACH_REQUESTS`), so the key's placement is known here."""
         if pending_request is not None:
             # The ranks hold every replica: if none of them takes the request, Serve waits before asking again.
             pending_request.routing_context.should_backoff = True
@@ -36,7 +41,9 @@ class PrefixAffinityRouter(RequestRouter):
             return [candidate_replicas]
         by_id = {replica.replica_id.unique_id: replica for replica in candidate_replicas}
         ranked = ranking(key, list(by_id))
-        chosen = choose(ranked, await self._queue_lengths(candidate_replicas), self._max_load_factor)
+        holders = self._holders(key, [by_id[replica] for replica in ranked])
+        chosen = choose(ranked, await self._queue_lengths(candidate_replicas), holders, self._max_load_factor)
+        self._placed.note(key, chosen)
         return [[by_id[chosen]], [by_id[replica] for replica in ranked if replica != chosen]]
 
     def _fulfill_next_pending_request(
@@ -56,6 +63,16 @@ class PrefixAffinityRouter(RequestRouter):
                 pending.future.set_result(replica)
                 self._remove_pending_request_from_indices(pending)  # by id: maybe a sibling's entry, unused here
                 return
+
+    def _holders(self, key: bytes, ranked: list[RunningReplica]) -> list[str]:
+        """The replicas that ran the key's latest requests, most likely first: where this router sent it last
+        (known at once), then those reporting it, in the key's ranking."""
+        holders = [placed] if (placed := self._placed.get(key)) is not None else []
+        return holders + [
+            replica.replica_id.unique_id
+            for replica in ranked
+            if key in replica.routing_stats.get(HELD_KEYS_STAT, ()) and replica.replica_id.unique_id not in holders
+        ]
 
     @staticmethod
     def _key(pending_request: PendingRequest | None) -> bytes | None:

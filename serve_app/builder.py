@@ -8,6 +8,7 @@ from ray.serve import Application, Deployment
 
 from serve_app.autoscaling import engine_queue_policy
 from serve_app.config import AppConfig, DeploymentOptions, ModelConfig, RoutingOptions, parse_app_config
+from serve_app.prefix_routing import HELD_KEYS_REPORT_PERIOD_S
 from serve_app.ray_settings import REPLICA_ENV_VARS
 from serve_app.routing import ModelCatalog
 
@@ -91,6 +92,7 @@ def request_router_config(routing: RoutingOptions) -> dict[str, Any] | None:
         return {
             "request_router_class": PREFIX_AFFINITY_ROUTER,
             "request_router_kwargs": {"max_load_factor": routing.max_load_factor},
+            "request_routing_stats_period_s": HELD_KEYS_REPORT_PERIOD_S,
         }
     return {"request_router_class": routing.router}
 

@@ -197,7 +197,7 @@ class RoutingOptions(StrictModel):
         ge=1,
         description=(
             "`prefix_affinity`: a replica takes a request only while its queue is under this × the average queue "
-            "(rounded up); past it the request goes to the key's next replica. 1: strict balance."
+            "(rounded up); past it the request goes to the shortest queue. 1: strict balance."
         ),
     )
 

@@ -7,16 +7,18 @@ default router picks the shorter of two random queues and scatters a conversatio
 
 So a request is routed by its **affinity key**, what stays the same across a conversation's turns: the
 client's `prompt_cache_key` when it sends one (Codex does: its conversation id), else the conversation's
-opening (tools, system prompt, first user message), or a completion prompt's first characters. The replicas
-are ranked for the key by rendezvous hashing (highest random weight): each replica's score is a hash of the
-key and the replica's id, and the best score wins. Nothing is remembered: every router (each ingress replica,
-each post-processing deployment) ranks alike, a restarted router ranks as before, and a replica that joins
-or leaves moves only the keys it wins or held.
+opening (tools, system prompt, first user message), or a completion prompt's first characters.
 
-Load comes first when it must (consistent hashing with bounded loads, Mirrokni et al., 2018): a replica takes
-a request only while its queue is under `max_load_factor` × the average queue (counting the request),
-rounded up; otherwise the request goes to the next replica in the key's ranking. A request without a key
-(embeddings) goes to the shortest queue.
+A key's **holders** are the replicas that ran its latest requests: the router remembers where it sent each key,
+and every engine replica reports the keys of the requests it ran lately (Serve's routing stats), so a key
+placed by another router (another ingress replica) or before a router restarted is found too. A request goes
+to a holder of its key while that holder's queue is under `max_load_factor` × the average queue (counting
+the request), rounded up: consistent hashing with bounded loads (Mirrokni et al., 2018), so neither a busy
+conversation nor an unlucky spread piles onto one replica. A new conversation (no holder), or one whose
+holders are all past the bound, goes to the **shortest queue**: conversations starting together spread over
+the replicas instead of where a hash happens to put them. Ties go to the key's ranking by rendezvous hashing
+(highest random weight: a hash of the key and the replica's id, best first), so routers that see the same
+queues place a new key alike. A request without a key (embeddings) goes to the shortest queue.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from typing import Generic, TypeVar
 
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.completions import CompletionRequest
@@ -33,6 +37,19 @@ from serve_app.protocol.completions import CompletionRequest
 # prompt growing at its end keeps its key.
 COMPLETION_KEY_CHARS = 1024
 COMPLETION_KEY_TOKENS = 256
+# The routing stat in which an engine replica reports the keys of the requests it ran lately.
+HELD_KEYS_STAT = "affinity_keys"
+# How many keys a replica reports: more conversations than its prefix cache holds at once on the hardware we
+# serve (an agent's 10k-token conversation is ~0.5 GiB of KV for the embedded model in float32, ~1.3 GiB
+# for an 8B model in bf16), few enough that a report stays small (16 bytes a key).
+HELD_KEYS = 256
+# How often Serve asks each engine replica for the keys it holds (and broadcasts them to the routers when they
+# changed): a key another router placed is found this late at most, about when an agent's next turn comes.
+HELD_KEYS_REPORT_PERIOD_S = 5.0
+# How many keys a router remembers where it sent: a shared endpoint's conversations of the last hours.
+PLACED_KEYS = 65_536
+
+V = TypeVar("V")
 
 
 def affinity_key(request: object) -> bytes | None:
@@ -75,10 +92,38 @@ def ranking(key: bytes, replica_ids: Sequence[str]) -> list[str]:
     return sorted(replica_ids, key=weight, reverse=True)
 
 
-def choose(ranked: Sequence[str], queue_lengths: Mapping[str, int], max_load_factor: float) -> str:
-    """The first replica of the ranking whose queue is under the bound: `max_load_factor` × the average queue
-    once this request is counted, rounded up (so at least 1: an idle replica always qualifies)."""
+def choose(
+    ranked: Sequence[str], queue_lengths: Mapping[str, int], holders: Sequence[str], max_load_factor: float
+) -> str:
+    """The first of the key's `holders` (most likely first) whose queue is under the bound: `max_load_factor` ×
+    the average queue once this request is counted, rounded up (so at least 1: an idle replica always
+    qualifies). Else the shortest queue, the key's ranking breaking ties."""
     total = sum(queue_lengths.get(replica, 0) for replica in ranked) + 1
     bound = math.ceil(max_load_factor * total / len(ranked))
-    # With max_load_factor >= 1 the shortest queue is under the bound: some replica always qualifies.
-    return next(replica for replica in ranked if queue_lengths.get(replica, 0) < bound)
+    for replica in holders:
+        if replica in ranked and queue_lengths.get(replica, 0) < bound:
+            return replica
+    return min(ranked, key=lambda replica: queue_lengths.get(replica, 0))  # the first of equals: rank decides
+
+
+class LatestKeys(Generic[V]):
+    """The affinity keys of the latest requests, each with a value (where it went), at most `capacity` of
+    them: the key used longest ago leaves first."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._values: OrderedDict[bytes, V] = OrderedDict()
+
+    def note(self, key: bytes, value: V) -> None:
+        self._values[key] = value
+        self._values.move_to_end(key)
+        if len(self._values) > self._capacity:
+            self._values.popitem(last=False)
+
+    def get(self, key: bytes) -> V | None:
+        return self._values.get(key)
+
+    def keys(self) -> frozenset[bytes]:
+        """A set, not a list: Serve broadcasts a replica's routing stats when they change, and a conversation
+        coming back changes the order, not what the replica holds."""
+        return frozenset(self._values)

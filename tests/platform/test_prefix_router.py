@@ -1,17 +1,18 @@
 """`PrefixAffinityRouter` inside Serve's own routing machinery (issue #22): the `RequestRouter` base class runs
 the routing tasks, its queue-length cache and its backoff; the replicas are stand-ins that answer the
-queue-length probe, so no cluster is needed."""
+queue-length probe and carry routing stats as the engines report them, so no cluster is needed."""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from ray.serve._private.common import DeploymentHandleSource, DeploymentID, ReplicaID, RequestMetadata
 from ray.serve.request_router import PendingRequest
 
 from deployments.prefix_router import PrefixAffinityRouter
-from serve_app.prefix_routing import affinity_key, ranking
+from serve_app.prefix_routing import HELD_KEYS_STAT, affinity_key, ranking
 from serve_app.protocol.chat import ChatCompletionRequest
 
 DEPLOYMENT = DeploymentID(name="LLMServer:model", app_name="openai")
@@ -29,6 +30,7 @@ class StandInReplica:
     multiplexed_model_ids: frozenset[str] = frozenset()
     node_id: str = "node"
     availability_zone: str | None = None
+    routing_stats: dict[str, Any] = field(default_factory=dict)
 
     @property
     def replica_id(self) -> ReplicaID:
@@ -66,6 +68,35 @@ def _routed(replicas: list[StandInReplica], calls: list[tuple[str, tuple[object,
     return asyncio.run(route())
 
 
+def _sent_one_by_one(replicas: list[StandInReplica], *rounds: list[ChatCompletionRequest]) -> list[list[str]]:
+    """The replica each turn is sent to by one router, round after round, one turn after another, every turn
+    still running when the next is routed (Serve counts a request sent into the replica's cached queue length,
+    as its own router does)."""
+
+    async def route() -> list[list[str]]:
+        router = _router(*replicas)
+        sent: list[list[str]] = []
+        for turns in rounds:
+            sent.append([])
+            for turn in turns:
+                call = _call(f"request-{len(sent)}-{len(sent[-1])}", turn)
+                replica = await asyncio.wait_for(router._choose_replica_for_request(call), HUNG_AFTER_S)
+                router.on_send_request(replica.replica_id)
+                sent[-1].append(replica.replica_id.unique_id)
+        return sent
+
+    return asyncio.run(route())
+
+
+def _opening(task: str) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate(
+        {
+            "model": "model",
+            "messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": task}],
+        }
+    )
+
+
 def test_calls_made_at_once_while_serving_one_request_all_get_a_replica() -> None:
     """Every call made while serving one request carries that request's internal id; Serve indexes pending
     calls by it, so `GET /v1/models` asking two aliases of one model at once used to leave one call waiting
@@ -77,13 +108,29 @@ def test_calls_made_at_once_while_serving_one_request_all_get_a_replica() -> Non
 def test_a_conversations_calls_made_at_once_go_to_its_replica() -> None:
     ids = ["a", "b", "c"]
     for task in ["Fix the parser", "Add a flag", "Port the settings page", "Profile the export"]:
-        turn = ChatCompletionRequest.model_validate(
-            {
-                "model": "model",
-                "messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": task}],
-            }
-        )
+        turn = _opening(task)
         key = affinity_key(turn)
         assert key is not None
         chosen = _routed([StandInReplica(i) for i in ids], [("one-request", (turn,))] * 2)
         assert chosen == [ranking(key, ids)[0]] * 2
+
+
+def test_conversations_starting_one_after_another_spread_and_come_back_to_their_replica() -> None:
+    tasks = ["Fix the parser", "Add a flag", "Port the settings page", "Profile the export"]
+    turns = [_opening(task) for task in tasks]
+    first_turns, next_turns = _sent_one_by_one([StandInReplica("a"), StandInReplica("b")], turns, turns)
+    assert sorted(first_turns) == ["a", "a", "b", "b"]
+    # Their next turns (the first four still counted in Serve's cached queue lengths) go where each one started.
+    assert next_turns == first_turns
+
+
+def test_a_conversation_another_router_placed_goes_to_the_replica_reporting_its_key() -> None:
+    """A fresh router (another ingress replica, or this one restarted) knows a conversation only from the
+    engines' reports: it follows them, not the key's ranking."""
+    turn = _opening("Fix the parser")
+    key = affinity_key(turn)
+    assert key is not None
+    not_first = ranking(key, ["a", "b", "c"])[-1]
+    replicas = [StandInReplica(i) for i in ["a", "b", "c"]]
+    next(r for r in replicas if r.unique_id == not_first).routing_stats = {HELD_KEYS_STAT: frozenset({key})}
+    assert _sent_one_by_one(replicas, [turn]) == [[not_first]]
