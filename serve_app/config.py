@@ -180,6 +180,15 @@ class RepetitionGuard(StrictModel):
     allowed_length: int = Field(3, ge=1, description="Repeats of up to this many tokens are free.")
 
 
+class ClosingPressure(StrictModel):
+    """The push to close a constrained answer running out of its token budget
+    (`serve_app/engines/closing_pressure.py`): once it has used `start` of its `max_tokens`, a token closing
+    the open string, object or array gains up to `strength` on its logit, growing linearly to the cap."""
+
+    start: float = Field(0.5, ge=0, lt=1, description="The share of `max_tokens` used before the pressure begins.")
+    strength: float = Field(10.0, ge=0, description="The logit bonus of a closing token at the cap.")
+
+
 class RoutingOptions(StrictModel):
     """How the callers of an engine deployment pick one of its replicas (docs/routing.md)."""
 
@@ -256,6 +265,14 @@ class ModelConfig(StrictModel):
             "vLLM engines: on constrained requests (forced or strict tool calls, `response_format`), penalize a "
             "value that repeats itself, so that a looping string ends instead of running into the token cap. "
             "None: off."
+        ),
+    )
+    closing_pressure: ClosingPressure | None = Field(
+        ClosingPressure(),
+        description=(
+            "vLLM engines: on answers constrained from their first token (forced tool calls, `response_format`), "
+            "push an answer that has used much of its `max_tokens` to close its open string, object or array, "
+            "so that it finishes within the budget instead of being cut by it. None: off."
         ),
     )
     fair_share: bool = Field(

@@ -33,6 +33,7 @@ def create_engine(
             task=model.task,
             compact_json=model.compact_json,
             repetition_guard=model.repetition_guard,
+            closing_pressure=model.closing_pressure,
         )
     if model.task == "embed":
         return engine

@@ -15,7 +15,7 @@ llama.cpp and text-generation-webui implement it), narrowed to what is safe for 
   penalty makes likely.
 
 This module is the rule, pure and tested directly. It runs inside vLLM's sampler as a logits processor
-(`vllm_repetition_guard.py`), after the grammar's mask, on the requests the engine marks with `GUARD_ARG`
+(`vllm_output_guards.py`), after the grammar's mask, on the requests the engine marks with `GUARD_ARG`
 in `SamplingParams.extra_args`: the constrained ones.
 """
 
@@ -76,7 +76,11 @@ def _breaks(token: int, breaks_run: Sequence[bool]) -> bool:
     return token < 0 or token >= len(breaks_run) or bool(breaks_run[token])
 
 
-def run_breakers(tokenizer: Any, vocab_size: int) -> list[bool]:
-    """For each token id, whether its text holds a run breaker."""
-    texts = (tokenizer.decode([token]) if token < len(tokenizer) else "" for token in range(vocab_size))
+def token_texts(tokenizer: Any, vocab_size: int) -> list[str]:
+    """Each token id's text (empty for ids past the tokenizer's vocabulary, padding in the model's)."""
+    return [tokenizer.decode([token]) if token < len(tokenizer) else "" for token in range(vocab_size)]
+
+
+def run_breakers(texts: Sequence[str]) -> list[bool]:
+    """For each token's text, whether it holds a run breaker."""
     return [any(char in text for char in RUN_BREAKERS) for text in texts]

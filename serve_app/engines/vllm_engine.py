@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
-from serve_app.config import ModelTask, RepetitionGuard, VLLMEngineArgs
+from serve_app.config import ClosingPressure, ModelTask, RepetitionGuard, VLLMEngineArgs
 from serve_app.engines.base import (
     EmbeddingShape,
     Engine,
@@ -35,7 +35,7 @@ logger = logging.getLogger("agent_serve.engine")
 
 STALL_CHECK_INTERVAL_S = 1.0
 
-GUARD_PROCESSOR = "serve_app.engines.vllm_repetition_guard:RepetitionGuardProcessor"
+GUARDS_PROCESSOR = "serve_app.engines.vllm_output_guards:OutputGuardsProcessor"
 """Loaded by vLLM in its EngineCore, by name."""
 
 
@@ -49,6 +49,7 @@ class VLLMEngine(Engine):
         task: ModelTask = "generate",
         compact_json: bool = True,
         repetition_guard: RepetitionGuard | None = None,
+        closing_pressure: ClosingPressure | None = None,
     ) -> None:
         self._model_path = model_path
         self._args = args
@@ -58,6 +59,13 @@ class VLLMEngine(Engine):
             None
             if repetition_guard is None
             else [repetition_guard.multiplier, repetition_guard.base, repetition_guard.allowed_length]
+        )
+        # The scan that tells an open string from the rest starts at the answer's first token: after reasoning,
+        # where the constraint starts, it would not know where the JSON began.
+        self._closing_args = (
+            None
+            if closing_pressure is None or reasoning_parser is not None
+            else [closing_pressure.start, closing_pressure.strength]
         )
         self._served_model_name = served_model_name
         self._reasoning_parser = reasoning_parser
@@ -86,8 +94,8 @@ class VLLMEngine(Engine):
             "max_num_seqs": args.max_num_seqs,
         }
         kwargs.update({k: v for k, v in optional.items() if v is not None})
-        if self._guard_args is not None and self._task == "generate":
-            kwargs["logits_processors"] = [GUARD_PROCESSOR]
+        if (self._guard_args is not None or self._closing_args is not None) and self._task == "generate":
+            kwargs["logits_processors"] = [GUARDS_PROCESSOR]
         if args.world_size > 1:
             kwargs["distributed_executor_backend"] = "ray"
         if self._task == "embed":
@@ -175,7 +183,7 @@ class VLLMEngine(Engine):
             return replica_lost()
         prompt = TokensPrompt(prompt_token_ids=request.prompt_token_ids)
         try:
-            params = _sampling_params(request.sampling, self._guard_args)
+            params = _sampling_params(request.sampling, self._guard_args, self._closing_args)
             self._llm.input_processor.process_inputs(
                 request.request_id, prompt, params, supported_tasks=self._supported_tasks
             )
@@ -203,7 +211,9 @@ class VLLMEngine(Engine):
         prompt = TokensPrompt(prompt_token_ids=request.prompt_token_ids)
         # Leaving this loop early (client gone) closes vLLM's generator, which aborts the request.
         async for output in self._llm.generate(
-            prompt, _sampling_params(request.sampling, self._guard_args), request_id=request.request_id
+            prompt,
+            _sampling_params(request.sampling, self._guard_args, self._closing_args),
+            request_id=request.request_id,
         ):
             for choice in output.outputs:
                 if choice.finish_reason == "abort":
@@ -250,11 +260,15 @@ class VLLMEngine(Engine):
             self._llm.shutdown()
 
 
-def _sampling_params(sampling: SamplingOptions, guard_args: list[float] | None) -> Any:
-    """vLLM's parameters; a constrained request carries the repetition guard's settings (`guard_args`)."""
+def _sampling_params(
+    sampling: SamplingOptions, guard_args: list[float] | None, closing_args: list[float] | None
+) -> Any:
+    """vLLM's parameters. A constrained request carries the repetition guard's settings (`guard_args`); one
+    that is JSON from its first token (a JSON schema, not a structural tag), the closing pressure's."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
+    from serve_app.engines.closing_pressure import CLOSING_ARG
     from serve_app.engines.repetition_guard import GUARD_ARG
 
     optional: dict[str, Any] = {
@@ -268,8 +282,13 @@ def _sampling_params(sampling: SamplingOptions, guard_args: list[float] | None) 
         optional["structured_outputs"] = StructuredOutputsParams(json=sampling.json_schema)
     elif sampling.structural_tag is not None:
         optional["structured_outputs"] = StructuredOutputsParams(structural_tag=sampling.structural_tag)
+    guards: dict[str, list[float]] = {}
     if "structured_outputs" in optional and guard_args is not None:
-        optional["extra_args"] = {GUARD_ARG: guard_args}
+        guards[GUARD_ARG] = guard_args
+    if sampling.json_schema is not None and closing_args is not None:
+        guards[CLOSING_ARG] = closing_args
+    if guards:
+        optional["extra_args"] = guards
     return SamplingParams(
         n=sampling.n,
         max_tokens=sampling.max_tokens,

@@ -25,7 +25,7 @@ def test_r2_1_vllm_extensions_reach_vllms_sampling_params() -> None:
     request = _request(top_k=5, min_p=0.1, repetition_penalty=1.3, min_tokens=4, ignore_eos=True, temperature=0.7)
     options = sampling_options(request, 16, room=100, logprobs=None, vocab_size=VOCAB)
     assert isinstance(options, SamplingOptions)
-    params = _sampling_params(options, None)
+    params = _sampling_params(options, None, None)
     assert (params.top_k, params.min_p, params.repetition_penalty) == (5, 0.1, 1.3)
     assert (params.min_tokens, params.ignore_eos, params.max_tokens) == (4, True, 16)
 
@@ -33,7 +33,7 @@ def test_r2_1_vllm_extensions_reach_vllms_sampling_params() -> None:
 def test_r2_1_without_extensions_vllm_keeps_its_defaults() -> None:
     options = sampling_options(_request(), None, room=100, logprobs=None, vocab_size=VOCAB)
     assert isinstance(options, SamplingOptions)
-    params = _sampling_params(options, None)
+    params = _sampling_params(options, None, None)
     assert (params.top_k, params.min_p, params.repetition_penalty, params.min_tokens, params.ignore_eos) == (
         0,
         0.0,
@@ -48,7 +48,7 @@ def test_openais_greedy_forms_are_accepted_by_vllm() -> None:
     for fields in ({"top_p": 0}, {"n": 2, "temperature": 0}, {"n": 2, "top_p": 0}):
         options = sampling_options(_request(**fields), 8, room=100, logprobs=None, vocab_size=VOCAB)
         assert isinstance(options, SamplingOptions)
-        _sampling_params(options, None)  # raises vLLM's own validation error if it refuses them
+        _sampling_params(options, None, None)  # raises vLLM's own validation error if it refuses them
 
 
 def test_auto_dtype_on_this_cpu_is_the_fastest_here_and_a_named_dtype_is_kept(tmp_path: Path) -> None:

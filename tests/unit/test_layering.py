@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 SERVE_WIRING = {"serve_app.builder", "serve_app.app", "serve_app.cli", "serve_app.__main__"}
 # Plugins vLLM runs (a logits processor it loads by name into its own process, a stat logger it calls after
 # each step): its classes are their base classes.
-VLLM_PLUGINS = {"serve_app.engines.vllm_repetition_guard", "serve_app.engines.vllm_heartbeat"}
+VLLM_PLUGINS = {"serve_app.engines.vllm_output_guards", "serve_app.engines.vllm_heartbeat"}
 
 PROBE = """
 import importlib, json, pkgutil, sys

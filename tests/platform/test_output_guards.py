@@ -1,5 +1,7 @@
-"""The repetition guard (issue #18): a constrained value that repeats itself is pushed to end, nothing else is
-touched. The rule directly, then vLLM's side of it (the logits processor) on the embedded model's vocabulary."""
+"""The guards on constrained output (issue #18): the repetition guard pushes a constrained value that repeats
+itself to end, and nothing else; the closing pressure pushes an answer near its token cap to close what it has
+open. The repetition rule directly (the closing rule's own tests: `tests/unit/test_closing_pressure.py`), then
+vLLM's side of both (the logits processor) on the embedded model's vocabulary."""
 
 from __future__ import annotations
 
@@ -10,17 +12,19 @@ import pytest
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
-from serve_app.config import RepetitionGuard
+from serve_app.config import ClosingPressure, RepetitionGuard
 from serve_app.engines.base import SamplingOptions
+from serve_app.engines.closing_pressure import CLOSING_ARG
 from serve_app.engines.repetition_guard import GUARD_ARG, repetition_penalties
 from serve_app.engines.vllm_engine import _sampling_params
-from serve_app.engines.vllm_repetition_guard import RepetitionGuardProcessor
+from serve_app.engines.vllm_output_guards import OutputGuardsProcessor
 
 QUOTE = 9  # a run breaker in the toy vocabulary
 TOY_BREAKERS = [False] * 100
 TOY_BREAKERS[QUOTE] = True
 DEFAULTS = RepetitionGuard()
 SETTINGS = (DEFAULTS.multiplier, DEFAULTS.base, DEFAULTS.allowed_length)
+CLOSING = (ClosingPressure().start, ClosingPressure().strength)
 
 
 def _penalties(tokens: list[int]) -> dict[int, float]:
@@ -57,11 +61,11 @@ def test_a_placeholder_token_ends_the_run() -> None:
 
 
 @pytest.fixture(scope="module")
-def processor(model_dir: Path) -> RepetitionGuardProcessor:
+def processor(model_dir: Path) -> OutputGuardsProcessor:
     from vllm.config import ModelConfig, VllmConfig
 
     config = VllmConfig(model_config=ModelConfig(model=str(model_dir)))
-    return RepetitionGuardProcessor(config, torch.device("cpu"), False)
+    return OutputGuardsProcessor(config, torch.device("cpu"), False)
 
 
 def _params(guarded: bool) -> Any:
@@ -70,7 +74,13 @@ def _params(guarded: bool) -> Any:
     return SamplingParams(extra_args={GUARD_ARG: list(SETTINGS)} if guarded else None)
 
 
-def test_runs_end_at_quotes_escapes_and_newlines(processor: RepetitionGuardProcessor, tokenizer: Any) -> None:
+def _pressed(max_tokens: int) -> Any:
+    from vllm import SamplingParams
+
+    return SamplingParams(max_tokens=max_tokens, extra_args={CLOSING_ARG: list(CLOSING)})
+
+
+def test_runs_end_at_quotes_escapes_and_newlines(processor: OutputGuardsProcessor, tokenizer: Any) -> None:
     breaks = processor._breaks_run
     for text in ('"', '",', "\\", "\\n", "\n", '":"'):
         assert any(breaks[token] for token in tokenizer.encode(text, add_special_tokens=False)), text
@@ -79,7 +89,7 @@ def test_runs_end_at_quotes_escapes_and_newlines(processor: RepetitionGuardProce
 
 
 def test_only_guarded_rows_are_penalized_and_rows_follow_their_requests(
-    processor: RepetitionGuardProcessor, tokenizer: Any
+    processor: OutputGuardsProcessor, tokenizer: Any
 ) -> None:
     looping = tokenizer.encode('{"tags":"' + "_tags" * 8, add_special_tokens=False)
     guarded_tokens, plain_tokens = list(looping), list(looping)
@@ -105,8 +115,51 @@ def test_only_guarded_rows_are_penalized_and_rows_follow_their_requests(
     assert torch.count_nonzero(processor.apply(torch.zeros(2, len(processor._breaks_run)))) == 0
 
 
-def test_constrained_requests_carry_the_guard_and_free_text_does_not() -> None:
-    constrained = SamplingOptions(max_tokens=8, json_schema={"type": "object"})
-    assert _sampling_params(constrained, list(SETTINGS)).extra_args == {GUARD_ARG: list(SETTINGS)}
-    assert _sampling_params(constrained, None).extra_args is None
-    assert _sampling_params(SamplingOptions(max_tokens=8), list(SETTINGS)).extra_args is None
+def test_an_answer_near_its_cap_is_pushed_to_close_what_it_has_open(
+    processor: OutputGuardsProcessor, tokenizer: Any
+) -> None:
+    """Four answers of 40 tokens: inside a string and outside, near a 48-token cap; one right after a backslash;
+    one far from its cap. Only the closers of what is open gain, and only near the cap."""
+
+    def first_40(text: str) -> list[int]:
+        ids: list[int] = tokenizer.encode(text, add_special_tokens=False)[:40]
+        assert len(ids) == 40
+        return ids
+
+    in_string = first_40('{"description":"' + " and so on" * 40)
+    outside = first_40('{"ids":[' + "1," * 80)
+    (backslash,) = tokenizer.encode("\\", add_special_tokens=False)
+    escaped = first_40('{"path":"' + " a" * 80)[:39] + [backslash]
+    processor.update_state(
+        BatchUpdate(
+            batch_size=4,
+            removed=[],
+            added=[
+                (0, _pressed(48), [], in_string),
+                (1, _pressed(48), [], outside),
+                (2, _pressed(48), [], escaped),
+                (3, _pressed(400), [], list(in_string)),
+            ],
+            moved=[],
+        )
+    )
+    logits = processor.apply(torch.zeros(4, len(processor._breaks_run)))
+    quote, brace, bracket, word = (tokenizer.encode(t, add_special_tokens=False)[0] for t in ('"', "}", "]", "a"))
+    assert logits[0, quote] > 5 and logits[0, brace] == 0 and logits[0, word] == 0
+    assert logits[1, bracket] > 5 and logits[1, brace] > 5 and logits[1, quote] == 0
+    assert torch.count_nonzero(logits[2]) == 0  # the next quote would be escaped: it closes nothing
+    assert torch.count_nonzero(logits[3]) == 0  # a tenth of its budget: the model's own
+    processor.update_state(BatchUpdate(batch_size=4, removed=[0, 1, 2, 3], added=[], moved=[]))
+
+
+def test_constrained_requests_carry_the_guards_and_free_text_does_not() -> None:
+    json_answer = SamplingOptions(max_tokens=8, json_schema={"type": "object"})
+    assert _sampling_params(json_answer, list(SETTINGS), list(CLOSING)).extra_args == {
+        GUARD_ARG: list(SETTINGS),
+        CLOSING_ARG: list(CLOSING),
+    }
+    assert _sampling_params(json_answer, None, None).extra_args is None
+    assert _sampling_params(SamplingOptions(max_tokens=8), list(SETTINGS), list(CLOSING)).extra_args is None
+    # Under `auto`, a strict tool's structural tag: the answer may be text, which the pressure leaves alone.
+    tagged = SamplingOptions(max_tokens=8, structural_tag='{"type": "structural_tag"}')
+    assert _sampling_params(tagged, list(SETTINGS), list(CLOSING)).extra_args == {GUARD_ARG: list(SETTINGS)}
