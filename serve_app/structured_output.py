@@ -49,8 +49,9 @@ class ResponseConstraint:
 
     kind: Literal["json_object", "json_schema"]
     schema_json: str  # compact JSON, keys in their order: the cache key
-    # What the grammar enforces while decoding, when it is less than the schema (a non-strict schema with
-    # keywords the grammar does not enforce: schema_support.for_grammar); the answer is checked against all.
+    # What the grammar enforces while decoding, when it differs from the schema (schema_support.for_grammar:
+    # without the keywords a non-strict schema has that the grammar does not enforce, with bounded formats);
+    # the answer is checked against the whole schema.
     grammar_json: str | None = None
 
     @property
@@ -126,8 +127,6 @@ def response_constraint(response_format: ResponseFormat | None) -> ResponseConst
     # Strict mode guarantees the schema or refuses it; non-strict enforces what it can and post-checks.
     if (problem := _schema_problem(schema_json, strict=bool(spec.strict))) is not None:
         return invalid_request(f"{SCHEMA_PARAM} {problem}", param=SCHEMA_PARAM)
-    if spec.strict:
-        return ResponseConstraint("json_schema", schema_json)
     grammar_json = _canonical(for_grammar(spec.schema_))
     return ResponseConstraint("json_schema", schema_json, None if grammar_json == schema_json else grammar_json)
 
@@ -153,7 +152,7 @@ def _schema_problem(schema_json: str, strict: bool) -> str | None:
     except SchemaError as exc:
         return f"is not a valid JSON Schema: {exc.message}"
     try:
-        xgrammar.Grammar.from_json_schema(schema_json if strict else _canonical(for_grammar(schema)))
+        xgrammar.Grammar.from_json_schema(_canonical(for_grammar(schema)))
     except Exception as exc:  # xgrammar raises RuntimeError/ValueError with the reason
         reason = re.sub(r"^\[[\d:]+\] \S+: ", "", str(exc).splitlines()[0])  # xgrammar's "[time] file:line: "
         return f"cannot be compiled into a grammar: {reason[:300]}"

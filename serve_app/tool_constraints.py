@@ -14,7 +14,7 @@ from typing import Any, cast
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.errors import OpenAIError, invalid_request
 from serve_app.protocol.tools import ANY_OBJECT, AllowedToolsChoice, FunctionDefinition, NamedToolChoice
-from serve_app.schema_support import relocated
+from serve_app.schema_support import for_grammar, relocated
 
 
 def _functions(request: ChatCompletionRequest) -> list[FunctionDefinition]:
@@ -66,7 +66,9 @@ def forced_call_schema(request: ChatCompletionRequest) -> dict[str, Any] | None:
     if not _forced(request):
         return None
     functions = callable_functions(request)
-    definitions = {f"call_{i}": relocated(f.schema_or_any, f"#/$defs/call_{i}") for i, f in enumerate(functions)}
+    definitions = {
+        f"call_{i}": relocated(for_grammar(f.schema_or_any), f"#/$defs/call_{i}") for i, f in enumerate(functions)
+    }
     calls = [
         {
             "type": "object",
@@ -105,7 +107,7 @@ def strict_tools_tag(
     tools = [
         {
             "type": "function",
-            "function": {"name": f.name, "parameters": f.schema_or_any if f.strict else ANY_OBJECT},
+            "function": {"name": f.name, "parameters": for_grammar(f.schema_or_any) if f.strict else ANY_OBJECT},
         }
         for f in functions
     ]

@@ -143,7 +143,11 @@ KEYWORDS: list[Keyword] = [
         "2026-12-01T10:00:00Z",
         "yesterday",
     ),
-    Keyword("format: email, hostname", ENFORCED, {"type": "string", "format": "email"}, "ada@example.com", "ada"),
+    # An email's grammar is ours (schema_support.BOUNDED_FORMATS): a local part without end is refused too.
+    Keyword(
+        "format: email", ENFORCED, {"type": "string", "format": "email"}, "ada.l@example.com", "a" * 65 + "@example.com"
+    ),
+    Keyword("format: hostname", ENFORCED, {"type": "string", "format": "hostname"}, "api.example.com", "api example"),
     Keyword("format: ipv4, ipv6", ENFORCED, {"type": "string", "format": "ipv4"}, "10.0.0.1", "10.0.0"),
     Keyword(
         "format: uuid", ENFORCED, {"type": "string", "format": "uuid"}, "123e4567-e89b-12d3-a456-426614174000", "123"
