@@ -17,7 +17,7 @@ tokens the engines found cached (later turns, and all), output tokens per second
     .venv/bin/python load_tests/agent_sessions.py               # real vLLM: 2 replicas of the embedded model
     .venv/bin/python load_tests/agent_sessions.py --simulated   # replay engine: 8 replicas, 64 sessions
 
-Real: two replicas of the embedded model (float32 on a CPU without native bfloat16) share this machine's
+Real: two replicas of the embedded model as `configs/local.yaml` serves it (`dtype: auto`) share this machine's
 cores, one OpenMP thread each, so the workload is Cline's shape at a size that finishes in minutes: the
 system prompt with the first `--tools` tool schemas, `--result-lines` of file per tool result. Between turns
 each session waits `--think-s` (±50%), the time its agent runs the tool: with two replicas and none, Serve's
