@@ -1,7 +1,8 @@
 """The JSON Schema keyword table (issue #18, R7.1-R7.3), row by row, in every place a schema is enforced:
-`response_format`, and tool parameters under `tool_choice: "required"`, a named function, and `strict: true`
-under `auto`. The grammars are compiled as vLLM compiles them (xgrammar, the model's tokenizer, compact
-JSON) and read answers character by character, as the engine's token mask would allow them."""
+`response_format` (and the Responses API's `text.format`, which becomes it), and tool parameters under
+`tool_choice: "required"`, a named function, and `strict: true` under `auto`. The grammars are compiled as
+vLLM compiles them (xgrammar, the model's tokenizer, compact JSON) and read answers character by character,
+as the engine's token mask would allow them."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import pytest
 
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.errors import OpenAIError
+from serve_app.protocol.responses import ResponsesRequest
 from serve_app.protocol.tools import FunctionDefinition
+from serve_app.responses import Translation, translate
 from serve_app.schema_support import ENFORCED_FORMATS
 from serve_app.structured_output import ResponseConstraint, arguments_violation, check_constraints, response_constraint
 from serve_app.tool_constraints import forced_call_schema, strict_tools_tag
@@ -125,6 +128,14 @@ def _response_format(schema: dict[str, Any], strict: bool) -> Any:
     ).response_format
 
 
+def _text_format(schema: dict[str, Any], strict: bool) -> tuple[Translation, ResponseConstraint | OpenAIError | None]:
+    """A Responses request's `text.format` as the chat request serving it sees it, and what that makes of it."""
+    text = {"format": {"type": "json_schema", "name": "answer", "schema": schema, "strict": strict}}
+    translation = translate(ResponsesRequest.model_validate({"model": "m", "input": "go", "text": text}))
+    assert isinstance(translation, Translation), translation
+    return translation, response_constraint(translation.chat.response_format)
+
+
 def _rows(*treatments: str) -> list[Keyword]:
     return [row for row in KEYWORDS if row.treatment in treatments]
 
@@ -135,13 +146,17 @@ def test_enforced_keywords_hold_wherever_the_schema_is_placed(placements: Placem
     for fields in ({"tool_choice": "required"}, {"tool_choice": {"type": "function", "function": {"name": "f"}}}):
         assert check_constraints(_request(row.schema, **fields)) is None
     assert all(placements.accepted(row, row.valid).values()), placements.accepted(row, row.valid)
+    _, from_responses = _text_format(row.schema, strict=True)
+    assert isinstance(from_responses, ResponseConstraint)
+    assert from_responses.grammar_schema == _strict_format(row.schema)  # the same grammar as `response_format`
     if row.treatment == ENFORCED:
         assert not any(placements.accepted(row, row.invalid).values()), placements.accepted(row, row.invalid)
 
 
 @pytest.mark.parametrize("row", _rows(NOT_ENFORCED, ANNOTATION), ids=lambda row: row.name)
 def test_strict_schemas_with_what_the_grammar_does_not_enforce_are_a_400_naming_it(row: Keyword) -> None:
-    """R7.2, for tools (forced or strict) and a strict `response_format` alike, before any token."""
+    """R7.2, for tools (forced or strict), a strict `response_format` and a strict `text.format` alike, before
+    any token; the Responses API's error names `text.format`."""
     refusals = [
         response_constraint(_response_format(row.schema, strict=True)),
         check_constraints(_request(row.schema, tool_choice="required")),
@@ -151,6 +166,9 @@ def test_strict_schemas_with_what_the_grammar_does_not_enforce_are_a_400_naming_
     for refusal in refusals:
         assert isinstance(refusal, OpenAIError) and refusal.status_code == 400, refusal
         assert f"'{row.keyword}' (at properties.a)" in refusal.message
+    translation, refusal = _text_format(row.schema, strict=True)
+    assert isinstance(refusal, OpenAIError) and f"'{row.keyword}' (at properties.a)" in refusal.message
+    assert (translation.error(refusal).param or "").startswith("text.format"), translation.error(refusal)
 
 
 @pytest.mark.parametrize("row", _rows(NOT_ENFORCED, ANNOTATION), ids=lambda row: row.name)
