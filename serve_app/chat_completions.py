@@ -298,7 +298,7 @@ async def _chunk_frames(
             events = answer.feed(delta)
             if delta.finish_reason:
                 events += choice.finish(delta.finish_reason)
-            logprobs = _wire_logprobs(delta.logprobs)
+            logprobs = _wire_logprobs(delta.logprobs) if delta.logprobs else None  # none: no chunk for them
             for event in events:
                 out.append(encode(delta.index, _wire_delta(event), logprobs=logprobs))
                 logprobs = None  # a delta's logprobs travel once, with its first chunk

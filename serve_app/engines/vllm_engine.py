@@ -219,12 +219,17 @@ class VLLMEngine(Engine):
                 if choice.finish_reason == "abort":
                     raise RuntimeError("the engine aborted the request")
                 count = completion_tokens[choice.index] = completion_tokens.get(choice.index, 0) + len(choice.token_ids)
+                logprobs = _token_logprobs(choice.token_ids, choice.logprobs, request.sampling.logprobs)
+                if logprobs and choice.finish_reason == "stop" and not isinstance(choice.stop_reason, str):
+                    # It ended on a stop token (the end of the turn, `<|im_end|>`): a token the answer's text
+                    # leaves out, and so does OpenAI's `logprobs.content`, whose tokens spell the content.
+                    logprobs = logprobs[:-1]
                 yield GenerationDelta(
                     text=choice.text,
                     completion_tokens=count,
                     finish_reason=choice.finish_reason if choice.finish_reason in ("stop", "length") else None,
                     index=choice.index,
-                    logprobs=_token_logprobs(choice.token_ids, choice.logprobs, request.sampling.logprobs),
+                    logprobs=logprobs,
                     cached_tokens=output.num_cached_tokens or 0,
                 )
 

@@ -364,6 +364,21 @@ def test_r2_sampling_logprobs_have_openais_shape(http: httpx.Client) -> None:
     assert "".join(t["token"] for t in streamed) == "".join(c["delta"].get("content") or "" for c in choices)
 
 
+def test_r2_logprobs_of_an_answer_that_ends_its_turn_spell_its_content(http: httpx.Client) -> None:
+    """The end-of-turn token the model stops on is no content, so it has no entry in `logprobs.content`
+    (OpenAI's shape: the tokens spell the content), streamed or not."""
+    ask = {"model": VLLM_MODEL, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 96}
+    body = _chat(http, **ask, temperature=0, logprobs=True)
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "stop", choice  # what this test is about: the model ended its turn
+    assert "".join(t["token"] for t in choice["logprobs"]["content"]) == choice["message"]["content"]
+    chunks = _chat_stream(http, **ask, temperature=0, logprobs=True)
+    choices = [c["choices"][0] for c in chunks if c["choices"]]
+    assert choices[-1]["finish_reason"] == "stop"
+    streamed = [t for c in choices for t in ((c.get("logprobs") or {}).get("content") or [])]
+    assert "".join(t["token"] for t in streamed) == "".join(c["delta"].get("content") or "" for c in choices)
+
+
 def test_r2_sampling_n_choices_streamed_with_their_indexes(http: httpx.Client) -> None:
     body = _chat(http, model=VLLM_MODEL, messages=HI, n=2, max_tokens=8, temperature=1.0, seed=3)
     assert [c["index"] for c in body["choices"]] == [0, 1]
