@@ -12,7 +12,10 @@ its next turn. Each router gets a fresh deployment (empty prefix caches) and the
 - `prefix_affinity`: ours (`serve_app/prefix_routing.py`).
 
 It prints, per router: time to first token p50/p99 of first turns and of later turns, the share of prompt
-tokens the engines found cached (later turns, and all), output tokens per second, and errors.
+tokens the engines found cached (later turns, and all), output tokens per second, and errors; then each
+router's later-turn p50 as a ratio of Serve's default router's. With `--rounds N` the routers take turns N
+times (a fresh deployment each time) and the table pools every round's turns: on two real replicas the p50
+of one run moves with how the queues happen to line up, by more than the routers differ.
 
     .venv/bin/python load_tests/agent_sessions.py               # real vLLM: 2 replicas of the embedded model
     .venv/bin/python load_tests/agent_sessions.py --simulated   # replay engine: 8 replicas, 64 sessions
@@ -192,11 +195,15 @@ async def _run_sessions(base_url: str, workload: Workload, model: str) -> tuple[
         return [turn for turns in per_session for turn in turns], time.monotonic() - started
 
 
+def _later_ttfts(turns: list[Turn]) -> list[float]:
+    return [t.ttft_s for t in turns if t.turn > 0 and t.error is None and t.ttft_s is not None]
+
+
 def _report(router: str, turns: list[Turn], wall_s: float) -> str:
     ok = [t for t in turns if t.error is None and t.ttft_s is not None]
     first = [t.ttft_s for t in ok if t.turn == 0 and t.ttft_s is not None]
     later = [t for t in ok if t.turn > 0]
-    later_ttft = [t.ttft_s for t in later if t.ttft_s is not None]
+    later_ttft = _later_ttfts(turns)
 
     def hit(ts: list[Turn]) -> float:
         prompt = sum(t.prompt_tokens for t in ts)
@@ -244,6 +251,7 @@ def main() -> None:
     parser.add_argument("--prefill-ms-per-token", type=float, default=1.0, help="simulated: uncached prompt token")
     parser.add_argument("--max-load-factor", type=float, help="prefix_affinity's bound (default: the config's)")
     parser.add_argument("--token-ms", type=float, default=20.0, help="simulated: between answer tokens")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of every router, taking turns; turns pooled")
     options = parser.parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise, under Ray's logging
     simulated = options.simulated
@@ -268,7 +276,8 @@ def main() -> None:
 
     # The routers run in the ingress replica, where this directory is not importable: the adapter travels by value.
     cloudpickle.register_pickle_by_value(load_tests.ray_llm_router)
-    rows = []
+    routers = options.routers.split(",")
+    runs: dict[str, list[tuple[list[Turn], float]]] = {router: [] for router in routers}
     with tempfile.TemporaryDirectory() as scratch, local_serve("agent-serve-agent-sessions") as port:
         script = Path(scratch) / "script.yaml"
         script.write_text(
@@ -280,16 +289,17 @@ def main() -> None:
                 }
             )
         )
-        for router in options.routers.split(","):
-            model = _model(options, router, script)
-            print(f"==> {router}: starting {options.replicas} replicas", flush=True)
-            serve.run(build_app({"models": [model]}), name=APP, route_prefix="/")
-            turns, wall_s = asyncio.run(_run_sessions(f"http://127.0.0.1:{port}/v1", workload, model["id"]))
-            serve.delete(APP)
-            rows.append(_report(router, turns, wall_s))
-            print(rows[-1], flush=True)
-            for failed in [t for t in turns if t.error][:3]:
-                print(f"    session {failed.session} turn {failed.turn}: {failed.error}")
+        for round_ in range(1, options.rounds + 1):
+            for router in routers:
+                model = _model(options, router, script)
+                print(f"==> {router}, round {round_}: starting {options.replicas} replicas", flush=True)
+                serve.run(build_app({"models": [model]}), name=APP, route_prefix="/")
+                turns, wall_s = asyncio.run(_run_sessions(f"http://127.0.0.1:{port}/v1", workload, model["id"]))
+                serve.delete(APP)
+                runs[router].append((turns, wall_s))
+                print(_report(router, turns, wall_s), flush=True)
+                for failed in [t for t in turns if t.error][:3]:
+                    print(f"    session {failed.session} turn {failed.turn}: {failed.error}")
     kind = (
         f"simulated (replay engine, prefill {options.prefill_ms_per_token} ms/uncached token, "
         f"{options.token_ms} ms/token)"
@@ -299,11 +309,33 @@ def main() -> None:
     print(
         f"\n{workload.sessions} sessions x {workload.turns} turns (Cline's system prompt, {workload.tools} tool "
         f"schemas, {workload.result_lines}-line tool results), {options.replicas} replicas, {kind}"
+        + (f"; {options.rounds} rounds of each router, pooled" if options.rounds > 1 else "")
     )
     print(f"{'':17}{'first-turn TTFT s':>17} {'later-turn TTFT s':>17}{'cached':>16}{'output':>9}{'errors':>7}")
     print(f"{'router':<17}{'p50':>8}{'p99':>8}{'p50':>9}{'p99':>8}{'later':>10}{'all':>7}{'tok/s':>9}{'':>7}")
-    for row in rows:
-        print(row)
+    pooled = {
+        router: ([turn for turns, _ in router_runs for turn in turns], sum(wall_s for _, wall_s in router_runs))
+        for router, router_runs in runs.items()
+    }
+    for router, (turns, wall_s) in pooled.items():
+        print(_report(router, turns, wall_s))
+    if options.rounds > 1:
+        print(
+            "\nlater-turn TTFT p50 of each round: "
+            + "; ".join(
+                f"{router} " + ", ".join(f"{percentile(_later_ttfts(turns), 0.5):.2f}" for turns, _ in router_runs)
+                for router, router_runs in runs.items()
+            )
+        )
+    if "power_of_two" in pooled:
+        baseline = percentile(_later_ttfts(pooled["power_of_two"][0]), 0.5)
+        print(
+            "later-turn TTFT p50 / power_of_two's: "
+            + ", ".join(
+                f"{router} {percentile(_later_ttfts(turns), 0.5) / baseline:.2f}x"
+                for router, (turns, _) in pooled.items()
+            )
+        )
 
 
 if __name__ == "__main__":
