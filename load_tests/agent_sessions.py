@@ -46,7 +46,7 @@ import random
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,7 @@ TASKS = [
 class Turn:
     session: int
     turn: int
+    sent_s: float = 0.0  # since the run started
     ttft_s: float | None = None
     prompt_tokens: int = 0
     cached_tokens: int = 0
@@ -170,7 +171,9 @@ async def _turn(client: httpx.AsyncClient, body: dict[str, Any], result: Turn) -
         result.error = f"{type(exc).__name__}: {exc}"
 
 
-async def _session(client: httpx.AsyncClient, workload: Workload, model: str, session: int) -> list[Turn]:
+async def _session(
+    client: httpx.AsyncClient, workload: Workload, model: str, session: int, run_started: float
+) -> list[Turn]:
     await asyncio.sleep(session * workload.stagger_s)
     messages = workload.opening(session)
     results = []
@@ -181,7 +184,7 @@ async def _session(client: httpx.AsyncClient, workload: Workload, model: str, se
             # replicas' queues have moved on.
             await asyncio.sleep(workload.think_s * rng.uniform(0.5, 1.5))
             messages += workload.exchange(session, turn)
-        result = Turn(session, turn)
+        result = Turn(session, turn, sent_s=time.monotonic() - run_started)
         await _turn(client, workload.body(model, messages), result)
         results.append(result)
     return results
@@ -191,7 +194,9 @@ async def _run_sessions(base_url: str, workload: Workload, model: str) -> tuple[
     limits = httpx.Limits(max_connections=workload.sessions + 8)
     async with httpx.AsyncClient(base_url=base_url, timeout=3600, limits=limits) as client:
         started = time.monotonic()
-        per_session = await asyncio.gather(*(_session(client, workload, model, s) for s in range(workload.sessions)))
+        per_session = await asyncio.gather(
+            *(_session(client, workload, model, s, started) for s in range(workload.sessions))
+        )
         return [turn for turns in per_session for turn in turns], time.monotonic() - started
 
 
@@ -252,6 +257,7 @@ def main() -> None:
     parser.add_argument("--max-load-factor", type=float, help="prefix_affinity's bound (default: the config's)")
     parser.add_argument("--token-ms", type=float, default=20.0, help="simulated: between answer tokens")
     parser.add_argument("--rounds", type=int, default=1, help="runs of every router, taking turns; turns pooled")
+    parser.add_argument("--turns-json", type=Path, help="also write every turn (router, round, timings) to this file")
     options = parser.parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise, under Ray's logging
     simulated = options.simulated
@@ -300,6 +306,18 @@ def main() -> None:
                 print(_report(router, turns, wall_s), flush=True)
                 for failed in [t for t in turns if t.error][:3]:
                     print(f"    session {failed.session} turn {failed.turn}: {failed.error}")
+    if options.turns_json:
+        options.turns_json.write_text(
+            json.dumps(
+                [
+                    {"router": router, "round": round_, **asdict(turn)}
+                    for router, router_runs in runs.items()
+                    for round_, (turns, _) in enumerate(router_runs, start=1)
+                    for turn in turns
+                ],
+                indent=1,
+            )
+        )
     kind = (
         f"simulated (replay engine, prefill {options.prefill_ms_per_token} ms/uncached token, "
         f"{options.token_ms} ms/token)"
