@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +23,7 @@ from serve_app.engines.base import GenerationDelta
 from serve_app.metrics import ENGINE_METRICS, QUEUE_TIME
 from serve_app.model_service import ModelService
 from serve_app.model_source import prepare_model
-from serve_app.prefix_routing import HELD_KEYS, HELD_KEYS_STAT, LatestKeys, affinity_key
+from serve_app.prefix_routing import ACTIVE_STAT, ACTIVE_WINDOW_S, HELD_KEYS, HELD_KEYS_STAT, LatestKeys, affinity_key
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.completions import CompletionRequest
 from serve_app.protocol.embeddings import EmbeddingRequest
@@ -97,7 +98,7 @@ class LLMServer:
         """`plan(request, *args)`, off the event loop (see `_planning`). The request's prompt is in this
         replica's prefix cache from now on: its affinity key is noted for the routers."""
         if self._held is not None and (key := affinity_key(request)) is not None:
-            self._held.note(key, None)
+            self._held.note(key, None, time.monotonic())
         return await asyncio.get_running_loop().run_in_executor(self._planning, plan, request, *args)
 
     def _hop(
@@ -172,7 +173,10 @@ class LLMServer:
     def record_routing_stats(self) -> dict[str, Any]:
         """Serve calls this on each replica every `HELD_KEYS_REPORT_PERIOD_S` and hands what changed to every
         router of this deployment (`deployments/prefix_router.py`)."""
-        return {} if self._held is None else {HELD_KEYS_STAT: self._held.keys()}
+        if self._held is None:
+            return {}
+        active = len(self._held.since(time.monotonic() - ACTIVE_WINDOW_S))
+        return {HELD_KEYS_STAT: self._held.keys(), ACTIVE_STAT: active}
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve calls this on each replica every `metrics_interval_s`; `engine_queue_policy` reads it."""

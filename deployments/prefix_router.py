@@ -10,11 +10,22 @@ conversation that another one placed, a reporting period (`HELD_KEYS_REPORT_PERI
 from __future__ import annotations
 
 import logging
+import time
+from collections import Counter
 
 from ray.serve._private.common import RequestMetadata
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
-from serve_app.prefix_routing import HELD_KEYS_STAT, PLACED_KEYS, LatestKeys, affinity_key, choose, ranking
+from serve_app.prefix_routing import (
+    ACTIVE_STAT,
+    ACTIVE_WINDOW_S,
+    HELD_KEYS_STAT,
+    PLACED_KEYS,
+    LatestKeys,
+    affinity_key,
+    choose,
+    ranking,
+)
 
 logger = logging.getLogger("ray.serve")
 
@@ -41,9 +52,12 @@ class PrefixAffinityRouter(RequestRouter):
             return [candidate_replicas]
         by_id = {replica.replica_id.unique_id: replica for replica in candidate_replicas}
         ranked = ranking(key, list(by_id))
+        queue_lengths = await self._queue_lengths(candidate_replicas)
+        # After the wait: a call of the same conversation routed meanwhile is then a holder here, not another
+        # active conversation that would send this one elsewhere.
         holders = self._holders(key, [by_id[replica] for replica in ranked])
-        chosen = choose(ranked, await self._queue_lengths(candidate_replicas), holders, self._max_load_factor)
-        self._placed.note(key, chosen)
+        chosen = choose(ranked, queue_lengths, holders, self._max_load_factor, self._active(candidate_replicas))
+        self._placed.note(key, chosen, time.monotonic())
         return [[by_id[chosen]], [by_id[replica] for replica in ranked if replica != chosen]]
 
     def _fulfill_next_pending_request(
@@ -73,6 +87,16 @@ class PrefixAffinityRouter(RequestRouter):
             for replica in ranked
             if key in replica.routing_stats.get(HELD_KEYS_STAT, ()) and replica.replica_id.unique_id not in holders
         ]
+
+    def _active(self, replicas: list[RunningReplica]) -> dict[str, int]:
+        """Each replica's active conversations: those this router sent there lately (known at once) or, when
+        more, those the replica reports (the other routers' too, a reporting period late)."""
+        placed = Counter(self._placed.since(time.monotonic() - ACTIVE_WINDOW_S))
+        active = {}
+        for replica in replicas:
+            replica_id = replica.replica_id.unique_id
+            active[replica_id] = max(placed[replica_id], replica.routing_stats.get(ACTIVE_STAT, 0))
+        return active
 
     @staticmethod
     def _key(pending_request: PendingRequest | None) -> bytes | None:

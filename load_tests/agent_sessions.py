@@ -235,6 +235,8 @@ def _model(options: argparse.Namespace, router: str, script: Path) -> dict[str, 
         config = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
         [model] = config["applications"][0]["args"]["models"]
         model["deployment"] = {"num_replicas": options.replicas, "num_cpus": 0}
+        if options.max_num_batched_tokens is not None:
+            model["engine_args"]["max_num_batched_tokens"] = options.max_num_batched_tokens
     model["routing"] = {"router": ROUTERS[router]}
     if router == "prefix_affinity" and options.max_load_factor is not None:
         model["routing"]["max_load_factor"] = options.max_load_factor
@@ -255,6 +257,7 @@ def main() -> None:
     parser.add_argument("--think-s", type=float, help="tool time between turns, ±50%% (default: 5 real, 0 simulated)")
     parser.add_argument("--prefill-ms-per-token", type=float, default=1.0, help="simulated: uncached prompt token")
     parser.add_argument("--max-load-factor", type=float, help="prefix_affinity's bound (default: the config's)")
+    parser.add_argument("--max-num-batched-tokens", type=int, help="real: engines' step budget")
     parser.add_argument("--token-ms", type=float, default=20.0, help="simulated: between answer tokens")
     parser.add_argument("--rounds", type=int, default=1, help="runs of every router, taking turns; turns pooled")
     parser.add_argument("--turns-json", type=Path, help="also write every turn (router, round, timings) to this file")

@@ -138,6 +138,16 @@ class VLLMEngineArgs(StrictModel):
         None, gt=0, le=1, description="GPU only: share of GPU memory vLLM may take; none: vLLM's."
     )
     max_num_seqs: int | None = Field(None, ge=1, description="Sequences decoded together at most; none: vLLM's.")
+    max_num_batched_tokens: int | None = Field(
+        None,
+        ge=16,
+        description=(
+            "Tokens one engine step computes at most: a long prompt is prefilled in chunks of this size, and every "
+            "running stream waits for each chunk. Smaller: streams stall less and prompts that arrive together "
+            "finish one after another instead of together; larger: a lone long prompt is faster. None: vLLM's "
+            "(2048 on a CPU)."
+        ),
+    )
     stall_timeout_s: float | None = Field(
         120,
         gt=0,

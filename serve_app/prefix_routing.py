@@ -14,11 +14,16 @@ and every engine replica reports the keys of the requests it ran lately (Serve's
 placed by another router (another ingress replica) or before a router restarted is found too. A request goes
 to a holder of its key while that holder's queue is under `max_load_factor` × the average queue (counting
 the request), rounded up: consistent hashing with bounded loads (Mirrokni et al., 2018), so neither a busy
-conversation nor an unlucky spread piles onto one replica. A new conversation (no holder), or one whose
-holders are all past the bound, goes to the **shortest queue**: conversations starting together spread over
-the replicas instead of where a hash happens to put them. Ties go to the key's ranking by rendezvous hashing
-(highest random weight: a hash of the key and the replica's id, best first), so routers that see the same
-queues place a new key alike. A request without a key (embeddings) goes to the shortest queue.
+conversation nor an unlucky spread piles onto one replica.
+
+A new conversation (no holder) goes, among the replicas under the bound, to the one with the **fewest active
+conversations** (keys whose latest request came in the last `ACTIVE_WINDOW_S`), then the shortest queue: a
+queue is a snapshot, and between an agent's turns its conversation is in no queue: placed by queues alone,
+conversations that start while the queues are empty land where their hash puts them (8 on two replicas split
+4 and 4 only 27% of the time), and stay there. One whose holders are all past the
+bound goes to the **shortest queue**. Ties go to the key's ranking by rendezvous hashing (highest random
+weight: a hash of the key and the replica's id, best first), so routers that see the same replicas place a new
+key alike. A request without a key (embeddings) goes to the shortest queue.
 """
 
 from __future__ import annotations
@@ -48,6 +53,11 @@ HELD_KEYS = 256
 HELD_KEYS_REPORT_PERIOD_S = 5.0
 # How many keys a router remembers where it sent: a shared endpoint's conversations of the last hours.
 PLACED_KEYS = 65_536
+# The routing stat in which an engine replica reports how many conversations it ran a request of lately.
+ACTIVE_STAT = "active_conversations"
+# A conversation is active on a replica while its latest request came this recently: longer than an agent's
+# tool runs between turns (seconds to a minute), shorter than a user's pause before the next task.
+ACTIVE_WINDOW_S = 120.0
 
 V = TypeVar("V")
 
@@ -93,35 +103,59 @@ def ranking(key: bytes, replica_ids: Sequence[str]) -> list[str]:
 
 
 def choose(
-    ranked: Sequence[str], queue_lengths: Mapping[str, int], holders: Sequence[str], max_load_factor: float
+    ranked: Sequence[str],
+    queue_lengths: Mapping[str, int],
+    holders: Sequence[str],
+    max_load_factor: float,
+    active: Mapping[str, int],
 ) -> str:
     """The first of the key's `holders` (most likely first) whose queue is under the bound: `max_load_factor` ×
     the average queue once this request is counted, rounded up (so at least 1: an idle replica always
-    qualifies). Else the shortest queue, the key's ranking breaking ties."""
-    total = sum(queue_lengths.get(replica, 0) for replica in ranked) + 1
+    qualifies). With no holder (a new conversation): of the replicas under the bound, the one with the fewest
+    `active` conversations, then the shortest queue. Else (every holder past the bound) the shortest queue. The
+    key's ranking breaks ties."""
+
+    def queue(replica: str) -> int:
+        return queue_lengths.get(replica, 0)
+
+    total = sum(queue(replica) for replica in ranked) + 1
     bound = math.ceil(max_load_factor * total / len(ranked))
+    holders = [replica for replica in holders if replica in ranked]  # a replica that left holds nothing
     for replica in holders:
-        if replica in ranked and queue_lengths.get(replica, 0) < bound:
+        if queue(replica) < bound:
             return replica
-    return min(ranked, key=lambda replica: queue_lengths.get(replica, 0))  # the first of equals: rank decides
+    if not holders:  # the shortest queue is under the bound: one replica at least qualifies
+        under = [replica for replica in ranked if queue(replica) < bound]
+        return min(under, key=lambda replica: (active.get(replica, 0), queue(replica)))
+    return min(ranked, key=queue)  # the first of equals: rank decides
 
 
 class LatestKeys(Generic[V]):
-    """The affinity keys of the latest requests, each with a value (where it went), at most `capacity` of
-    them: the key used longest ago leaves first."""
+    """The affinity keys of the latest requests, each with a value (where it went) and when, at most `capacity`
+    of them: the key used longest ago leaves first."""
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
-        self._values: OrderedDict[bytes, V] = OrderedDict()
+        self._values: OrderedDict[bytes, tuple[V, float]] = OrderedDict()
 
-    def note(self, key: bytes, value: V) -> None:
-        self._values[key] = value
+    def note(self, key: bytes, value: V, now: float) -> None:
+        self._values[key] = (value, now)
         self._values.move_to_end(key)
         if len(self._values) > self._capacity:
             self._values.popitem(last=False)
 
     def get(self, key: bytes) -> V | None:
-        return self._values.get(key)
+        noted = self._values.get(key)
+        return None if noted is None else noted[0]
+
+    def since(self, moment: float) -> list[V]:
+        """The values of the keys used at `moment` or later, newest first: as many steps as there are."""
+        values = []
+        for value, noted_at in reversed(self._values.values()):
+            if noted_at < moment:
+                break
+            values.append(value)
+        return values
 
     def keys(self) -> frozenset[bytes]:
         """A set, not a list: Serve broadcasts a replica's routing stats when they change, and a conversation

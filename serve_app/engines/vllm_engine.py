@@ -92,6 +92,7 @@ class VLLMEngine(Engine):
             "max_model_len": args.max_model_len,
             "gpu_memory_utilization": args.gpu_memory_utilization,
             "max_num_seqs": args.max_num_seqs,
+            "max_num_batched_tokens": args.max_num_batched_tokens,
         }
         kwargs.update({k: v for k, v in optional.items() if v is not None})
         if (self._guard_args is not None or self._closing_args is not None) and self._task == "generate":

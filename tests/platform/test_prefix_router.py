@@ -12,7 +12,7 @@ from ray.serve._private.common import DeploymentHandleSource, DeploymentID, Repl
 from ray.serve.request_router import PendingRequest
 
 from deployments.prefix_router import PrefixAffinityRouter
-from serve_app.prefix_routing import HELD_KEYS_STAT, affinity_key, ranking
+from serve_app.prefix_routing import ACTIVE_STAT, HELD_KEYS_STAT, affinity_key, ranking
 from serve_app.protocol.chat import ChatCompletionRequest
 
 DEPLOYMENT = DeploymentID(name="LLMServer:model", app_name="openai")
@@ -134,3 +134,13 @@ def test_a_conversation_another_router_placed_goes_to_the_replica_reporting_its_
     replicas = [StandInReplica(i) for i in ["a", "b", "c"]]
     next(r for r in replicas if r.unique_id == not_first).routing_stats = {HELD_KEYS_STAT: frozenset({key})}
     assert _sent_one_by_one(replicas, [turn]) == [[not_first]]
+
+
+def test_a_new_conversation_goes_to_the_replica_reporting_the_fewest_active_conversations() -> None:
+    """Between an agent's turns its conversation is in no queue: with the queues empty, the engines' counts of
+    their active conversations, not the key's ranking, place a new one."""
+    for task in ["Fix the parser", "Add a flag", "Port the settings page", "Profile the export"]:
+        replicas = [StandInReplica(i) for i in ["a", "b", "c"]]
+        for replica, active in zip(replicas, [3, 0, 2], strict=True):
+            replica.routing_stats = {ACTIVE_STAT: active}
+        assert _sent_one_by_one(replicas, [_opening(task)]) == [["b"]]

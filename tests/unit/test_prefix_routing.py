@@ -95,20 +95,20 @@ def test_keys_spread_evenly_and_the_ranking_ignores_the_order_replicas_are_liste
 
 def test_a_holder_takes_the_request_until_its_queue_reaches_the_bound() -> None:
     ranked = ["a", "b", "c"]
-    assert choose(ranked, {}, ["b"], 1.5) == "b"  # idle: the key's holder, not its first in the ranking
+    assert choose(ranked, {}, ["b"], 1.5, {}) == "b"  # idle: the key's holder, not its first in the ranking
     # 3 queued + this one = 4 requests; bound ceil(1.5 * 4 / 3) = 2.
-    assert choose(ranked, {"a": 1, "b": 1, "c": 1}, ["b"], 1.5) == "b"
-    assert choose(ranked, {"a": 1, "b": 2, "c": 0}, ["b"], 1.5) == "c"  # past it: the shortest queue
+    assert choose(ranked, {"a": 1, "b": 1, "c": 1}, ["b"], 1.5, {}) == "b"
+    assert choose(ranked, {"a": 1, "b": 2, "c": 0}, ["b"], 1.5, {}) == "c"  # past it: the shortest queue
     # Two holders (a conversation moved once): the first under the bound, ceil(1.2 * 6 / 3) = 3.
-    assert choose(ranked, {"a": 1, "b": 3, "c": 1}, ["b", "c"], 1.2) == "c"
-    assert choose(ranked, {"a": 3, "b": 3, "c": 0}, ["a", "b"], 1.0) == "c"
-    assert choose(ranked, {"a": 0, "b": 0}, ["gone"], 1.5) == "a"  # a holder that left is no holder
+    assert choose(ranked, {"a": 1, "b": 3, "c": 1}, ["b", "c"], 1.2, {}) == "c"
+    assert choose(ranked, {"a": 3, "b": 3, "c": 0}, ["a", "b"], 1.0, {}) == "c"
+    assert choose(ranked, {"a": 0, "b": 0}, ["gone"], 1.5, {}) == "a"  # a holder that left is no holder
 
 
 def test_a_new_conversation_goes_to_the_shortest_queue_and_the_ranking_breaks_ties() -> None:
-    assert choose(["a", "b", "c"], {"a": 2, "b": 1, "c": 1}, [], 1.5) == "b"
-    assert choose(["c", "b", "a"], {"a": 2, "b": 1, "c": 1}, [], 1.5) == "c"
-    assert choose(["a", "b"], {}, [], 1.5) == "a"
+    assert choose(["a", "b", "c"], {"a": 2, "b": 1, "c": 1}, [], 1.5, {}) == "b"
+    assert choose(["c", "b", "a"], {"a": 2, "b": 1, "c": 1}, [], 1.5, {}) == "c"
+    assert choose(["a", "b"], {}, [], 1.5, {}) == "a"
 
 
 def test_conversations_starting_together_split_evenly_over_the_replicas() -> None:
@@ -117,22 +117,53 @@ def test_conversations_starting_together_split_evenly_over_the_replicas() -> Non
     keys = [key for key in _keys(40) if ranking(key, ["a", "b"])[0] == "a"][:4]
     queues = {"a": 0, "b": 0}
     for key in keys:
-        queues[choose(ranking(key, list(queues)), queues, [], 1.5)] += 1
+        queues[choose(ranking(key, list(queues)), queues, [], 1.5, {})] += 1
     assert queues == {"a": 2, "b": 2}
 
 
 def test_a_load_factor_of_one_balances_strictly_and_a_large_one_never_leaves_the_holder() -> None:
     ranked = ["a", "b"]
-    assert choose(ranked, {"a": 1, "b": 0}, ["a"], 1.0) == "b"
-    assert choose(ranked, {"a": 50, "b": 0}, ["a"], 100.0) == "a"
+    assert choose(ranked, {"a": 1, "b": 0}, ["a"], 1.0, {}) == "b"
+    assert choose(ranked, {"a": 50, "b": 0}, ["a"], 100.0, {}) == "a"
+
+
+def test_a_new_conversation_goes_where_fewest_are_active_among_the_replicas_under_the_bound() -> None:
+    ranked = ["a", "b", "c"]
+    # Idle queues (the agents are between turns): the replica with the fewest conversations, not the ranking.
+    assert choose(ranked, {}, [], 1.5, {"a": 3, "b": 1, "c": 2}) == "b"
+    # Equal conversations: the shortest queue, then the ranking.
+    assert choose(ranked, {"a": 1, "b": 1, "c": 0}, [], 1.5, {"a": 2, "b": 2, "c": 2}) == "c"
+    assert choose(ranked, {}, [], 1.5, {"a": 2, "b": 2, "c": 2}) == "a"
+    # 4 queued + this one = 5; bound ceil(1.5 * 5 / 3) = 3: b, past it, is passed over for all its quiet.
+    assert choose(ranked, {"a": 1, "b": 3, "c": 0}, [], 1.5, {"a": 2, "b": 0, "c": 1}) == "c"
+    # A conversation whose holders are all past the bound goes to the shortest queue, as before.
+    assert choose(ranked, {"a": 3, "b": 1, "c": 0}, ["a"], 1.5, {"a": 0, "b": 0, "c": 9}) == "c"
+
+
+def test_conversations_that_start_while_the_queues_are_empty_split_evenly() -> None:
+    """Eight agent sessions, each starting while the others are between turns (every queue empty), on two
+    replicas, the conversations counted as the router places them: four each, wherever their keys rank."""
+    active = {"a": 0, "b": 0}
+    for key in _keys(8):
+        active[choose(ranking(key, list(active)), {}, [], 1.5, active)] += 1
+    assert active == {"a": 4, "b": 4}
 
 
 def test_the_latest_keys_stay_and_the_one_used_longest_ago_leaves() -> None:
     latest: LatestKeys[str] = LatestKeys(2)
-    latest.note(b"first", "a")
-    latest.note(b"second", "b")
-    latest.note(b"first", "c")  # used again: now the newest, and placed elsewhere
-    latest.note(b"third", "a")
+    latest.note(b"first", "a", 1.0)
+    latest.note(b"second", "b", 2.0)
+    latest.note(b"first", "c", 3.0)  # used again: now the newest, and placed elsewhere
+    latest.note(b"third", "a", 4.0)
     assert latest.get(b"first") == "c"
     assert latest.get(b"second") is None
     assert latest.keys() == frozenset({b"first", b"third"})
+
+
+def test_the_keys_used_since_a_moment_are_the_newest_ones() -> None:
+    latest: LatestKeys[str] = LatestKeys(10)
+    for moment, (key, replica) in enumerate([(b"k1", "a"), (b"k2", "b"), (b"k3", "a"), (b"k1", "b")]):
+        latest.note(key, replica, float(moment))
+    assert latest.since(2.0) == ["b", "a"]  # k1 again (now on b), k3
+    assert latest.since(0.0) == ["b", "a", "b"]  # k1 counts once, where it went last
+    assert latest.since(9.0) == []
