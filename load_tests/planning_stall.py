@@ -18,7 +18,6 @@ import json
 import logging
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from load_tests.local_serve import local_serve  # noqa: E402
 from load_tests.percentiles import percentile  # noqa: E402
+from load_tests.timed_stream import record_token_gaps  # noqa: E402
 from tests.openai_spec import reference_dir  # noqa: E402
 
 APP = "planning-stall"
@@ -53,15 +53,7 @@ def _long_prompt(tokens: int) -> dict[str, Any]:
 async def _stream(client: httpx.AsyncClient, gaps: list[float]) -> None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "go"}], "stream": True, "max_tokens": 400}
     async with client.stream("POST", "/chat/completions", json=body) as response:
-        assert response.status_code == 200, await response.aread()
-        last: float | None = None
-        async for line in response.aiter_lines():
-            if not line.startswith("data: {"):
-                continue
-            now = time.monotonic()
-            if last is not None:
-                gaps.append(now - last)
-            last = now
+        await record_token_gaps(response, gaps)
 
 
 async def _send_long_prompts(client: httpx.AsyncClient, body: dict[str, Any], rate: float, stop: asyncio.Event) -> int:

@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from load_tests.local_serve import local_serve  # noqa: E402
 from load_tests.percentiles import percentile  # noqa: E402
+from load_tests.timed_stream import record_token_gaps  # noqa: E402
 from tests.openai_spec import reference_dir  # noqa: E402
 
 APP = "prefill-stall"
@@ -68,19 +69,7 @@ async def _keep_streaming(
     }
     while not stop.is_set():
         async with client.stream("POST", "/chat/completions", json=body) as response:
-            assert response.status_code == 200, await response.aread()
-            last: float | None = None
-            async for line in response.aiter_lines():
-                if not line.startswith("data: {"):
-                    continue
-                chunk = json.loads(line.removeprefix("data: "))
-                assert "error" not in chunk, chunk
-                if not any(choice["delta"].get("content") for choice in chunk["choices"]):
-                    continue
-                now = time.monotonic()
-                if last is not None:
-                    gaps.append(now - last)
-                last = now
+            await record_token_gaps(response, gaps)
 
 
 async def _first_token_s(client: httpx.AsyncClient, body: dict[str, Any]) -> float:

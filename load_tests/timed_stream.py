@@ -1,4 +1,4 @@
-"""One streamed chat request, timed: what the benchmarks that measure an agent's wait read of a stream."""
+"""Streamed chat requests, timed: what the benchmarks that measure an agent's wait read of a stream."""
 
 from __future__ import annotations
 
@@ -33,3 +33,21 @@ def timed_stream(base_url: str, body: dict[str, Any]) -> TimedStream:
             usage = chunk.get("usage") or usage
     assert first is not None and usage, "the stream ended without a token or usage"
     return TimedStream(first, time.monotonic() - started, usage)
+
+
+async def record_token_gaps(response: httpx.Response, gaps: list[float]) -> None:
+    """Reads a streamed answer to its end, appending to `gaps` the time between each two chunks that carry
+    content: its inter-token latency (the role's chunk and the closing chunks carry no token)."""
+    assert response.status_code == 200, await response.aread()
+    last: float | None = None
+    async for line in response.aiter_lines():
+        if not line.startswith("data: {"):
+            continue
+        chunk = json.loads(line.removeprefix("data: "))
+        assert "error" not in chunk, chunk
+        if not any(choice["delta"].get("content") for choice in chunk["choices"]):
+            continue
+        now = time.monotonic()
+        if last is not None:
+            gaps.append(now - last)
+        last = now

@@ -53,6 +53,7 @@ def test_a_dead_or_hung_engine_core_ends_every_request_cleanly_and_is_replaced(
 ) -> None:
     _served_again(fault_app.base_url, BODY | {"max_tokens": 4})
     (core,) = _engine_cores()
+    started = core.create_time()  # orphans older than this app's engine are another run's (a killed benchmark)
     streaming = [threading.Event() for _ in range(STREAMS)]
     with ThreadPoolExecutor(STREAMS + 1) as pool:
         streams = [pool.submit(_stream, fault_app.base_url, BODY, event) for event in streaming]
@@ -79,6 +80,9 @@ def test_a_dead_or_hung_engine_core_ends_every_request_cleanly_and_is_replaced(
     orphans = [
         p
         for p in psutil.process_iter(["cmdline"])
-        if p.info["cmdline"] and "EngineCore" in " ".join(p.info["cmdline"]) and p.ppid() == 1
+        if p.info["cmdline"]
+        and "EngineCore" in " ".join(p.info["cmdline"])
+        and p.ppid() == 1
+        and p.create_time() >= started
     ]
     assert orphans == []
