@@ -66,6 +66,9 @@ ROUTERS = {
     "prefix_affinity": "prefix_affinity",
 }
 APP = "agent-sessions"
+# A later turn that landed where its conversation ran finds all of the previous turn's prompt cached but its
+# last, partial cache block (vLLM caches whole blocks: 16 tokens on GPUs, 128 on CPUs).
+CACHE_BLOCK_SLACK = 256
 TASKS = [
     "Fix the failing test in the parser module",
     "Add input validation to the signup form",
@@ -200,11 +203,24 @@ async def _run_sessions(base_url: str, workload: Workload, model: str) -> tuple[
         return [turn for turns in per_session for turn in turns], time.monotonic() - started
 
 
+def _history_missed(turns: list[Turn]) -> tuple[int, int]:
+    """How many later turns found less than their previous turn's prompt cached (they landed where their
+    conversation had not run), of how many. A turn that found it has at most the prompt's last, partial
+    cache block uncached (`CACHE_BLOCK_SLACK`)."""
+    previous = {(t.session, t.turn): t.prompt_tokens for t in turns if t.error is None}
+    later = [t for t in turns if t.turn > 0 and t.error is None and (t.session, t.turn - 1) in previous]
+    missed = [t for t in later if t.cached_tokens < previous[(t.session, t.turn - 1)] - CACHE_BLOCK_SLACK]
+    return len(missed), len(later)
+
+
 def _later_ttfts(turns: list[Turn]) -> list[float]:
     return [t.ttft_s for t in turns if t.turn > 0 and t.error is None and t.ttft_s is not None]
 
 
-def _report(router: str, turns: list[Turn], wall_s: float) -> str:
+def _report(router: str, runs: list[tuple[list[Turn], float]]) -> str:
+    """A router's line of the table, over its `runs` (each run's turns and how long it took), pooled."""
+    turns = [turn for run_turns, _ in runs for turn in run_turns]
+    wall_s = sum(run_wall_s for _, run_wall_s in runs)
     ok = [t for t in turns if t.error is None and t.ttft_s is not None]
     first = [t.ttft_s for t in ok if t.turn == 0 and t.ttft_s is not None]
     later = [t for t in ok if t.turn > 0]
@@ -215,10 +231,11 @@ def _report(router: str, turns: list[Turn], wall_s: float) -> str:
         return 100 * sum(t.cached_tokens for t in ts) / prompt if prompt else float("nan")
 
     output = sum(t.completion_tokens for t in ok) / wall_s
+    missed, of = map(sum, zip(*(_history_missed(run_turns) for run_turns, _ in runs), strict=True))
     return (
         f"{router:<17}{percentile(first, 0.5):>8.2f}{percentile(first, 0.99):>8.2f}"
         f"{percentile(later_ttft, 0.5):>9.2f}{percentile(later_ttft, 0.99):>8.2f}"
-        f"{hit(later):>9.1f}%{hit(ok):>7.1f}%{output:>9.2f}{len(turns) - len(ok):>7}"
+        f"{hit(later):>9.1f}%{hit(ok):>7.1f}%{f'{missed}/{of}':>10}{output:>9.2f}{len(turns) - len(ok):>7}"
     )
 
 
@@ -306,7 +323,7 @@ def main() -> None:
                 turns, wall_s = asyncio.run(_run_sessions(f"http://127.0.0.1:{port}/v1", workload, model["id"]))
                 serve.delete(APP)
                 runs[router].append((turns, wall_s))
-                print(_report(router, turns, wall_s), flush=True)
+                print(_report(router, [(turns, wall_s)]), flush=True)
                 for failed in [t for t in turns if t.error][:3]:
                     print(f"    session {failed.session} turn {failed.turn}: {failed.error}")
     if options.turns_json:
@@ -332,14 +349,16 @@ def main() -> None:
         f"schemas, {workload.result_lines}-line tool results), {options.replicas} replicas, {kind}"
         + (f"; {options.rounds} rounds of each router, pooled" if options.rounds > 1 else "")
     )
-    print(f"{'':17}{'first-turn TTFT s':>17} {'later-turn TTFT s':>17}{'cached':>16}{'output':>9}{'errors':>7}")
-    print(f"{'router':<17}{'p50':>8}{'p99':>8}{'p50':>9}{'p99':>8}{'later':>10}{'all':>7}{'tok/s':>9}{'':>7}")
-    pooled = {
-        router: ([turn for turns, _ in router_runs for turn in turns], sum(wall_s for _, wall_s in router_runs))
-        for router, router_runs in runs.items()
-    }
-    for router, (turns, wall_s) in pooled.items():
-        print(_report(router, turns, wall_s))
+    print(
+        f"{'':17}{'first-turn TTFT s':>17} {'later-turn TTFT s':>17}{'cached':>16}{'history':>10}{'output':>9}"
+        f"{'errors':>7}"
+    )
+    print(
+        f"{'router':<17}{'p50':>8}{'p99':>8}{'p50':>9}{'p99':>8}{'later':>10}{'all':>7}{'missed':>10}{'tok/s':>9}"
+        f"{'':>7}"
+    )
+    for router, router_runs in runs.items():
+        print(_report(router, router_runs))
     if options.rounds > 1:
         print(
             "\nlater-turn TTFT p50 of each round: "
@@ -348,13 +367,13 @@ def main() -> None:
                 for router, router_runs in runs.items()
             )
         )
-    if "power_of_two" in pooled:
-        baseline = percentile(_later_ttfts(pooled["power_of_two"][0]), 0.5)
+    if "power_of_two" in runs:
+        pooled = {router: [turn for turns, _ in router_runs for turn in turns] for router, router_runs in runs.items()}
+        baseline = percentile(_later_ttfts(pooled["power_of_two"]), 0.5)
         print(
             "later-turn TTFT p50 / power_of_two's: "
             + ", ".join(
-                f"{router} {percentile(_later_ttfts(turns), 0.5) / baseline:.2f}x"
-                for router, (turns, _) in pooled.items()
+                f"{router} {percentile(_later_ttfts(turns), 0.5) / baseline:.2f}x" for router, turns in pooled.items()
             )
         )
 
