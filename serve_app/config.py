@@ -215,8 +215,9 @@ class RoutingOptions(StrictModel):
         1.5,
         ge=1,
         description=(
-            "`prefix_affinity`: a replica takes a request only while its queue is under this × the average queue "
-            "(rounded up); past it the request goes to the shortest queue. 1: strict balance."
+            "`prefix_affinity`: a replica keeps its conversations only while its load (its queue, or its active "
+            "conversations when more) is under this × the average load (rounded up); past it a request goes to "
+            "the least loaded replica. 1: strict balance."
         ),
     )
 

@@ -11,19 +11,23 @@ opening (tools, system prompt, first user message), or a completion prompt's fir
 
 A key's **holders** are the replicas that ran its latest requests: the router remembers where it sent each key,
 and every engine replica reports the keys of the requests it ran lately (Serve's routing stats), so a key
-placed by another router (another ingress replica) or before a router restarted is found too. A request goes
-to a holder of its key while that holder's queue is under `max_load_factor` × the average queue (counting
-the request), rounded up: consistent hashing with bounded loads (Mirrokni et al., 2018), so neither a busy
-conversation nor an unlucky spread piles onto one replica.
+placed by another router (another ingress replica) or before a router restarted is found too.
 
-A new conversation (no holder) goes, among the replicas under the bound, to the one with the **fewest active
-conversations** (keys whose latest request came in the last `ACTIVE_WINDOW_S`), then the shortest queue: a
-queue is a snapshot, and between an agent's turns its conversation is in no queue: placed by queues alone,
-conversations that start while the queues are empty land where their hash puts them (8 on two replicas split
-4 and 4 only 27% of the time), and stay there. One whose holders are all past the
-bound goes to the **shortest queue**. Ties go to the key's ranking by rendezvous hashing (highest random
-weight: a hash of the key and the replica's id, best first), so routers that see the same replicas place a new
-key alike. A request without a key (embeddings) goes to the shortest queue.
+A replica's **load** is what it will be asked to do soon: its queue, or its **active conversations** (keys
+whose latest request came in the last `ACTIVE_WINDOW_S`) when those are more. Between an agent's turns its
+conversation is in no queue, yet it comes back: a queue is a snapshot, the conversations a replica holds are
+its work of the next minutes. A request goes to a holder of its key while that holder's load, the request
+counted, stays within `max_load_factor` × the average load, rounded up: consistent hashing with bounded
+loads (Mirrokni et al., 2018), so neither a busy conversation (one key, many requests at once) nor an unlucky
+spread piles onto one replica, while a burst of its own conversations' turns does not move one of them to a
+replica that holds as many (it would recompute its history there, then stay and unbalance both).
+
+Any other request, a new conversation or one whose holders are all past the bound, goes to the **least
+loaded** replica, then the shortest queue: placed by queues alone, conversations that start while the queues
+are empty would land where their hash puts them (8 on two replicas split 4 and 4 only 27% of the time) and
+stay there. Ties go to the key's ranking by rendezvous hashing (highest random weight: a hash of the key and
+the replica's id, best first), so routers that see the same replicas place a new key alike. A request
+without a key (embeddings) goes to the shortest queue.
 """
 
 from __future__ import annotations
@@ -109,25 +113,27 @@ def choose(
     max_load_factor: float,
     active: Mapping[str, int],
 ) -> str:
-    """The first of the key's `holders` (most likely first) whose queue is under the bound: `max_load_factor` ×
-    the average queue once this request is counted, rounded up (so at least 1: an idle replica always
-    qualifies). With no holder (a new conversation): of the replicas under the bound, the one with the fewest
-    `active` conversations, then the shortest queue. Else (every holder past the bound) the shortest queue. The
-    key's ranking breaks ties."""
+    """The first of the key's `holders` (most likely first) that stays within the bound once it takes the
+    request: its load at most `max_load_factor` × the average load, rounded up (so an idle replica always
+    qualifies). A replica's load is its queue or its `active` conversations, whichever is more; taking the
+    request adds one to its queue, not to its conversations (a holder counts this one already). With no holder
+    within the bound (a new conversation, or one whose holders are all past it): the least loaded replica, then
+    the shortest queue. The key's ranking breaks ties."""
 
     def queue(replica: str) -> int:
         return queue_lengths.get(replica, 0)
 
-    total = sum(queue(replica) for replica in ranked) + 1
-    bound = math.ceil(max_load_factor * total / len(ranked))
-    holders = [replica for replica in holders if replica in ranked]  # a replica that left holds nothing
+    def load(replica: str) -> int:
+        return max(queue(replica), active.get(replica, 0))
+
+    total = sum(load(replica) for replica in ranked)
     for replica in holders:
-        if queue(replica) < bound:
+        if replica not in ranked:  # a replica that left holds nothing
+            continue
+        taken = max(queue(replica) + 1, active.get(replica, 0))
+        if taken <= math.ceil(max_load_factor * (total - load(replica) + taken) / len(ranked)):
             return replica
-    if not holders:  # the shortest queue is under the bound: one replica at least qualifies
-        under = [replica for replica in ranked if queue(replica) < bound]
-        return min(under, key=lambda replica: (active.get(replica, 0), queue(replica)))
-    return min(ranked, key=queue)  # the first of equals: rank decides
+    return min(ranked, key=lambda replica: (load(replica), queue(replica)))  # the first of equals: rank decides
 
 
 class LatestKeys(Generic[V]):

@@ -93,7 +93,7 @@ def test_keys_spread_evenly_and_the_ranking_ignores_the_order_replicas_are_liste
     assert ranking(key, replicas) == ranking(key, list(reversed(replicas)))
 
 
-def test_a_holder_takes_the_request_until_its_queue_reaches_the_bound() -> None:
+def test_a_holder_takes_the_request_until_its_load_reaches_the_bound() -> None:
     ranked = ["a", "b", "c"]
     assert choose(ranked, {}, ["b"], 1.5, {}) == "b"  # idle: the key's holder, not its first in the ranking
     # 3 queued + this one = 4 requests; bound ceil(1.5 * 4 / 3) = 2.
@@ -127,17 +127,27 @@ def test_a_load_factor_of_one_balances_strictly_and_a_large_one_never_leaves_the
     assert choose(ranked, {"a": 50, "b": 0}, ["a"], 100.0, {}) == "a"
 
 
-def test_a_new_conversation_goes_where_fewest_are_active_among_the_replicas_under_the_bound() -> None:
+def test_a_new_conversation_goes_to_the_least_loaded_replica_its_active_conversations_counted() -> None:
     ranked = ["a", "b", "c"]
     # Idle queues (the agents are between turns): the replica with the fewest conversations, not the ranking.
     assert choose(ranked, {}, [], 1.5, {"a": 3, "b": 1, "c": 2}) == "b"
-    # Equal conversations: the shortest queue, then the ranking.
+    # Equal loads: the shortest queue, then the ranking.
     assert choose(ranked, {"a": 1, "b": 1, "c": 0}, [], 1.5, {"a": 2, "b": 2, "c": 2}) == "c"
     assert choose(ranked, {}, [], 1.5, {"a": 2, "b": 2, "c": 2}) == "a"
-    # 4 queued + this one = 5; bound ceil(1.5 * 5 / 3) = 3: b, past it, is passed over for all its quiet.
+    # A replica's load is its queue when that is more: b's 3 queued requests count, for all its quiet.
     assert choose(ranked, {"a": 1, "b": 3, "c": 0}, [], 1.5, {"a": 2, "b": 0, "c": 1}) == "c"
-    # A conversation whose holders are all past the bound goes to the shortest queue, as before.
-    assert choose(ranked, {"a": 3, "b": 1, "c": 0}, ["a"], 1.5, {"a": 0, "b": 0, "c": 9}) == "c"
+    # Loads 9 (8 queued + this request), 3 and 2 = 14; bound ceil(1.5 * 14 / 3) = 7: the holder a is past it, and
+    # the conversation goes to the least loaded replica, not to the shortest queue (b: 3 conversations active).
+    assert choose(ranked, {"a": 8, "b": 0, "c": 2}, ["a"], 1.5, {"a": 1, "b": 3, "c": 1}) == "c"
+
+
+def test_a_burst_of_turns_does_not_move_a_conversation_to_a_replica_holding_as_many() -> None:
+    """Four sessions on each of two replicas; three of a's turns arrive at once while b's sessions are all
+    between turns. By queues (3 against 0) the next would move to b, recompute its history there, and leave
+    b with five conversations; by load (4 against 4: a's conversations are its work, b's are b's) it stays."""
+    assert choose(["b", "a"], {"a": 3, "b": 0}, ["a"], 1.5, {"a": 4, "b": 4}) == "a"
+    # Conversations past their share on a (a replica joined, say) move to b until a is within the bound.
+    assert choose(["b", "a"], {"a": 1, "b": 0}, ["a"], 1.5, {"a": 8, "b": 0}) == "b"
 
 
 def test_conversations_that_start_while_the_queues_are_empty_split_evenly() -> None:
