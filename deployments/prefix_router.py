@@ -13,14 +13,16 @@ import logging
 import time
 from collections import Counter
 
-from ray.serve._private.common import RequestMetadata
+from ray.serve._private.common import ReplicaID, RequestMetadata
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
 from serve_app.prefix_routing import (
     ACTIVE_STAT,
     ACTIVE_WINDOW_S,
     HELD_KEYS_STAT,
+    IN_FLIGHT_REQUESTS,
     PLACED_KEYS,
+    InFlight,
     LatestKeys,
     affinity_key,
     choose,
@@ -37,6 +39,7 @@ class PrefixAffinityRouter(RequestRouter):
     def initialize_state(self, max_load_factor: float = 1.5) -> None:  # type: ignore[override]
         self._max_load_factor = max_load_factor
         self._placed: LatestKeys[str] = LatestKeys(PLACED_KEYS)
+        self._in_flight = InFlight(IN_FLIGHT_REQUESTS)
 
     async def choose_replicas(
         self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
@@ -48,7 +51,7 @@ class PrefixAffinityRouter(RequestRouter):
             # The ranks hold every replica: if none of them takes the request, Serve waits before asking again.
             pending_request.routing_context.should_backoff = True
         key = self._key(pending_request)
-        if key is None or len(candidate_replicas) < 2:
+        if key is None or pending_request is None or len(candidate_replicas) < 2:
             return [candidate_replicas]
         by_id = {replica.replica_id.unique_id: replica for replica in candidate_replicas}
         ranked = ranking(key, list(by_id))
@@ -56,9 +59,17 @@ class PrefixAffinityRouter(RequestRouter):
         # After the wait: a call of the same conversation routed meanwhile is then a holder here, not another
         # active conversation that would send this one elsewhere.
         holders = self._holders(key, [by_id[replica] for replica in ranked])
-        chosen = choose(ranked, queue_lengths, holders, self._max_load_factor, self._active(candidate_replicas))
+        request_id = pending_request.metadata.internal_request_id
+        key_in_flight = self._in_flight.others(key, request_id) > 0
+        active = self._active(candidate_replicas)
+        chosen = choose(ranked, queue_lengths, holders, self._max_load_factor, active, key_in_flight)
         self._placed.note(key, chosen, time.monotonic())
+        self._in_flight.add(key, request_id)
         return [[by_id[chosen]], [by_id[replica] for replica in ranked if replica != chosen]]
+
+    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        """Serve calls this once for every request it sent, however it ended."""
+        self._in_flight.remove(internal_request_id)
 
     def _fulfill_next_pending_request(
         self, replica: RunningReplica, request_metadata: RequestMetadata | None = None

@@ -215,9 +215,9 @@ class RoutingOptions(StrictModel):
         1.5,
         ge=1,
         description=(
-            "`prefix_affinity`: a replica keeps its conversations only while its load (its queue, or its active "
-            "conversations when more) is under this × the average load (rounded up); past it a request goes to "
-            "the least loaded replica. 1: strict balance."
+            "`prefix_affinity`: a replica keeps its conversations while its load (its queue, or its active "
+            "conversations when more; its queue for a key with several requests in flight) stays within this × "
+            "the average (rounded up); past it a request goes where the least work is in sight. 1: strict balance."
         ),
     )
 

@@ -18,16 +18,18 @@ whose latest request came in the last `ACTIVE_WINDOW_S`) when those are more. Be
 conversation is in no queue, yet it comes back: a queue is a snapshot, the conversations a replica holds are
 its work of the next minutes. A request goes to a holder of its key while that holder's load, the request
 counted, stays within `max_load_factor` × the average load, rounded up: consistent hashing with bounded
-loads (Mirrokni et al., 2018), so neither a busy conversation (one key, many requests at once) nor an unlucky
-spread piles onto one replica, while a burst of its own conversations' turns does not move one of them to a
-replica that holds as many (it would recompute its history there, then stay and unbalance both).
+loads (Mirrokni et al., 2018), so an unlucky spread does not pile onto one replica, while a burst of its own
+conversations' turns does not move one of them to a replica that holds as many (it would recompute its history
+there, then stay and unbalance both). A key with another request in flight (many requests at once: a batch
+sharing a prompt's opening, parallel calls) is bounded by the queues instead: its requests spread as soon as
+its holder's queue is past its share.
 
-Any other request, a new conversation or one whose holders are all past the bound, goes to the **least
-loaded** replica, then the shortest queue: placed by queues alone, conversations that start while the queues
-are empty would land where their hash puts them (8 on two replicas split 4 and 4 only 27% of the time) and
-stay there. Ties go to the key's ranking by rendezvous hashing (highest random weight: a hash of the key and
-the replica's id, best first), so routers that see the same replicas place a new key alike. A request
-without a key (embeddings) goes to the shortest queue.
+Any other request, a new conversation or one whose holders are all past the bound, goes to the replica with
+the **least work in sight** (its queue plus its active conversations), then the shortest queue: placed by
+queues alone, conversations that start while the queues are empty would land where their hash puts them (8 on
+two replicas split 4 and 4 only 27% of the time) and stay there. Ties go to the key's ranking by rendezvous
+hashing (highest random weight: a hash of the key and the replica's id, best first), so routers that see the
+same replicas place a new key alike. A request without a key (embeddings) goes to the shortest queue.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ ACTIVE_STAT = "active_conversations"
 # A conversation is active on a replica while its latest request came this recently: longer than an agent's
 # tool runs between turns (seconds to a minute), shorter than a user's pause before the next task.
 ACTIVE_WINDOW_S = 120.0
+# How many requests in flight a router tracks by key: more than its replicas run at once.
+IN_FLIGHT_REQUESTS = 65_536
 
 V = TypeVar("V")
 
@@ -112,28 +116,66 @@ def choose(
     holders: Sequence[str],
     max_load_factor: float,
     active: Mapping[str, int],
+    key_in_flight: bool = False,
 ) -> str:
     """The first of the key's `holders` (most likely first) that stays within the bound once it takes the
-    request: its load at most `max_load_factor` × the average load, rounded up (so an idle replica always
-    qualifies). A replica's load is its queue or its `active` conversations, whichever is more; taking the
-    request adds one to its queue, not to its conversations (a holder counts this one already). With no holder
-    within the bound (a new conversation, or one whose holders are all past it): the least loaded replica, then
-    the shortest queue. The key's ranking breaks ties."""
+    request: at most `max_load_factor` × the average, rounded up (so an idle replica always qualifies),
+    measured in loads, or in queues when another request of the key is in flight (`key_in_flight`: one key
+    sending many at once spreads by its queue). A replica's load is its queue or its `active` conversations,
+    whichever is more; taking the request adds one to its queue, not to its conversations (a holder counts
+    this one already). With no holder within the bound (a new conversation, or one whose holders are all
+    past it): the replica with the least work in sight, its queue plus its active conversations, then the
+    shortest queue. The key's ranking breaks ties."""
 
     def queue(replica: str) -> int:
         return queue_lengths.get(replica, 0)
 
     def load(replica: str) -> int:
-        return max(queue(replica), active.get(replica, 0))
+        return queue(replica) if key_in_flight else max(queue(replica), active.get(replica, 0))
+
+    def taken(replica: str) -> int:
+        return queue(replica) + 1 if key_in_flight else max(queue(replica) + 1, active.get(replica, 0))
 
     total = sum(load(replica) for replica in ranked)
     for replica in holders:
         if replica not in ranked:  # a replica that left holds nothing
             continue
-        taken = max(queue(replica) + 1, active.get(replica, 0))
-        if taken <= math.ceil(max_load_factor * (total - load(replica) + taken) / len(ranked)):
+        if taken(replica) <= math.ceil(max_load_factor * (total - load(replica) + taken(replica)) / len(ranked)):
             return replica
-    return min(ranked, key=lambda replica: (load(replica), queue(replica)))  # the first of equals: rank decides
+    # The sum, not the larger: requests without a conversation (a one-off chat has a key of its own) count as
+    # active for a while and would otherwise hide a replica's long queue.
+    return min(ranked, key=lambda replica: (queue(replica) + active.get(replica, 0), queue(replica)))
+
+
+class InFlight:
+    """Which requests of each key are in flight: added when routed, removed when they complete. At most
+    `capacity` requests are tracked (the oldest is forgotten first), so one whose completion never comes
+    cannot grow the table."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._key_of: OrderedDict[str, bytes] = OrderedDict()
+        self._requests: dict[bytes, set[str]] = {}
+
+    def add(self, key: bytes, request_id: str) -> None:
+        if request_id in self._key_of:  # routed again (a retry): still one request
+            return
+        self._key_of[request_id] = key
+        self._requests.setdefault(key, set()).add(request_id)
+        if len(self._key_of) > self._capacity:
+            self.remove(next(iter(self._key_of)))
+
+    def remove(self, request_id: str) -> None:
+        key = self._key_of.pop(request_id, None)
+        if key is not None:
+            self._requests[key].discard(request_id)
+            if not self._requests[key]:
+                del self._requests[key]
+
+    def others(self, key: bytes, request_id: str) -> int:
+        """How many requests of `key` other than `request_id` are in flight."""
+        requests = self._requests.get(key, set())
+        return len(requests) - (request_id in requests)
 
 
 class LatestKeys(Generic[V]):

@@ -144,3 +144,27 @@ def test_a_new_conversation_goes_to_the_replica_reporting_the_fewest_active_conv
         for replica, active in zip(replicas, [3, 0, 2], strict=True):
             replica.routing_stats = {ACTIVE_STAT: active}
         assert _sent_one_by_one(replicas, [_opening(task)]) == [["b"]]
+
+
+def test_a_key_sending_many_requests_at_once_spills_by_its_queue_and_its_completed_requests_do_not_count() -> None:
+    """Both replicas report four active conversations, and one of them has three requests queued. If they are
+    this key's, still running, the key's next request goes to the other replica (by the queues its holder has
+    had its share); if they completed, as Serve reports, and the queue is other conversations' turns, the next
+    request is this conversation's next turn and stays (by the conversations its holder may take six)."""
+    turn = _opening("Summarize this document")
+
+    async def route(completed: bool) -> list[str]:
+        router = _router(*[StandInReplica(i, routing_stats={ACTIVE_STAT: 4}) for i in ["a", "b"]])
+        chosen = []
+        for number in range(4):
+            replica = await router._choose_replica_for_request(_call(f"request-{number}", turn))
+            router.on_send_request(replica.replica_id)  # Serve's queue length: 1, 2, 3 (not decremented here)
+            if completed:
+                router.on_request_completed(replica.replica_id, f"request-{number}")
+            chosen.append(replica.replica_id.unique_id)
+        return chosen
+
+    running = asyncio.run(asyncio.wait_for(route(completed=False), HUNG_AFTER_S))
+    home = running[0]
+    assert running == [home, home, home, ({"a", "b"} - {home}).pop()]
+    assert asyncio.run(asyncio.wait_for(route(completed=True), HUNG_AFTER_S)) == [home] * 4

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from serve_app.prefix_routing import LatestKeys, affinity_key, choose, ranking
+from serve_app.prefix_routing import InFlight, LatestKeys, affinity_key, choose, ranking
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.completions import CompletionRequest
 from serve_app.protocol.embeddings import EmbeddingRequest
@@ -137,8 +137,8 @@ def test_a_new_conversation_goes_to_the_least_loaded_replica_its_active_conversa
     # A replica's load is its queue when that is more: b's 3 queued requests count, for all its quiet.
     assert choose(ranked, {"a": 1, "b": 3, "c": 0}, [], 1.5, {"a": 2, "b": 0, "c": 1}) == "c"
     # Loads 9 (8 queued + this request), 3 and 2 = 14; bound ceil(1.5 * 14 / 3) = 7: the holder a is past it, and
-    # the conversation goes to the least loaded replica, not to the shortest queue (b: 3 conversations active).
-    assert choose(ranked, {"a": 8, "b": 0, "c": 2}, ["a"], 1.5, {"a": 1, "b": 3, "c": 1}) == "c"
+    # the conversation goes where the least work is in sight, not to the shortest queue (b: 3 conversations).
+    assert choose(ranked, {"a": 8, "b": 0, "c": 2}, ["a"], 1.5, {"a": 1, "b": 3, "c": 0}) == "c"
 
 
 def test_a_burst_of_turns_does_not_move_a_conversation_to_a_replica_holding_as_many() -> None:
@@ -148,6 +148,20 @@ def test_a_burst_of_turns_does_not_move_a_conversation_to_a_replica_holding_as_m
     assert choose(["b", "a"], {"a": 3, "b": 0}, ["a"], 1.5, {"a": 4, "b": 4}) == "a"
     # Conversations past their share on a (a replica joined, say) move to b until a is within the bound.
     assert choose(["b", "a"], {"a": 1, "b": 0}, ["a"], 1.5, {"a": 8, "b": 0}) == "b"
+
+
+def test_a_key_with_requests_in_flight_spreads_by_the_queues() -> None:
+    """Many requests of one key at once (a batch sharing a prompt's opening) are no agent's turns: counted by
+    the conversations, a's share would allow 6; by the queues, its fourth request goes to b."""
+    assert choose(["b", "a"], {"a": 3, "b": 0}, ["a"], 1.5, {"a": 4, "b": 4}, key_in_flight=True) == "b"
+    assert choose(["b", "a"], {"a": 2, "b": 0}, ["a"], 1.5, {"a": 4, "b": 4}, key_in_flight=True) == "a"
+
+
+def test_one_off_requests_counted_as_active_do_not_hide_a_long_queue() -> None:
+    """An endpoint of one-off chats: each has a key of its own and counts as active for a while, ~300 on each
+    replica. A new one goes where the queue plus the conversations is least, not to the replica with one
+    conversation fewer and a queue 48 longer."""
+    assert choose(["a", "b"], {"a": 50, "b": 2}, [], 1.5, {"a": 300, "b": 301}) == "b"
 
 
 def test_conversations_that_start_while_the_queues_are_empty_split_evenly() -> None:
@@ -168,6 +182,24 @@ def test_the_latest_keys_stay_and_the_one_used_longest_ago_leaves() -> None:
     assert latest.get(b"first") == "c"
     assert latest.get(b"second") is None
     assert latest.keys() == frozenset({b"first", b"third"})
+
+
+def test_requests_in_flight_are_counted_by_key_until_they_complete() -> None:
+    in_flight = InFlight(capacity=3)
+    in_flight.add(b"k", "r1")
+    in_flight.add(b"k", "r1")  # routed again (a retry): one request
+    assert in_flight.others(b"k", "r1") == 0
+    assert in_flight.others(b"k", "r2") == 1
+    in_flight.add(b"k", "r2")
+    in_flight.add(b"other", "r3")
+    assert in_flight.others(b"k", "r3") == 2
+    in_flight.remove("r1")
+    in_flight.remove("never-routed")
+    assert in_flight.others(b"k", "r9") == 1
+    in_flight.add(b"x", "r4")
+    in_flight.add(b"x", "r5")  # past the capacity: the oldest (r2) is forgotten
+    assert in_flight.others(b"k", "r9") == 0
+    assert in_flight.others(b"x", "r9") == 2
 
 
 def test_the_keys_used_since_a_moment_are_the_newest_ones() -> None:
