@@ -74,7 +74,7 @@ class LLMServer:
         self._watch = asyncio.create_task(self._leave_when_the_engine_dies())
         # The affinity keys of the latest requests, reported to the prefix-affinity routers (docs/routing.md).
         prefix_affinity = model.routing.router == "prefix_affinity"
-        self._held: LatestKeys[None] | None = LatestKeys(HELD_KEYS) if prefix_affinity else None
+        self._held: LatestKeys[None] | None = LatestKeys(HELD_KEYS, ACTIVE_WINDOW_S) if prefix_affinity else None
 
     async def _leave_when_the_engine_dies(self) -> None:
         """A dead EngineCore does not come back, and until the next health check Serve would go on routing
@@ -175,7 +175,7 @@ class LLMServer:
         router of this deployment (`deployments/prefix_router.py`)."""
         if self._held is None:
             return {}
-        active = len(self._held.since(time.monotonic() - ACTIVE_WINDOW_S))
+        active = sum(self._held.recent(time.monotonic()).values())
         return {HELD_KEYS_STAT: self._held.keys(), ACTIVE_STAT: active}
 
     def record_autoscaling_stats(self) -> dict[str, float]:

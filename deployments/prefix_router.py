@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 
 from ray.serve._private.common import ReplicaID, RequestMetadata
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
@@ -38,7 +37,7 @@ class PrefixAffinityRouter(RequestRouter):
 
     def initialize_state(self, max_load_factor: float = 1.5) -> None:  # type: ignore[override]
         self._max_load_factor = max_load_factor
-        self._placed: LatestKeys[str] = LatestKeys(PLACED_KEYS)
+        self._placed: LatestKeys[str] = LatestKeys(PLACED_KEYS, ACTIVE_WINDOW_S)
         self._in_flight = InFlight(IN_FLIGHT_REQUESTS)
 
     async def choose_replicas(
@@ -102,11 +101,11 @@ class PrefixAffinityRouter(RequestRouter):
     def _active(self, replicas: list[RunningReplica]) -> dict[str, int]:
         """Each replica's active conversations: those this router sent there lately (known at once) or, when
         more, those the replica reports (the other routers' too, a reporting period late)."""
-        placed = Counter(self._placed.since(time.monotonic() - ACTIVE_WINDOW_S))
+        placed = self._placed.recent(time.monotonic())
         active = {}
         for replica in replicas:
             replica_id = replica.replica_id.unique_id
-            active[replica_id] = max(placed[replica_id], replica.routing_stats.get(ACTIVE_STAT, 0))
+            active[replica_id] = max(placed.get(replica_id, 0), replica.routing_stats.get(ACTIVE_STAT, 0))
         return active
 
     @staticmethod

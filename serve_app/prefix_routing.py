@@ -37,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Generic, TypeVar
 
@@ -180,32 +180,58 @@ class InFlight:
 
 class LatestKeys(Generic[V]):
     """The affinity keys of the latest requests, each with a value (where it went) and when, at most `capacity`
-    of them: the key used longest ago leaves first."""
+    of them: the key used longest ago leaves first. It counts, by value, the keys used in the last `window_s`
+    as they come and go, so a router asks for its replicas' active conversations in constant time, however
+    many one-off chats it placed (walking them took 1.2 ms a request at 12k in the window). Moments passed in
+    never go back (`time.monotonic()`)."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, window_s: float) -> None:
         self._capacity = capacity
+        self._window_s = window_s
         self._values: OrderedDict[bytes, tuple[V, float]] = OrderedDict()
+        # The keys used within the window, oldest first (a suffix of `_values`), and how many went to each value.
+        self._recent: OrderedDict[bytes, None] = OrderedDict()
+        self._recent_counts: Counter[V] = Counter()
 
     def note(self, key: bytes, value: V, now: float) -> None:
+        if key in self._recent:
+            self._uncount(self._values[key][0])
         self._values[key] = (value, now)
         self._values.move_to_end(key)
+        self._recent[key] = None
+        self._recent.move_to_end(key)
+        self._recent_counts[value] += 1
         if len(self._values) > self._capacity:
-            self._values.popitem(last=False)
+            oldest, (oldest_value, _) = self._values.popitem(last=False)
+            if oldest in self._recent:
+                del self._recent[oldest]
+                self._uncount(oldest_value)
+        self._leave_window(now)
 
     def get(self, key: bytes) -> V | None:
         noted = self._values.get(key)
         return None if noted is None else noted[0]
 
-    def since(self, moment: float) -> list[V]:
-        """The values of the keys used at `moment` or later, newest first: as many steps as there are."""
-        values = []
-        for value, noted_at in reversed(self._values.values()):
-            if noted_at < moment:
-                break
-            values.append(value)
-        return values
+    def recent(self, now: float) -> dict[V, int]:
+        """How many of the keys used in the window ending `now` went to each value (where each went last)."""
+        self._leave_window(now)
+        return dict(self._recent_counts)
 
     def keys(self) -> frozenset[bytes]:
         """A set, not a list: Serve broadcasts a replica's routing stats when they change, and a conversation
         coming back changes the order, not what the replica holds."""
         return frozenset(self._values)
+
+    def _leave_window(self, now: float) -> None:
+        while self._recent:
+            oldest = next(iter(self._recent))
+            value, noted_at = self._values[oldest]
+            if noted_at >= now - self._window_s:
+                return
+            del self._recent[oldest]
+            self._uncount(value)
+
+    def _uncount(self, value: V) -> None:
+        self._recent_counts[value] -= 1
+        if not self._recent_counts[value]:
+            del self._recent_counts[value]

@@ -174,7 +174,7 @@ def test_conversations_that_start_while_the_queues_are_empty_split_evenly() -> N
 
 
 def test_the_latest_keys_stay_and_the_one_used_longest_ago_leaves() -> None:
-    latest: LatestKeys[str] = LatestKeys(2)
+    latest: LatestKeys[str] = LatestKeys(2, window_s=100.0)
     latest.note(b"first", "a", 1.0)
     latest.note(b"second", "b", 2.0)
     latest.note(b"first", "c", 3.0)  # used again: now the newest, and placed elsewhere
@@ -202,10 +202,21 @@ def test_requests_in_flight_are_counted_by_key_until_they_complete() -> None:
     assert in_flight.others(b"x", "r9") == 2
 
 
-def test_the_keys_used_since_a_moment_are_the_newest_ones() -> None:
-    latest: LatestKeys[str] = LatestKeys(10)
+def test_the_keys_used_within_the_window_are_counted_where_they_went_last() -> None:
+    latest: LatestKeys[str] = LatestKeys(10, window_s=2.0)
     for moment, (key, replica) in enumerate([(b"k1", "a"), (b"k2", "b"), (b"k3", "a"), (b"k1", "b")]):
         latest.note(key, replica, float(moment))
-    assert latest.since(2.0) == ["b", "a"]  # k1 again (now on b), k3
-    assert latest.since(0.0) == ["b", "a", "b"]  # k1 counts once, where it went last
-    assert latest.since(9.0) == []
+    assert latest.recent(3.0) == {"a": 1, "b": 2}  # k1 once, where it went last (b); k2, k3
+    assert latest.recent(4.0) == {"a": 1, "b": 1}  # k2 left the window
+    latest.note(b"k3", "b", 4.5)  # k3 moved to b: counted there only
+    assert latest.recent(5.0) == {"b": 2}
+    assert latest.recent(9.0) == {}
+    assert latest.get(b"k2") == "b"  # out of the window, still remembered
+
+
+def test_a_key_pushed_out_by_the_capacity_is_no_longer_counted() -> None:
+    latest: LatestKeys[str] = LatestKeys(2, window_s=100.0)
+    latest.note(b"k1", "a", 1.0)
+    latest.note(b"k2", "a", 2.0)
+    latest.note(b"k3", "b", 3.0)
+    assert latest.recent(4.0) == {"a": 1, "b": 1}
