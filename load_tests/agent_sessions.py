@@ -17,12 +17,13 @@ router's later-turn p50 as a ratio of Serve's default router's. With `--rounds N
 times (a fresh deployment each time) and the table pools every round's turns: on two real replicas the p50
 of one run moves with how the queues happen to line up, by more than the routers differ.
 
-    .venv/bin/python load_tests/agent_sessions.py               # real vLLM: 2 replicas of the embedded model
+    .venv/bin/python load_tests/agent_sessions.py               # real vLLM: 2 replicas of the embedded model, ~30 min
     .venv/bin/python load_tests/agent_sessions.py --simulated   # replay engine: 8 replicas, 64 sessions
 
 Real: two replicas of the embedded model as `configs/local.yaml` serves it (`dtype: auto`) share this machine's
 cores, one OpenMP thread each, so the workload is Cline's shape at a size that finishes in minutes: the
-system prompt with the first `--tools` tool schemas, `--result-lines` of file per tool result. Between turns
+system prompt with the first `--tools` tool schemas, `--result-lines` of file per tool result. The model's
+8,192-token context holds 12 such turns with 3 tool schemas (the default), 5 with all 25. Between turns
 each session waits `--think-s` (±50%), the time its agent runs the tool: with two replicas and none, Serve's
 shortest-queue choice is sticky by accident (a session's turn ends, its replica has the shorter queue, the
 next turn goes there); with it, a turn finds queues that other sessions moved.
@@ -265,10 +266,10 @@ def main() -> None:
     parser.add_argument("--simulated", action="store_true", help="replay engine with the prefix-cache cost model")
     parser.add_argument("--routers", default=",".join(ROUTERS), help="comma-separated, from: " + ", ".join(ROUTERS))
     parser.add_argument("--replicas", type=int, help="engine replicas (default: 2 real, 8 simulated)")
-    parser.add_argument("--sessions", type=int, help="concurrent sessions (default: 4 real, 64 simulated)")
-    parser.add_argument("--turns", type=int, help="turns per session (default: 4 real, 6 simulated)")
+    parser.add_argument("--sessions", type=int, help="concurrent sessions (default: 8 real, 64 simulated)")
+    parser.add_argument("--turns", type=int, help="turns per session (default: 12 real, 6 simulated)")
     parser.add_argument("--tools", type=int, help="Cline's tool schemas sent (default: 3 real, all 25 simulated)")
-    parser.add_argument("--result-lines", type=int, default=60, help="lines of file in each tool result")
+    parser.add_argument("--result-lines", type=int, help="lines of file per tool result (default: 20 real, 60 sim.)")
     parser.add_argument("--answer-tokens", type=int, default=8, help="max_tokens of each answer")
     parser.add_argument("--stagger-s", type=float, help="between session starts (default: 2 real, 0.05 simulated)")
     parser.add_argument("--think-s", type=float, help="tool time between turns, ±50%% (default: 5 real, 0 simulated)")
@@ -276,17 +277,18 @@ def main() -> None:
     parser.add_argument("--max-load-factor", type=float, help="prefix_affinity's bound (default: the config's)")
     parser.add_argument("--max-num-batched-tokens", type=int, help="real: engines' step budget")
     parser.add_argument("--token-ms", type=float, default=20.0, help="simulated: between answer tokens")
-    parser.add_argument("--rounds", type=int, default=1, help="runs of every router, taking turns; turns pooled")
+    parser.add_argument("--rounds", type=int, help="runs of every router, turns pooled (default: 3 real, 1 sim.)")
     parser.add_argument("--turns-json", type=Path, help="also write every turn (router, round, timings) to this file")
     options = parser.parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise, under Ray's logging
     simulated = options.simulated
     options.replicas = options.replicas or (8 if simulated else 2)
+    options.rounds = options.rounds or (1 if simulated else 3)
     workload = Workload(
-        sessions=options.sessions or (64 if simulated else 4),
-        turns=options.turns or (6 if simulated else 4),
+        sessions=options.sessions or (64 if simulated else 8),
+        turns=options.turns or (6 if simulated else 12),
         tools=options.tools if options.tools is not None else (25 if simulated else 3),
-        result_lines=options.result_lines,
+        result_lines=options.result_lines or (60 if simulated else 20),
         answer_tokens=options.answer_tokens,
         stagger_s=options.stagger_s if options.stagger_s is not None else (0.05 if simulated else 2.0),
         think_s=options.think_s if options.think_s is not None else (0.0 if simulated else 5.0),
