@@ -73,8 +73,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replicas", type=int, default=8)
     options = parser.parse_args()
-    body = json.loads((reference_dir() / "client-requests" / "cline-3.0.65-tool-result-turn.json").read_text())
-    request = ChatCompletionRequest.model_validate(body.get("body", body))
+    capture = reference_dir() / "client-requests" / "cline-3.0.65-tool-result-turn.json"
+    request = ChatCompletionRequest.model_validate(json.loads(capture.read_text())["body"])
     replicas = [f"replica-{index}" for index in range(options.replicas)]
     print(f"{options.replicas} replicas, {PLACED_KEYS} keys remembered; milliseconds per request")
     print("| placed in the window | affinity key | ranking | active conversations | choice | note | total |")
