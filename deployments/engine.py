@@ -170,9 +170,11 @@ class LLMServer:
     def model_info(self) -> dict[str, Any]:
         return self._service.model_info()
 
-    def record_routing_stats(self) -> dict[str, Any]:
+    async def record_routing_stats(self) -> dict[str, Any]:
         """Serve calls this on each replica every `HELD_KEYS_REPORT_PERIOD_S` and hands what changed to every
-        router of this deployment (`deployments/prefix_router.py`)."""
+        router of this deployment (`deployments/prefix_router.py`). Async so that it runs on the replica's event
+        loop, where `_planned` notes the keys, also when Serve runs sync methods in a thread pool
+        (`RAY_SERVE_RUN_SYNC_IN_THREADPOOL`): `LatestKeys` is not thread-safe."""
         if self._held is None:
             return {}
         active = sum(self._held.recent(time.monotonic()).values())
