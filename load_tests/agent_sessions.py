@@ -152,7 +152,8 @@ class Workload:
         }
 
 
-async def _turn(client: httpx.AsyncClient, body: dict[str, Any], result: Turn) -> None:
+async def send_turn(client: httpx.AsyncClient, body: dict[str, Any], result: Turn) -> None:
+    """One streamed turn, timed into `result`: its time to first token, its usage, or its error."""
     started = time.monotonic()
     try:
         async with client.stream("POST", "/chat/completions", json=body) as response:
@@ -189,7 +190,7 @@ async def _session(
             await asyncio.sleep(workload.think_s * rng.uniform(0.5, 1.5))
             messages += workload.exchange(session, turn)
         result = Turn(session, turn, sent_s=time.monotonic() - run_started)
-        await _turn(client, workload.body(model, messages), result)
+        await send_turn(client, workload.body(model, messages), result)
         results.append(result)
     return results
 
@@ -255,6 +256,8 @@ def _model(options: argparse.Namespace, router: str, script: Path) -> dict[str, 
         model["deployment"] = {"num_replicas": options.replicas, "num_cpus": 0}
         if options.max_num_batched_tokens is not None:
             model["engine_args"]["max_num_batched_tokens"] = options.max_num_batched_tokens
+        if options.long_prefill_token_threshold is not None:
+            model["engine_args"]["long_prefill_token_threshold"] = options.long_prefill_token_threshold
     model["routing"] = {"router": ROUTERS[router]}
     if router == "prefix_affinity" and options.max_load_factor is not None:
         model["routing"]["max_load_factor"] = options.max_load_factor
@@ -276,6 +279,7 @@ def main() -> None:
     parser.add_argument("--prefill-ms-per-token", type=float, default=1.0, help="simulated: uncached prompt token")
     parser.add_argument("--max-load-factor", type=float, help="prefix_affinity's bound (default: the config's)")
     parser.add_argument("--max-num-batched-tokens", type=int, help="real: engines' step budget")
+    parser.add_argument("--long-prefill-token-threshold", type=int, help="real: a prompt's share of a step at most")
     parser.add_argument("--token-ms", type=float, default=20.0, help="simulated: between answer tokens")
     parser.add_argument("--rounds", type=int, help="runs of every router, turns pooled (default: 3 real, 1 sim.)")
     parser.add_argument("--turns-json", type=Path, help="also write every turn (router, round, timings) to this file")

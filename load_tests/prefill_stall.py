@@ -1,15 +1,23 @@
-"""How long do running streams stall while a long prompt is prefilled, per engine step budget? (issue #22)
+"""What waits while a long prompt is prefilled, per engine step budget and prefill cap? (issue #22)
 
-vLLM computes a long prompt in chunks of at most `max_num_batched_tokens` tokens a step, and the streams it is
-decoding get their next token only when a step ends: on a CPU a 2048-token chunk of the embedded model is
-seconds of compute, so every running answer freezes that long, chunk after chunk, while an agent's first turn
-arrives. This serves the embedded model as `configs/local.yaml` does (one replica), once per `--budgets`
-value on a fresh deployment, side by side in one run: `--streams` streams keep decoding (each asks for
-`--answer-tokens` tokens, then again), while Cline's captured first turn (~5,700 tokens, made uncached by a
-number at its start) arrives `--prompts` times, one after the other with `--gap-s` between. It prints, per
-budget, the streams' inter-token latency (p50, p99, max) and the arriving prompts' time to first token.
+vLLM computes a long prompt in chunks of at most `max_num_batched_tokens` tokens a step. Two things wait for
+those steps. The streams it is decoding get their next token only when a step ends: on a CPU a 2048-token
+chunk of the embedded model is seconds of compute, so every running answer freezes that long, chunk after
+chunk. And a running conversation's next turn that arrives meanwhile (a few hundred new tokens, its history
+cached) is computed after the whole long prompt, unless `long_prefill_token_threshold` caps the long
+prompt's share of each step.
 
-    .venv/bin/python load_tests/prefill_stall.py                   # budgets 2048 (vLLM's on a CPU) and 512
+This serves the embedded model as `configs/local.yaml` does (one replica), once per `--engines` entry on a
+fresh deployment, side by side in one run. `--streams` streams keep decoding (each asks for
+`--answer-tokens` tokens, then again), and `--later-turns` agent conversations (Cline's system prompt and
+tool schemas, a task each) have their openings computed. Then Cline's captured first turn (~5,700 tokens,
+made uncached by a number at its start) arrives `--prompts` times, one after the other with `--gap-s`
+between; while each is computed, every conversation sends its next turn (a tool call and a 20-line file as
+its result), `--turn-every-s` apart. Last, two first turns arrive together (0.2 s apart), `--pairs` times:
+what a cap costs prompts of the same size. It prints, per engine, the streams' inter-token latency (p50,
+p99, max), the first turns' time to first token, the later turns', and the two together's.
+
+    .venv/bin/python load_tests/prefill_stall.py         # engines 2048 (vLLM's budget on a CPU), 512, 512/256
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import json
 import logging
 import statistics
 import sys
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +38,50 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from load_tests.agent_sessions import Turn, Workload, send_turn  # noqa: E402
 from load_tests.local_serve import local_serve  # noqa: E402
 from load_tests.percentiles import percentile  # noqa: E402
 from load_tests.timed_stream import record_token_gaps  # noqa: E402
 from tests.openai_spec import reference_dir  # noqa: E402
 
 APP = "prefill-stall"
+ALL_CLINE_TOOLS = 25
+RESULT_LINES = 20
+LATER_TURN_TOKENS = 8  # max_tokens of a later turn: its time to first token is what is measured
+PAIR_OFFSET_S = 0.2  # the second of two first turns sent together comes this much later: the order is known
 
 
-def _embedded_model(budget: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class EngineSteps:
+    """An `--engines` entry: `budget` or `budget/threshold`."""
+
+    budget: int
+    threshold: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> EngineSteps:
+        budget, _, threshold = text.partition("/")
+        return cls(int(budget), int(threshold) if threshold else None)
+
+    def __str__(self) -> str:
+        return f"{self.budget}" if self.threshold is None else f"{self.budget} / {self.threshold}"
+
+
+@dataclass
+class Measured:
+    gaps: list[float] = field(default_factory=list)  # the decoding streams' inter-token latencies
+    first_turns: list[float] = field(default_factory=list)  # the long prompts' times to first token
+    later_turns: list[Turn] = field(default_factory=list)
+    pairs: list[tuple[float, float]] = field(default_factory=list)  # two first turns sent together
+
+
+def _embedded_model(steps: EngineSteps) -> dict[str, Any]:
     config = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
     model: dict[str, Any] = config["applications"][0]["args"]["models"][0]
-    model["engine_args"]["max_num_batched_tokens"] = budget
+    model["engine_args"]["max_num_batched_tokens"] = steps.budget
+    model["engine_args"].pop("long_prefill_token_threshold", None)
+    if steps.threshold is not None:
+        model["engine_args"]["long_prefill_token_threshold"] = steps.threshold
     return model
 
 
@@ -72,44 +112,80 @@ async def _keep_streaming(
             await record_token_gaps(response, gaps)
 
 
-async def _first_token_s(client: httpx.AsyncClient, body: dict[str, Any]) -> float:
-    started = time.monotonic()
-    async with client.stream("POST", "/chat/completions", json=body) as response:
-        assert response.status_code == 200, await response.aread()
-        async for line in response.aiter_lines():
-            if line.startswith("data: {") and json.loads(line.removeprefix("data: "))["choices"]:
-                return time.monotonic() - started
-    raise AssertionError("the stream ended without a token")
+async def _timed(client: httpx.AsyncClient, body: dict[str, Any], result: Turn, delay_s: float = 0.0) -> Turn:
+    await asyncio.sleep(delay_s)
+    await send_turn(client, body, result)
+    assert result.error is None and result.ttft_s is not None, result.error
+    return result
 
 
-async def _measure(
-    base_url: str, model: str, options: argparse.Namespace, first: int
-) -> tuple[list[float], list[float]]:
-    """The streams' inter-token gaps while the prompts arrive, and the prompts' times to first token."""
-    gaps: list[float] = []
-    first_tokens: list[float] = []
+async def _measure(base_url: str, model: str, options: argparse.Namespace, first: int) -> Measured:
+    measured = Measured()
+    conversations = Workload(
+        sessions=options.later_turns,
+        turns=options.prompts + 1,
+        tools=ALL_CLINE_TOOLS,
+        result_lines=RESULT_LINES,
+        answer_tokens=LATER_TURN_TOKENS,
+        stagger_s=0.0,
+        think_s=0.0,
+    )
+    histories = [conversations.opening(session) for session in range(options.later_turns)]
     stop = asyncio.Event()
     async with httpx.AsyncClient(base_url=base_url, timeout=1800) as client:
+        for session, history in enumerate(histories):  # computed now: the conversations' history is cached
+            await _timed(client, conversations.body(model, history), Turn(session, 0))
         streams = [
-            asyncio.create_task(_keep_streaming(client, model, options.answer_tokens, gaps, stop))
+            asyncio.create_task(_keep_streaming(client, model, options.answer_tokens, measured.gaps, stop))
             for _ in range(options.streams)
         ]
         await asyncio.sleep(options.gap_s)  # the streams are decoding when the first prompt arrives
-        for number in range(first, first + options.prompts):
-            first_tokens.append(await _first_token_s(client, _cline_first_turn(model, number)))
+        for turn, number in enumerate(range(first, first + options.prompts), start=1):
+            for session, history in enumerate(histories):
+                history += conversations.exchange(session, turn)
+            first_turn, *later_turns = await asyncio.gather(
+                _timed(client, _cline_first_turn(model, number), Turn(-1, 0)),
+                *(
+                    _timed(
+                        client,
+                        conversations.body(model, history),
+                        Turn(session, turn),
+                        (session + 0.5) * options.turn_every_s,
+                    )
+                    for session, history in enumerate(histories)
+                ),
+            )
+            measured.first_turns.append(first_turn.ttft_s or 0.0)
+            measured.later_turns += later_turns
+            await asyncio.sleep(options.gap_s)
+        number = first + options.prompts
+        for _ in range(options.pairs):  # what sharing steps costs: the first of the two waits for the second
+            pair = await asyncio.gather(
+                _timed(client, _cline_first_turn(model, number), Turn(-1, 0)),
+                _timed(client, _cline_first_turn(model, number + 1), Turn(-1, 0), PAIR_OFFSET_S),
+            )
+            measured.pairs.append((pair[0].ttft_s or 0.0, pair[1].ttft_s or 0.0))
+            number += 2
             await asyncio.sleep(options.gap_s)
         stop.set()
         await asyncio.gather(*streams)
-    return gaps, first_tokens
+    return measured
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budgets", default="2048,512", help="comma-separated max_num_batched_tokens to compare")
+    parser.add_argument(
+        "--engines",
+        default="2048,512,512/256",
+        help="comma-separated engines to compare: max_num_batched_tokens[/long_prefill_token_threshold]",
+    )
     parser.add_argument("--streams", type=int, default=4, help="answers decoding meanwhile")
     parser.add_argument("--answer-tokens", type=int, default=64, help="max_tokens of each streamed answer")
+    parser.add_argument("--later-turns", type=int, default=4, help="conversations sending a turn meanwhile")
+    parser.add_argument("--turn-every-s", type=float, default=2.0, help="between those turns")
     parser.add_argument("--prompts", type=int, default=3, help="Cline first turns arriving, one after the other")
     parser.add_argument("--gap-s", type=float, default=3.0, help="between one prompt's first token and the next")
+    parser.add_argument("--pairs", type=int, default=1, help="then two first turns sent together, this many times")
     options = parser.parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)
     from ray import serve
@@ -119,23 +195,34 @@ def main() -> None:
     rows = []
     with local_serve("agent-serve-prefill-stall") as port:
         base_url = f"http://127.0.0.1:{port}/v1"
-        for index, budget in enumerate(int(b) for b in options.budgets.split(",")):
-            model = _embedded_model(budget)
-            print(f"==> max_num_batched_tokens {budget}: starting the embedded model", flush=True)
+        for index, steps in enumerate(EngineSteps.parse(entry) for entry in options.engines.split(",")):
+            model = _embedded_model(steps)
+            print(f"==> max_num_batched_tokens / long_prefill_token_threshold {steps}: starting", flush=True)
             serve.run(build_app({"models": [model]}), name=APP, route_prefix="/")
-            gaps, first_tokens = asyncio.run(_measure(base_url, model["id"], options, index * options.prompts))
+            measured = asyncio.run(
+                _measure(base_url, model["id"], options, index * (options.prompts + 2 * options.pairs))
+            )
             serve.delete(APP)
-            rows.append((budget, gaps, first_tokens))
+            rows.append((steps, measured))
     print(
-        f"\n{options.streams} streams of the embedded model decoding while Cline's first turn (uncached) arrives "
-        f"{options.prompts} times, {options.gap_s:g} s apart; one replica per step budget"
+        f"\nOne replica of the embedded model: {options.streams} streams decoding while Cline's first turn "
+        f"(uncached) arrives {options.prompts} times, {options.gap_s:g} s apart, and during each, "
+        f"{options.later_turns} conversations' next turns, {options.turn_every_s:g} s apart; then two first "
+        f"turns together, {options.pairs} times"
     )
-    print(f"{'max_num_batched_tokens':<24}{'ITL p50 ms':>11}{'p99 ms':>9}{'max ms':>9}{'prompt TTFT s':>15}")
-    for budget, gaps, first_tokens in rows:
+    print(
+        f"{'budget / threshold':<20}{'ITL p50 ms':>11}{'p99 ms':>9}{'max ms':>9}"
+        f"{'first turn TTFT s':>19}{'later turns p50 s':>19}{'max s':>7}{'two together s':>16}   (first turns)"
+    )
+    for steps, measured in rows:
+        later = [turn.ttft_s or 0.0 for turn in measured.later_turns]
+        gaps = measured.gaps
         print(
-            f"{budget:<24}{1000 * percentile(gaps, 0.5):>11.1f}{1000 * percentile(gaps, 0.99):>9.1f}"
-            f"{1000 * max(gaps):>9.1f}{statistics.median(first_tokens):>15.2f}"
-            f"   ({', '.join(f'{s:.2f}' for s in first_tokens)})"
+            f"{steps!s:<20}{1000 * percentile(gaps, 0.5):>11.1f}{1000 * percentile(gaps, 0.99):>9.1f}"
+            f"{1000 * max(gaps):>9.1f}{statistics.median(measured.first_turns):>19.2f}"
+            f"{percentile(later, 0.5) if later else float('nan'):>19.2f}{max(later, default=float('nan')):>7.2f}"
+            f"{'; '.join(f'{a:.2f} / {b:.2f}' for a, b in measured.pairs):>16}"
+            f"   ({', '.join(f'{s:.2f}' for s in measured.first_turns)})"
         )
 
 

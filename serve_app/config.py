@@ -148,6 +148,17 @@ class VLLMEngineArgs(StrictModel):
             "(2048 on a CPU)."
         ),
     )
+    long_prefill_token_threshold: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "A prompt's share of one engine step at most, while other requests run or wait. Unset, a long uncached "
+            "prompt (a new agent session's first turn) takes whole steps until it is computed, and the next turns "
+            "of the conversations already on the replica wait for all of it; set (half the step budget, say), they "
+            "are computed beside it, and the long prompt takes longer. Below `max_num_batched_tokens`. None: "
+            "vLLM's (no cap)."
+        ),
+    )
     stall_timeout_s: float | None = Field(
         120,
         gt=0,
@@ -169,6 +180,16 @@ class VLLMEngineArgs(StrictModel):
     @property
     def world_size(self) -> int:
         return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    @model_validator(mode="after")
+    def _threshold_below_the_budget(self) -> VLLMEngineArgs:
+        threshold, budget = self.long_prefill_token_threshold, self.max_num_batched_tokens
+        if threshold is not None and budget is not None and threshold >= budget:
+            raise ValueError(
+                f"long_prefill_token_threshold ({threshold}) is not below max_num_batched_tokens ({budget}): "
+                "a step never holds more than that, so it would cap nothing"
+            )
+        return self
 
 
 class ReplayEngineArgs(StrictModel):

@@ -93,6 +93,7 @@ class VLLMEngine(Engine):
             "gpu_memory_utilization": args.gpu_memory_utilization,
             "max_num_seqs": args.max_num_seqs,
             "max_num_batched_tokens": args.max_num_batched_tokens,
+            "long_prefill_token_threshold": args.long_prefill_token_threshold,
         }
         kwargs.update({k: v for k, v in optional.items() if v is not None})
         if (self._guard_args is not None or self._closing_args is not None) and self._task == "generate":

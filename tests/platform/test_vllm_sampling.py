@@ -63,3 +63,22 @@ def test_auto_dtype_on_this_cpu_is_the_fastest_here_and_a_named_dtype_is_kept(tm
     expected = fastest_cpu_dtype(read_cpu_flags())[0] if current_platform.is_cpu() else "auto"
     assert dtype("auto") == expected
     assert dtype("bfloat16") == "bfloat16"
+
+
+def test_every_engine_argument_we_name_is_one_of_vllms(tmp_path: Path) -> None:
+    """The engine arguments the config names reach vLLM under vLLM's own names (a renamed one would fail
+    only when an engine starts)."""
+    import dataclasses
+
+    from vllm import AsyncEngineArgs
+
+    every = {
+        "max_model_len": 4096,
+        "max_num_seqs": 8,
+        "max_num_batched_tokens": 512,
+        "long_prefill_token_threshold": 256,
+        "gpu_memory_utilization": 0.8,
+    }
+    kwargs = VLLMEngine(tmp_path, VLLMEngineArgs.model_validate(every), "m").engine_args()
+    assert set(every) <= set(kwargs)
+    assert set(kwargs) <= {field.name for field in dataclasses.fields(AsyncEngineArgs)}

@@ -72,3 +72,13 @@ def test_embeddings_need_the_vllm_engine() -> None:
     model = {"id": "e", "source": "o/e", "task": "embed", "engine": "replay", "replay": {"script": "s.yaml"}}
     with pytest.raises(ConfigError, match="task 'embed' needs engine 'vllm'"):
         parse_app_config({"models": [model]})
+
+
+def test_a_prefill_cap_at_or_above_the_step_budget_is_refused() -> None:
+    """Issue #22: `long_prefill_token_threshold` shares a step only below `max_num_batched_tokens`."""
+    engine_args = {"max_num_batched_tokens": 512, "long_prefill_token_threshold": 512}
+    with pytest.raises(ConfigError, match=re.escape("long_prefill_token_threshold (512) is not below")):
+        parse_app_config({"models": [{"id": "m", "source": "o/m", "engine_args": engine_args}]})
+    engine_args["long_prefill_token_threshold"] = 256
+    model = parse_app_config({"models": [{"id": "m", "source": "o/m", "engine_args": engine_args}]}).models[0]
+    assert model.engine_args.long_prefill_token_threshold == 256
