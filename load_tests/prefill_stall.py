@@ -48,6 +48,8 @@ APP = "prefill-stall"
 ALL_CLINE_TOOLS = 25
 RESULT_LINES = 20
 LATER_TURN_TOKENS = 8  # max_tokens of a later turn: its time to first token is what is measured
+# Each first turn adds a turn (~400 tokens) to every conversation's ~5.8k-token history: 4 fit in 8,192 tokens.
+MAX_PROMPTS_WITH_LATER_TURNS = 4
 PAIR_OFFSET_S = 0.2  # the second of two first turns sent together comes this much later: the order is known
 
 
@@ -71,7 +73,7 @@ class EngineSteps:
 class Measured:
     gaps: list[float] = field(default_factory=list)  # the decoding streams' inter-token latencies
     first_turns: list[float] = field(default_factory=list)  # the long prompts' times to first token
-    later_turns: list[Turn] = field(default_factory=list)
+    later_turns: list[float] = field(default_factory=list)  # the running conversations' next turns'
     pairs: list[tuple[float, float]] = field(default_factory=list)  # two first turns sent together
 
 
@@ -112,11 +114,14 @@ async def _keep_streaming(
             await record_token_gaps(response, gaps)
 
 
-async def _timed(client: httpx.AsyncClient, body: dict[str, Any], result: Turn, delay_s: float = 0.0) -> Turn:
+async def _first_token_s(client: httpx.AsyncClient, body: dict[str, Any], delay_s: float = 0.0) -> float:
+    """Sent `delay_s` from now: its time to first token. A failed turn ends the run: its figures would lie."""
     await asyncio.sleep(delay_s)
-    await send_turn(client, body, result)
-    assert result.error is None and result.ttft_s is not None, result.error
-    return result
+    turn = Turn(session=-1, turn=-1)  # only its timing is read
+    await send_turn(client, body, turn)
+    if turn.error is not None or turn.ttft_s is None:
+        raise RuntimeError(f"a turn failed: {turn.error or 'no token'}")
+    return turn.ttft_s
 
 
 async def _measure(base_url: str, model: str, options: argparse.Namespace, first: int) -> Measured:
@@ -133,8 +138,8 @@ async def _measure(base_url: str, model: str, options: argparse.Namespace, first
     histories = [conversations.opening(session) for session in range(options.later_turns)]
     stop = asyncio.Event()
     async with httpx.AsyncClient(base_url=base_url, timeout=1800) as client:
-        for session, history in enumerate(histories):  # computed now: the conversations' history is cached
-            await _timed(client, conversations.body(model, history), Turn(session, 0))
+        for history in histories:  # computed now: the conversations' history is cached
+            await _first_token_s(client, conversations.body(model, history))
         streams = [
             asyncio.create_task(_keep_streaming(client, model, options.answer_tokens, measured.gaps, stop))
             for _ in range(options.streams)
@@ -144,27 +149,22 @@ async def _measure(base_url: str, model: str, options: argparse.Namespace, first
             for session, history in enumerate(histories):
                 history += conversations.exchange(session, turn)
             first_turn, *later_turns = await asyncio.gather(
-                _timed(client, _cline_first_turn(model, number), Turn(-1, 0)),
+                _first_token_s(client, _cline_first_turn(model, number)),
                 *(
-                    _timed(
-                        client,
-                        conversations.body(model, history),
-                        Turn(session, turn),
-                        (session + 0.5) * options.turn_every_s,
-                    )
+                    _first_token_s(client, conversations.body(model, history), (session + 0.5) * options.turn_every_s)
                     for session, history in enumerate(histories)
                 ),
             )
-            measured.first_turns.append(first_turn.ttft_s or 0.0)
+            measured.first_turns.append(first_turn)
             measured.later_turns += later_turns
             await asyncio.sleep(options.gap_s)
         number = first + options.prompts
         for _ in range(options.pairs):  # what sharing steps costs: the first of the two waits for the second
             pair = await asyncio.gather(
-                _timed(client, _cline_first_turn(model, number), Turn(-1, 0)),
-                _timed(client, _cline_first_turn(model, number + 1), Turn(-1, 0), PAIR_OFFSET_S),
+                _first_token_s(client, _cline_first_turn(model, number)),
+                _first_token_s(client, _cline_first_turn(model, number + 1), PAIR_OFFSET_S),
             )
-            measured.pairs.append((pair[0].ttft_s or 0.0, pair[1].ttft_s or 0.0))
+            measured.pairs.append((pair[0], pair[1]))
             number += 2
             await asyncio.sleep(options.gap_s)
         stop.set()
@@ -183,10 +183,17 @@ def main() -> None:
     parser.add_argument("--answer-tokens", type=int, default=64, help="max_tokens of each streamed answer")
     parser.add_argument("--later-turns", type=int, default=4, help="conversations sending a turn meanwhile")
     parser.add_argument("--turn-every-s", type=float, default=2.0, help="between those turns")
-    parser.add_argument("--prompts", type=int, default=3, help="Cline first turns arriving, one after the other")
+    parser.add_argument(
+        "--prompts",
+        type=int,
+        default=3,
+        help="Cline first turns arriving, one after the other (at most 4 with later turns)",
+    )
     parser.add_argument("--gap-s", type=float, default=3.0, help="between one prompt's first token and the next")
     parser.add_argument("--pairs", type=int, default=1, help="then two first turns sent together, this many times")
     options = parser.parse_args()
+    if options.later_turns and options.prompts > MAX_PROMPTS_WITH_LATER_TURNS:
+        parser.error(f"--prompts: at most {MAX_PROMPTS_WITH_LATER_TURNS} with later turns (the model's context)")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     from ray import serve
 
@@ -215,12 +222,12 @@ def main() -> None:
         f"{'first turn TTFT s':>19}{'later turns p50 s':>19}{'max s':>7}{'two together s':>16}   (first turns)"
     )
     for steps, measured in rows:
-        later = [turn.ttft_s or 0.0 for turn in measured.later_turns]
+        later = measured.later_turns
         gaps = measured.gaps
         print(
             f"{steps!s:<20}{1000 * percentile(gaps, 0.5):>11.1f}{1000 * percentile(gaps, 0.99):>9.1f}"
             f"{1000 * max(gaps):>9.1f}{statistics.median(measured.first_turns):>19.2f}"
-            f"{percentile(later, 0.5) if later else float('nan'):>19.2f}{max(later, default=float('nan')):>7.2f}"
+            f"{percentile(later, 0.5):>19.2f}{max(later, default=float('nan')):>7.2f}"
             f"{'; '.join(f'{a:.2f} / {b:.2f}' for a, b in measured.pairs):>16}"
             f"   ({', '.join(f'{s:.2f}' for s in measured.first_turns)})"
         )

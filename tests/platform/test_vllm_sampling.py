@@ -65,9 +65,9 @@ def test_auto_dtype_on_this_cpu_is_the_fastest_here_and_a_named_dtype_is_kept(tm
     assert dtype("bfloat16") == "bfloat16"
 
 
-def test_every_engine_argument_we_name_is_one_of_vllms(tmp_path: Path) -> None:
-    """The engine arguments the config names reach vLLM under vLLM's own names (a renamed one would fail
-    only when an engine starts)."""
+def test_the_engine_arguments_of_the_configs_fields_are_vllms(tmp_path: Path) -> None:
+    """The engine arguments the config has fields for reach vLLM under vLLM's own names (a renamed one would
+    fail only when an engine starts)."""
     import dataclasses
 
     from vllm import AsyncEngineArgs
