@@ -57,7 +57,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from load_tests.local_serve import local_serve  # noqa: E402
+from load_tests.local_serve import embedded_model, local_serve  # noqa: E402
 from load_tests.percentiles import percentile  # noqa: E402
 from tests.openai_spec import reference_dir  # noqa: E402
 
@@ -251,8 +251,7 @@ def _model(options: argparse.Namespace, router: str, script: Path) -> dict[str, 
             "deployment": {"num_replicas": options.replicas, "num_cpus": 0},
         }
     else:
-        config = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
-        [model] = config["applications"][0]["args"]["models"]
+        model = embedded_model()
         model["deployment"] = {"num_replicas": options.replicas, "num_cpus": 0}
         if options.max_num_batched_tokens is not None:
             model["engine_args"]["max_num_batched_tokens"] = options.max_num_batched_tokens

@@ -17,28 +17,17 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from load_tests.local_serve import local_serve  # noqa: E402
+from load_tests.local_serve import embedded_model, local_serve  # noqa: E402
 from load_tests.timed_stream import timed_stream  # noqa: E402
 from serve_app.engines.cpu_dtype import fastest_cpu_dtype, read_cpu_flags  # noqa: E402
 from tests.openai_spec import reference_dir  # noqa: E402
 
 TURNS = {"first turn": "cline-3.0.65-first-turn.json", "tool-result turn": "cline-3.0.65-tool-result-turn.json"}
 ANSWER_TOKENS = 4
-
-
-def _embedded_model(dtype: str) -> dict[str, Any]:
-    """The embedded default as `configs/local.yaml` serves it, in `dtype`."""
-    config = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
-    [model] = config["applications"][0]["args"]["models"]
-    model["engine_args"]["dtype"] = dtype
-    return dict(model)
 
 
 def _turn(base_url: str, model: str, name: str) -> tuple[float, int, int]:
@@ -62,7 +51,7 @@ def main() -> None:
     with local_serve("agent-serve-cline-turns") as port:
         base_url = f"http://127.0.0.1:{port}/v1"
         for dtype in options.dtypes.split(","):
-            model = _embedded_model(dtype)
+            model = embedded_model(dtype=dtype)
             serve.run(build_app({"models": [model]}), name="cline-turns", route_prefix="/")
             for name in TURNS:
                 rows.append((dtype, name, *_turn(base_url, model["id"], name)))

@@ -28,12 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from load_tests.local_serve import local_serve  # noqa: E402
+from load_tests.local_serve import embedded_model, local_serve  # noqa: E402
 from load_tests.timed_stream import timed_stream  # noqa: E402
 from tests.openai_spec import reference_dir  # noqa: E402
 
@@ -41,13 +39,6 @@ APP = "compile-vs-eager"
 ANSWER_TOKENS = 128
 MEASURED_RUNS = 3
 MODES = {"eager": True, "compile, cold": False, "compile, warm": False}
-
-
-def _embedded_model(enforce_eager: bool) -> dict[str, Any]:
-    config = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
-    [model] = config["applications"][0]["args"]["models"]
-    model["engine_args"]["enforce_eager"] = enforce_eager
-    return dict(model)
 
 
 def _prompt(salt: int) -> list[dict[str, Any]]:
@@ -89,7 +80,7 @@ def main() -> None:
         with local_serve("agent-serve-compile-vs-eager") as port:
             base_url = f"http://127.0.0.1:{port}/v1"
             for salt, (mode, enforce_eager) in enumerate(MODES.items()):
-                model = _embedded_model(enforce_eager)
+                model = embedded_model(enforce_eager=enforce_eager)
                 print(f"==> {mode}", flush=True)
                 started = time.monotonic()
                 serve.run(build_app({"models": [model]}), name=APP, route_prefix="/")

@@ -5,9 +5,22 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import cast
+from pathlib import Path
+from typing import Any, cast
+
+import yaml
 
 from serve_app.ray_settings import CONTROLLER_OPTIONS, prepare_node_environment
+
+LOCAL_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "local.yaml"
+
+
+def embedded_model(**engine_args: Any) -> dict[str, Any]:
+    """The embedded default's model entry as `configs/local.yaml` serves it, these `engine_args` changed."""
+    config = yaml.safe_load(LOCAL_CONFIG.read_text())
+    [model] = config["applications"][0]["args"]["models"]
+    model["engine_args"] |= engine_args
+    return dict(model)
 
 
 @contextmanager

@@ -33,13 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from load_tests.agent_sessions import Turn, Workload, send_turn  # noqa: E402
-from load_tests.local_serve import local_serve  # noqa: E402
+from load_tests.local_serve import embedded_model, local_serve  # noqa: E402
 from load_tests.percentiles import percentile  # noqa: E402
 from load_tests.timed_stream import record_token_gaps  # noqa: E402
 from tests.openai_spec import reference_dir  # noqa: E402
@@ -75,16 +74,6 @@ class Measured:
     first_turns: list[float] = field(default_factory=list)  # the long prompts' times to first token
     later_turns: list[float] = field(default_factory=list)  # the running conversations' next turns'
     pairs: list[tuple[float, float]] = field(default_factory=list)  # two first turns sent together
-
-
-def _embedded_model(steps: EngineSteps) -> dict[str, Any]:
-    config = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
-    model: dict[str, Any] = config["applications"][0]["args"]["models"][0]
-    model["engine_args"]["max_num_batched_tokens"] = steps.budget
-    model["engine_args"].pop("long_prefill_token_threshold", None)
-    if steps.threshold is not None:
-        model["engine_args"]["long_prefill_token_threshold"] = steps.threshold
-    return model
 
 
 def _cline_first_turn(model: str, number: int) -> dict[str, Any]:
@@ -203,7 +192,7 @@ def main() -> None:
     with local_serve("agent-serve-prefill-stall") as port:
         base_url = f"http://127.0.0.1:{port}/v1"
         for index, steps in enumerate(EngineSteps.parse(entry) for entry in options.engines.split(",")):
-            model = _embedded_model(steps)
+            model = embedded_model(max_num_batched_tokens=steps.budget, long_prefill_token_threshold=steps.threshold)
             print(f"==> max_num_batched_tokens / long_prefill_token_threshold {steps}: starting", flush=True)
             serve.run(build_app({"models": [model]}), name=APP, route_prefix="/")
             measured = asyncio.run(
