@@ -6,10 +6,11 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from opentelemetry.trace import Span
 from ray import serve
@@ -19,7 +20,7 @@ from serve_app.autoscaling import ENGINE_QUEUE_METRIC
 from serve_app.chat_completions import ChatMeta
 from serve_app.config import ModelConfig, TracingOptions
 from serve_app.engines import create_engine
-from serve_app.engines.base import GenerationDelta
+from serve_app.engines.base import GenerationDelta, GenerationRequest
 from serve_app.metrics import ENGINE_METRICS, QUEUE_TIME
 from serve_app.model_service import ModelService
 from serve_app.model_source import prepare_model
@@ -36,7 +37,16 @@ from serve_app.tracing import Tracing
 from serve_app.usage import UsageReport
 
 logger = logging.getLogger("ray.serve")
-T = TypeVar("T")
+
+
+class _Planned(Protocol):
+    """A planned request: the generations it will ask of the engine."""
+
+    @property
+    def generations(self) -> Sequence[GenerationRequest]: ...
+
+
+P = TypeVar("P", bound=_Planned)
 
 ENGINE_WATCH_INTERVAL_S = 0.5
 # After its engine died, how long a replica stays to answer what it carried (503s) before it exits.
@@ -74,7 +84,7 @@ class LLMServer:
         self._watch = asyncio.create_task(self._leave_when_the_engine_dies())
         # The affinity keys of the latest requests, reported to the prefix-affinity routers (docs/routing.md).
         prefix_affinity = model.routing.router == "prefix_affinity"
-        self._held: LatestKeys[None] | None = LatestKeys(HELD_KEYS, ACTIVE_WINDOW_S) if prefix_affinity else None
+        self._held_keys: LatestKeys[None] | None = LatestKeys(HELD_KEYS, ACTIVE_WINDOW_S) if prefix_affinity else None
 
     async def _leave_when_the_engine_dies(self) -> None:
         """A dead EngineCore does not come back, and until the next health check Serve would go on routing
@@ -92,14 +102,25 @@ class LLMServer:
         if self._tracing is not None:
             self._tracing.queue_waited(seconds)
 
+    @asynccontextmanager
     async def _planned(
-        self, plan: Callable[..., T], request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest, *args: Any
-    ) -> T:
-        """`plan(request, *args)`, off the event loop (see `_planning`). The request's prompt is in this
-        replica's prefix cache from now on: its affinity key is noted for the routers."""
-        if self._held is not None and (key := affinity_key(request)) is not None:
-            self._held.note(key, None, time.monotonic())
-        return await asyncio.get_running_loop().run_in_executor(self._planning, plan, request, *args)
+        self,
+        plan: Callable[..., P | OpenAIError],
+        request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest,
+        *args: Any,
+    ) -> AsyncIterator[P | OpenAIError]:
+        """`plan(request, *args)`, off the event loop (see `_planning`), then, back on it in the same step, the
+        plan's places in the engine's admission, held until the request is served (or a refusal: full).
+        The request's prompt is in this replica's prefix cache from now on: its affinity key is noted for the
+        routers."""
+        if self._held_keys is not None and (key := affinity_key(request)) is not None:
+            self._held_keys.note(key, None, time.monotonic())
+        planned = await asyncio.get_running_loop().run_in_executor(self._planning, plan, request, *args)
+        if isinstance(planned, OpenAIError):
+            yield planned
+            return
+        with self._engine.hold(planned.generations) as full:
+            yield planned if full is None else full
 
     def _hop(
         self, request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest, context: RequestContext | None
@@ -117,8 +138,8 @@ class LLMServer:
     ) -> bytes | OpenAIError:
         span = self._hop(request, context)
         try:
-            plan = await self._planned(self._service.plan, request, context or NO_CONTEXT)
-            return plan if isinstance(plan, OpenAIError) else await plan.complete()
+            async with self._planned(self._service.plan, request, context or NO_CONTEXT) as plan:
+                return plan if isinstance(plan, OpenAIError) else await plan.complete()
         finally:
             if span is not None:
                 span.end()
@@ -128,16 +149,16 @@ class LLMServer:
     ) -> AsyncGenerator[bytes | OpenAIError | UsageReport, None]:
         span = self._hop(request, context)
         try:
-            plan = await self._planned(self._service.plan, request, context or NO_CONTEXT)
-            if isinstance(plan, OpenAIError):
-                yield plan
-                return
-            first = True
-            async for frames in accepted_then_batched(plan.stream(), self._batch_interval_s):
-                if first and span is not None and frames and isinstance(frames, bytes):  # not the accepted b""
-                    span.add_event("first_token")
-                    first = False
-                yield frames
+            async with self._planned(self._service.plan, request, context or NO_CONTEXT) as plan:
+                if isinstance(plan, OpenAIError):
+                    yield plan
+                    return
+                first = True
+                async for frames in accepted_then_batched(plan.stream(), self._batch_interval_s):
+                    if first and span is not None and frames and isinstance(frames, bytes):  # not the accepted b""
+                        span.add_event("first_token")
+                        first = False
+                    yield frames
         finally:
             if span is not None:
                 span.end()
@@ -152,17 +173,17 @@ class LLMServer:
         `constraint` is the response format the structured-output deployment checked and compiled."""
         span = self._hop(request, context)
         try:
-            planned = await self._planned(self._service.chat.plan, request, constraint, context or NO_CONTEXT)
-            if isinstance(planned, OpenAIError):
-                yield planned
-                return
-            yield planned.meta
-            first = True
-            async for deltas in batched(self._engine.generate(planned.generation), self._batch_interval_s):
-                if first and span is not None:
-                    span.add_event("first_token")
-                first = False
-                yield deltas
+            async with self._planned(self._service.chat.plan, request, constraint, context or NO_CONTEXT) as planned:
+                if isinstance(planned, OpenAIError):
+                    yield planned
+                    return
+                yield planned.meta
+                first = True
+                async for deltas in batched(self._engine.generate(planned.generation), self._batch_interval_s):
+                    if first and span is not None:
+                        span.add_event("first_token")
+                    first = False
+                    yield deltas
         finally:
             if span is not None:
                 span.end()
@@ -175,10 +196,10 @@ class LLMServer:
         router of this deployment (`deployments/prefix_router.py`). Async so that it runs on the replica's event
         loop, where `_planned` notes the keys, also when Serve runs sync methods in a thread pool
         (`RAY_SERVE_RUN_SYNC_IN_THREADPOOL`): `LatestKeys` is not thread-safe."""
-        if self._held is None:
+        if self._held_keys is None:
             return {}
-        active = sum(self._held.recent(time.monotonic()).values())
-        return {HELD_KEYS_STAT: self._held.keys(), ACTIVE_STAT: active}
+        active = sum(self._held_keys.recent(time.monotonic()).values())
+        return {HELD_KEYS_STAT: self._held_keys.keys(), ACTIVE_STAT: active}
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve calls this on each replica every `metrics_interval_s`; `engine_queue_policy` reads it."""

@@ -107,6 +107,10 @@ class PlannedChat:
     meta: ChatMeta
     generation: GenerationRequest
 
+    @property
+    def generations(self) -> tuple[GenerationRequest, ...]:
+        return (self.generation,)
+
 
 class ChatCompletions:
     def __init__(

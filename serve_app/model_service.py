@@ -3,7 +3,7 @@ deployment serves. Which model serves which endpoint is decided before a request
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -11,7 +11,7 @@ from serve_app.chat_completions import ChatCompletions
 from serve_app.completions import TextCompletions
 from serve_app.config import ModelTask
 from serve_app.embeddings import Embeddings
-from serve_app.engines.base import EmbeddingEngine, Engine
+from serve_app.engines.base import EmbeddingEngine, Engine, GenerationRequest
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.completions import CompletionRequest
 from serve_app.protocol.embeddings import EmbeddingRequest
@@ -36,10 +36,12 @@ class StreamingEndpoint(Endpoint, Protocol):
 
 @dataclass(frozen=True)
 class Plan:
-    """A validated request bound to its endpoint, ready to run whole or streamed."""
+    """A validated request bound to its endpoint, ready to run whole or streamed, and the generations it
+    will ask of the engine (none for embeddings), whose places its engine holds for it (`Engine.hold`)."""
 
     endpoint: Endpoint
     planned: Any
+    generations: Sequence[GenerationRequest]
 
     async def complete(self) -> bytes | OpenAIError:
         return await self.endpoint.complete(self.planned)
@@ -87,7 +89,9 @@ class ModelService:
             planned = self.completions.plan(request, context)
         else:
             planned = endpoint.plan(request)
-        return planned if isinstance(planned, OpenAIError) else Plan(endpoint, planned)
+        if isinstance(planned, OpenAIError):
+            return planned
+        return Plan(endpoint, planned, () if isinstance(request, EmbeddingRequest) else planned.generations)
 
     def model_info(self) -> dict[str, Any]:
         return {"max_model_len": self.engine.max_model_len}

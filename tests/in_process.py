@@ -28,7 +28,10 @@ class InProcessBackend:
 
     async def generate(self, request: GenerationBody, context: RequestContext | None = None) -> bytes | OpenAIError:
         plan = self.service.plan(request, context or NO_CONTEXT)
-        return plan if isinstance(plan, OpenAIError) else await plan.complete()
+        if isinstance(plan, OpenAIError):
+            return plan
+        with self.service.engine.hold(plan.generations) as full:
+            return full if full is not None else await plan.complete()
 
     async def generate_stream(
         self, request: GenerationBody, context: RequestContext | None = None
@@ -37,8 +40,12 @@ class InProcessBackend:
         if isinstance(plan, OpenAIError):
             yield plan
             return
-        async for frame in plan.stream():
-            yield frame
+        with self.service.engine.hold(plan.generations) as full:
+            if full is not None:
+                yield full
+                return
+            async for frame in plan.stream():
+                yield frame
 
 
 class BreakingBackend(InProcessBackend):

@@ -6,16 +6,17 @@ engine would refuse is refused before a stream is committed, and a stream that w
 judged good. Waiting here instead of in Serve's router also lets one request count for what it costs: a
 generation per prompt and per `n`.
 
-`AdmittedEngine` wraps an engine: `refusal` says "full, retry" (503 with `Retry-After`) when too many
-requests already wait, and `generate` waits its turn (by API key, fairly: `Admission`) before the engine
-sees the request. Pure asyncio; no Ray.
+`AdmittedEngine` wraps an engine: once a request is judged, `hold` takes its places (in the engine or in
+line) or says "full, retry" (503 with `Retry-After`) when too many requests already wait, and `generate`
+waits its turn (by API key, fairly: `Admission`) before the engine sees the request. Pure asyncio; no Ray.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from serve_app.engines.base import Engine, GenerationDelta, GenerationRequest
@@ -23,12 +24,16 @@ from serve_app.protocol.errors import OpenAIError, unavailable
 
 
 @dataclass(eq=False)
-class _Waiter:
+class Place:
+    """A request's place in an engine's admission: in the engine once its `ticket` is done, in line until then."""
+
     weight: int
     caller: str
     priority: int
     arrival: int
+    entered_at: float  # time.monotonic(): when it got in line, for the queue-time metric
     ticket: asyncio.Future[None]
+    left: bool = False
 
 
 class Admission:
@@ -42,6 +47,9 @@ class Admission:
 
     A request heavier than the whole capacity runs when nothing else does, rather than never. The request
     chosen next is not overtaken by a lighter one that would fit: that keeps starvation out.
+
+    A place is taken at once, without awaiting (`enter`), so that whoever decides to let a request in counts it
+    in the same step; it is waited for with `wait` and given back with `leave`, whether it ran or waited.
     """
 
     def __init__(self, max_running: int, fair: bool = True) -> None:
@@ -49,7 +57,7 @@ class Admission:
         self.fair = fair
         self.running = 0
         self._running_by: dict[str, int] = {}
-        self._waiters: list[_Waiter] = []  # in arrival order
+        self._waiters: list[Place] = []  # in arrival order
         self._arrivals = 0
 
     @property
@@ -69,35 +77,48 @@ class Admission:
         """Whether a request of this weight would start at once, without waiting."""
         return not self._waiters and self._fits(weight)
 
-    async def acquire(self, weight: int, caller: str = "", priority: int = 0) -> None:
-        if self.runs_now(weight):
-            self._take(weight, caller)
-            return
+    def enter(self, weight: int, caller: str = "", priority: int = 0) -> Place:
+        """A place for a request: in the engine if it runs now, else in line."""
         self._arrivals += 1
-        waiter = _Waiter(weight, caller, priority, self._arrivals, asyncio.get_running_loop().create_future())
-        self._waiters.append(waiter)
+        ticket = asyncio.get_running_loop().create_future()
+        place = Place(weight, caller, priority, self._arrivals, time.monotonic(), ticket)
+        if self.runs_now(weight):
+            self._take(place)
+        else:
+            self._waiters.append(place)
+        return place
+
+    async def wait(self, place: Place) -> None:
+        """Until the place is in the engine. Cancelled meanwhile (the client left), it is given back."""
         try:
-            await waiter.ticket
+            await place.ticket
         except asyncio.CancelledError:
-            if waiter.ticket.done() and not waiter.ticket.cancelled():  # admitted in the same moment it was cancelled
-                self.release(weight, caller)
-            elif waiter in self._waiters:  # (`_admit` may have dropped it already)
-                self._waiters.remove(waiter)
-                self._admit()  # a heavy request that left may have held lighter ones back
+            self.leave(place)
             raise
 
-    def release(self, weight: int, caller: str = "") -> None:
-        self.running -= weight
-        self._running_by[caller] -= weight
-        if not self._running_by[caller]:
-            del self._running_by[caller]
-        self._admit()
+    def leave(self, place: Place) -> None:
+        """Give the place back: its room in the engine to the next in line, or its place in line. Once."""
+        if place.left:
+            return
+        place.left = True
+        if place.ticket.done() and not place.ticket.cancelled():  # in the engine (maybe admitted as it left)
+            self.running -= place.weight
+            self._running_by[place.caller] -= place.weight
+            if not self._running_by[place.caller]:
+                del self._running_by[place.caller]
+            self._admit()
+            return
+        place.ticket.cancel()
+        if place in self._waiters:  # (`_admit` may have dropped it already)
+            self._waiters.remove(place)
+            self._admit()  # a heavy request that left may have held lighter ones back
 
-    def _take(self, weight: int, caller: str) -> None:
-        self.running += weight
-        self._running_by[caller] = self._running_by.get(caller, 0) + weight
+    def _take(self, place: Place) -> None:
+        self.running += place.weight
+        self._running_by[place.caller] = self._running_by.get(place.caller, 0) + place.weight
+        place.ticket.set_result(None)
 
-    def _next(self) -> _Waiter:
+    def _next(self) -> Place:
         if not self.fair:
             return self._waiters[0]
         return min(self._waiters, key=lambda w: (w.priority, self._running_by.get(w.caller, 0), w.arrival))
@@ -111,8 +132,7 @@ class Admission:
             if not self._fits(waiter.weight):
                 return
             self._waiters.remove(waiter)
-            self._take(waiter.weight, waiter.caller)
-            waiter.ticket.set_result(None)
+            self._take(waiter)
 
 
 class AdmittedEngine(Engine):
@@ -134,6 +154,7 @@ class AdmittedEngine(Engine):
         self._admission = Admission(max_running, fair)
         self._max_waiting = max_waiting
         self._on_wait = on_wait
+        self._held: dict[str, Place] = {}  # by request id: places taken by `hold`, not yet taken up by `generate`
 
     async def start(self) -> None:
         await self._engine.start()
@@ -143,32 +164,54 @@ class AdmittedEngine(Engine):
         return self._engine.max_model_len
 
     def refusal(self, request: GenerationRequest) -> OpenAIError | None:
-        """Full: the request would have to wait, and too many already do. Checked when the request is
-        planned, so only requests planned in the same moment can pass it together."""
-        admission = self._admission
-        if (
-            self._max_waiting is not None
-            and admission.waiting >= self._max_waiting
-            and not admission.runs_now(request.sampling.n)
-        ):
-            return unavailable(
-                f"Model '{self._model_id}' is at capacity: {admission.running} generations are running "
-                f"and {admission.waiting} requests are waiting. Retry shortly.",
-                retry_after_s=1.0,
-            )
         return self._engine.refusal(request)
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
-        weight = request.sampling.n
-        arrived = time.monotonic()
-        await self._admission.acquire(weight, request.caller, request.priority)
+    @contextmanager
+    def hold(self, generations: Sequence[GenerationRequest]) -> Iterator[OpenAIError | None]:
+        """Takes the generations' places now, in the engine or in line, or refuses them all ("full, retry": 503
+        with `Retry-After`) when one would have to wait and `max_waiting` requests already do.
+
+        Called on the event loop in the same step that the request's plan came back, so the bound is exact:
+        checked when each generation's stream began, requests planned while the loop was busy with other
+        streams all saw the same queue, and a burst passed the bound together. `generate` takes the place up;
+        one not taken up by the end (the client left before its stream began) is given back then."""
+        admission = self._admission
+        refusal = None
+        for generation in generations:
+            weight = generation.sampling.n
+            if self._max_waiting is not None and admission.waiting >= self._max_waiting:
+                if not admission.runs_now(weight):
+                    refusal = unavailable(
+                        f"Model '{self._model_id}' is at capacity: {admission.running} generations are running "
+                        f"and {admission.waiting} requests are waiting. Retry shortly.",
+                        retry_after_s=1.0,
+                    )
+                    break
+            self._held[generation.request_id] = admission.enter(weight, generation.caller, generation.priority)
+        if refusal is not None:
+            self._give_back(generations)
         try:
+            yield refusal
+        finally:
+            self._give_back(generations)
+
+    def _give_back(self, generations: Sequence[GenerationRequest]) -> None:
+        for generation in generations:
+            if (place := self._held.pop(generation.request_id, None)) is not None:
+                self._admission.leave(place)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
+        place = self._held.pop(request.request_id, None)
+        if place is None:  # not held beforehand (a caller without a plan: benchmarks, tests)
+            place = self._admission.enter(request.sampling.n, request.caller, request.priority)
+        try:
+            await self._admission.wait(place)
             if self._on_wait is not None:
-                self._on_wait(time.monotonic() - arrived)
+                self._on_wait(time.monotonic() - place.entered_at)
             async for delta in self._engine.generate(request):
                 yield delta
         finally:
-            self._admission.release(weight, request.caller)
+            self._admission.leave(place)
 
     def lost(self) -> bool:
         return self._engine.lost()

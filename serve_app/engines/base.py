@@ -7,7 +7,8 @@ Everything that crosses it is plain data. The prompt is already rendered and tok
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -101,9 +102,15 @@ class Engine(ABC):
     def max_model_len(self) -> int: ...
 
     def refusal(self, request: GenerationRequest) -> OpenAIError | None:
-        """What the engine would refuse about this request (or "full, retry"), said when the request is
-        planned: before a stream is committed and before it waits for room."""
+        """What the engine would refuse about this request, said when the request is planned: before a
+        stream is committed and before it waits for room."""
         return None
+
+    @contextmanager
+    def hold(self, generations: Sequence[GenerationRequest]) -> Iterator[OpenAIError | None]:
+        """The places of a planned request's generations, taken for as long as the request is served, or
+        "full, retry" (`admission.py`). An engine without admission has no places to take."""
+        yield None
 
     @abstractmethod
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]: ...

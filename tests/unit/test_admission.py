@@ -1,6 +1,6 @@
 """Admission to an engine (issue #17): requests are judged on arrival, then wait their turn; a request counts
-for each generation it fans out to; a full queue is a 503 with `Retry-After`, decided when the request is
-planned; siblings of a failed generation are cancelled."""
+for each generation it fans out to; a full queue is a 503 with `Retry-After`, decided in the step the request's
+plan comes back; siblings of a failed generation are cancelled."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import yaml
 
 from serve_app.chat_completions import ChatCompletions, PlannedChat
 from serve_app.completions import PlannedCompletion, TextCompletions
-from serve_app.engines.admission import Admission, AdmittedEngine
+from serve_app.engines.admission import Admission, AdmittedEngine, Place
 from serve_app.engines.base import EngineLost, GenerationDelta, GenerationRequest, SamplingOptions
 from serve_app.engines.replay import ReplayEngine
 from serve_app.protocol.chat import ChatCompletionRequest
@@ -29,15 +29,22 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
+async def _acquire(admission: Admission, weight: int = 1, caller: str = "", priority: int = 0) -> Place:
+    place = admission.enter(weight, caller, priority)
+    await admission.wait(place)
+    return place
+
+
 def test_generations_beyond_the_limit_wait_their_turn() -> None:
     async def scenario() -> None:
         admission = Admission(max_running=2)
-        await admission.acquire(1)
-        await admission.acquire(1)
-        third = asyncio.create_task(admission.acquire(1))
+        first = await _acquire(admission)
+        await _acquire(admission)
+        third = asyncio.create_task(_acquire(admission))
         await _settle()
         assert not third.done() and admission.waiting == 1
-        admission.release(1)
+        admission.leave(first)
+        admission.leave(first)  # once only
         await _settle()
         assert third.done() and admission.running == 2 and admission.waiting == 0
 
@@ -50,16 +57,16 @@ def test_a_request_counts_once_per_generation_and_is_not_overtaken() -> None:
 
     async def scenario() -> None:
         admission = Admission(max_running=2)
-        await admission.acquire(1)
-        heavy = asyncio.create_task(admission.acquire(3))
-        light = asyncio.create_task(admission.acquire(1))
+        first = await _acquire(admission)
+        heavy = asyncio.create_task(_acquire(admission, 3))
+        light = asyncio.create_task(_acquire(admission))
         await _settle()
         assert not heavy.done() and not light.done()
         assert admission.waiting_weight == 4
-        admission.release(1)
+        admission.leave(first)
         await _settle()
         assert heavy.done() and not light.done() and admission.running == 3
-        admission.release(3)
+        admission.leave(heavy.result())
         await _settle()
         assert light.done() and admission.running == 1
 
@@ -71,23 +78,20 @@ def _admitted_order(admission: Admission, arrivals: list[tuple[str, int]]) -> li
     the running requests one at a time, oldest first: the order in which the waiting ones got in."""
 
     async def scenario() -> list[str]:
-        for _ in range(admission.max_running):
-            await admission.acquire(1, "a")
+        running = [await _acquire(admission, 1, "a") for _ in range(admission.max_running)]
         order: list[str] = []
 
         async def wait(caller: str, priority: int) -> None:
-            await admission.acquire(1, caller, priority)
+            running.append(await _acquire(admission, 1, caller, priority))
             order.append(caller)
 
         tasks = []
         for caller, priority in arrivals:
             tasks.append(asyncio.create_task(wait(caller, priority)))
             await _settle()
-        running = ["a"] * admission.max_running
         for _ in arrivals:
-            admission.release(1, running.pop(0))
+            admission.leave(running.pop(0))
             await _settle()
-            running.append(order[-1])
         await asyncio.gather(*tasks)
         return order
 
@@ -99,15 +103,15 @@ def test_a_waiter_cancelled_just_before_a_place_frees_takes_no_place() -> None:
 
     async def scenario() -> None:
         admission = Admission(max_running=1)
-        await admission.acquire(1, "a")
-        waiting = asyncio.create_task(admission.acquire(1, "b"))
+        running = await _acquire(admission, 1, "a")
+        waiting = asyncio.create_task(_acquire(admission, 1, "b"))
         await _settle()
         waiting.cancel()  # cancels its ticket now; its task runs its handler later
-        admission.release(1, "a")
+        admission.leave(running)
         with pytest.raises(asyncio.CancelledError):
             await waiting
         assert (admission.running, admission.waiting) == (0, 0)
-        await admission.acquire(1, "b")  # the place is free, and b has nothing counted against it
+        await _acquire(admission, 1, "b")  # the place is free, and b has nothing counted against it
         assert admission.running == 1
 
     asyncio.run(scenario())
@@ -133,14 +137,14 @@ def test_keys_take_turns_by_what_they_run_and_a_lower_priority_goes_first() -> N
 def test_a_waiter_that_leaves_gives_its_turn_away() -> None:
     async def scenario() -> None:
         admission = Admission(max_running=1)
-        await admission.acquire(1)
-        first = asyncio.create_task(admission.acquire(1))
-        second = asyncio.create_task(admission.acquire(1))
+        running = await _acquire(admission)
+        first = asyncio.create_task(_acquire(admission))
+        second = asyncio.create_task(_acquire(admission))
         await _settle()
         first.cancel()  # its client left while it waited
         await _settle()
         assert admission.waiting == 1
-        admission.release(1)
+        admission.leave(running)
         await _settle()
         assert second.done() and admission.running == 1 and admission.waiting == 0
 
@@ -183,29 +187,68 @@ def test_each_requests_wait_for_room_is_told_for_the_queue_time_metric(tokenizer
     assert first < second and second >= 0.3
 
 
-def test_a_full_queue_is_a_503_with_retry_after_when_the_request_is_planned(tokenizer: Any, slow_script: Path) -> None:
+def test_a_full_queue_is_a_503_with_retry_after_decided_in_the_step_the_plans_come_back(
+    tokenizer: Any, slow_script: Path
+) -> None:
+    """Three requests planned at once (a burst the replica's planning thread got through while its event loop
+    was busy with other streams): held in that same step, without awaiting, the first runs, the second waits,
+    the third is refused, before any of their streams began. The bound is exact, whenever the streams start."""
+
     async def scenario() -> None:
         engine = AdmittedEngine(ReplayEngine(tokenizer, slow_script, 512, None), "m", max_running=1, max_waiting=1)
         chat = ChatCompletions("m", engine, tokenizer)
-        running = chat.plan(_chat("hello"))
-        waiting = chat.plan(_chat("hello"))
+        running, waiting, refused = (chat.plan(_chat("hello")) for _ in range(3))
         assert isinstance(running, PlannedChat) and isinstance(waiting, PlannedChat)
-        first = asyncio.create_task(chat.complete(running))
-        second = asyncio.create_task(chat.complete(waiting))
-        await _settle()
-        assert engine.num_unfinished_requests() == 2  # one in the engine, one waiting: the queue depth
+        assert isinstance(refused, PlannedChat)
 
-        refused = chat.plan(_chat("hello"))
-        assert isinstance(refused, OpenAIError)
-        assert (refused.status_code, refused.code, refused.retry_after_s) == (503, "service_unavailable", 1.0)
-        # A request the engine would refuse anyway is still told why, not "retry": judged first.
-        too_long = chat.plan(_chat("word " * 600))
-        assert isinstance(too_long, OpenAIError) and too_long.code == "context_length_exceeded"
+        async def served(planned: PlannedChat) -> bytes | OpenAIError:
+            with engine.hold(planned.generations) as full:
+                return full if full is not None else await chat.complete(planned)
+
+        first = asyncio.create_task(served(running))
+        second = asyncio.create_task(served(waiting))
+        third = asyncio.create_task(served(refused))
+        await _settle()
+        assert third.done() and isinstance(error := third.result(), OpenAIError)
+        assert (error.status_code, error.code, error.retry_after_s) == (503, "service_unavailable", 1.0)
+        assert engine.num_unfinished_requests() == 2  # one in the engine, one waiting: the queue depth
 
         answers = await asyncio.gather(first, second)
         assert all(isinstance(answer, bytes) for answer in answers)
         assert engine.num_unfinished_requests() == 0
-        assert isinstance(chat.plan(_chat("hello")), PlannedChat)  # room again
+        with engine.hold(refused.generations) as full:
+            assert full is None  # room again
+
+    asyncio.run(scenario())
+
+
+def test_a_place_held_for_a_stream_that_never_began_is_given_back(tokenizer: Any, slow_script: Path) -> None:
+    """The client left between the plan and the stream's first pull: the place goes to the next in line."""
+
+    async def scenario() -> None:
+        engine = AdmittedEngine(ReplayEngine(tokenizer, slow_script, 512, None), "m", max_running=1, max_waiting=0)
+        with engine.hold([_generation("gone")]) as full:
+            assert full is None
+            with engine.hold([_generation("refused")]) as full:
+                assert full is not None and full.status_code == 503
+        with engine.hold([_generation("next")]) as full:
+            assert full is None and engine.num_unfinished_requests() == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_fan_out_is_held_whole_or_refused_whole(tokenizer: Any, slow_script: Path) -> None:
+    """Two prompts of one completions request, one place free and one allowed to wait: both held; one more
+    prompt than that and the whole request is refused, holding nothing."""
+
+    async def scenario() -> None:
+        engine = AdmittedEngine(ReplayEngine(tokenizer, slow_script, 512, None), "m", max_running=1, max_waiting=1)
+        with engine.hold([_generation("a-0"), _generation("a-1")]) as full:
+            assert full is None and engine.num_unfinished_requests() == 1  # one runs, one waits
+        three = [_generation(f"b-{i}") for i in range(3)]
+        with engine.hold(three) as full:
+            assert full is not None and full.status_code == 503
+            assert engine.num_unfinished_requests() == 0
 
     asyncio.run(scenario())
 
@@ -259,6 +302,7 @@ def test_admission_bookkeeping_survives_a_failed_generation(tokenizer: Any, slow
         with pytest.raises(RuntimeError):
             async for _ in engine.generate(request):
                 pass
-        assert engine.refusal(_generation("next")) is None  # nothing holds the place of the failed one
+        with engine.hold([_generation("next")]) as full:
+            assert full is None  # nothing holds the place of the failed one
 
     asyncio.run(scenario())
