@@ -41,7 +41,7 @@ MEASURED_RUNS = 3
 MODES = {"eager": True, "compile, cold": False, "compile, warm": False}
 
 
-def _prompt(salt: int) -> list[dict[str, Any]]:
+def agent_prompt(salt: int) -> list[dict[str, Any]]:
     """Cline's system prompt with its first three tools' text (~2k tokens) and a question: a prefill of an
     agent's size. `salt` opens the prompt, so that no request finds another's prefix in vLLM's cache."""
     body = json.loads((reference_dir() / "client-requests" / "cline-3.0.65-first-turn.json").read_text())["body"]
@@ -56,7 +56,7 @@ def _measure(base_url: str, model: str, salt: int) -> tuple[float, float, int, i
     """(seconds to the first token, decode tokens per second after it, prompt tokens, answer tokens)."""
     body = {
         "model": model,
-        "messages": _prompt(salt),
+        "messages": agent_prompt(salt),
         "max_tokens": ANSWER_TOKENS,
         "temperature": 0,
         "ignore_eos": True,  # vLLM's extension: every mode decodes the same number of tokens

@@ -34,6 +34,7 @@ def create_engine(
             compact_json=model.compact_json,
             repetition_guard=model.repetition_guard,
             closing_pressure=model.closing_pressure,
+            num_cpus=model.deployment.num_cpus,
         )
     if model.task == "embed":
         return engine

@@ -27,6 +27,7 @@ from serve_app.engines.base import (
     token_bytes,
 )
 from serve_app.engines.cpu_dtype import fastest_cpu_dtype, read_cpu_flags
+from serve_app.engines.cpu_threads import cpu_thread_settings
 from serve_app.engines.stall_watch import StallWatch
 from serve_app.protocol.errors import OpenAIError, invalid_request, replica_lost
 from serve_app.reasoning import VLLM_REASONING_PARSERS
@@ -50,8 +51,10 @@ class VLLMEngine(Engine):
         compact_json: bool = True,
         repetition_guard: RepetitionGuard | None = None,
         closing_pressure: ClosingPressure | None = None,
+        num_cpus: float = 1.0,
     ) -> None:
         self._model_path = model_path
+        self._num_cpus = num_cpus  # what Ray reserved for the replica: on a CPU, the engine's threads
         self._args = args
         self._task = task
         self._compact_json = compact_json
@@ -118,8 +121,14 @@ class VLLMEngine(Engine):
         return dtype
 
     async def start(self) -> None:
-        if self._args.kv_cache_space_gib is not None:
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self._args.kv_cache_space_gib)
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():  # read by the EngineCore and its worker, which inherit this environment
+            if self._args.kv_cache_space_gib is not None:
+                os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self._args.kv_cache_space_gib)
+            threads = cpu_thread_settings(self._num_cpus, os.environ)
+            os.environ.update(threads)
+            logger.info("model %r computes on the CPU with %s", self._served_model_name, threads or "the set binding")
         from vllm import AsyncEngineArgs
         from vllm.config import StructuredOutputsConfig
         from vllm.usage.usage_lib import UsageContext
