@@ -15,6 +15,7 @@ from typing import Any, Protocol, TypeVar
 from opentelemetry.trace import Span
 from ray import serve
 
+from deployments.logs import log_with_serve
 from deployments.ray_metrics import RayMetrics
 from serve_app.autoscaling import ENGINE_QUEUE_METRIC
 from serve_app.chat_completions import ChatMeta
@@ -61,6 +62,7 @@ class LLMServer:
     ) -> None:
         from transformers import AutoTokenizer
 
+        log_with_serve()
         if (refused := restore_normal_priority()) is not None:
             logger.warning(refused)
         # The run command prepares models before starting; `serve run`/`serve deploy` prepare them here.

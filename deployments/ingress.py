@@ -13,6 +13,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.handles import UNAVAILABLE, by_value, streamed, unavailable_error
 from deployments.limits_ledger import HandleLedger
+from deployments.logs import log_with_serve
 from deployments.ray_metrics import RayMetrics
 from serve_app.config import ServerOptions
 from serve_app.http_api import GenerationBody, create_http_app
@@ -41,6 +42,7 @@ class OpenAIIngress:
         structured_output: DeploymentHandle,
         limits_ledger: DeploymentHandle,
     ) -> None:
+        log_with_serve()
         self._server = server
         self.catalog = catalog
         self._engines = {model_id: by_value(handle) for model_id, handle in engines.items()}

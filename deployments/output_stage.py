@@ -14,6 +14,7 @@ from opentelemetry.trace import Span
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from deployments.handles import UNAVAILABLE, by_value, streamed, unavailable_error
+from deployments.logs import log_with_serve
 from serve_app.chat_completions import ChatMeta, render_complete, render_stream
 from serve_app.config import TracingOptions
 from serve_app.engines.base import EngineLost, GenerationDelta
@@ -32,6 +33,7 @@ class OutputStage:
     def __init__(
         self, engines: dict[str, DeploymentHandle], stream_batch_interval_s: float, tracing: TracingOptions
     ) -> None:
+        log_with_serve()
         self._engines = {model_id: by_value(handle) for model_id, handle in engines.items()}
         self._batch_interval_s = stream_batch_interval_s
         self._tracing = Tracing.of(tracing)

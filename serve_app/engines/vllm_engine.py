@@ -27,7 +27,7 @@ from serve_app.engines.base import (
     token_bytes,
 )
 from serve_app.engines.cpu_dtype import fastest_cpu_dtype, read_cpu_flags
-from serve_app.engines.cpu_threads import cpu_thread_settings
+from serve_app.engines.cpu_threads import BIND_VARIABLE, cpu_thread_settings
 from serve_app.engines.stall_watch import StallWatch
 from serve_app.protocol.errors import OpenAIError, invalid_request, replica_lost
 from serve_app.reasoning import VLLM_REASONING_PARSERS
@@ -126,9 +126,12 @@ class VLLMEngine(Engine):
         if current_platform.is_cpu():  # read by the EngineCore and its worker, which inherit this environment
             if self._args.kv_cache_space_gib is not None:
                 os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self._args.kv_cache_space_gib)
-            threads = cpu_thread_settings(self._num_cpus, os.environ)
-            os.environ.update(threads)
-            logger.info("model %r computes on the CPU with %s", self._served_model_name, threads or "the set binding")
+            if threads := cpu_thread_settings(self._num_cpus, os.environ):
+                os.environ.update(threads)
+                why = f"{threads['OMP_NUM_THREADS']} threads placed by the operating system, as Ray reserved"
+            else:
+                why = f"vLLM's binding, {BIND_VARIABLE}={os.environ[BIND_VARIABLE]!r} as set"
+            logger.info("model %r computes on the CPU with %s", self._served_model_name, why)
         from vllm import AsyncEngineArgs
         from vllm.config import StructuredOutputsConfig
         from vllm.usage.usage_lib import UsageContext
