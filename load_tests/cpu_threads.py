@@ -69,7 +69,8 @@ def main() -> None:
         print(f"==> {mode}", flush=True)
         with local_serve("agent-serve-cpu-threads") as port:
             base_url = f"http://127.0.0.1:{port}/v1"
-            models = [embedded_model() | {"id": model_id} for model_id in MODELS]
+            one_cpu = {"num_cpus": 1}  # two replicas on this machine, each with one CPU
+            models = [embedded_model() | {"id": model_id, "deployment": one_cpu} for model_id in MODELS]
             serve.run(build_app({"models": models}), name=APP, route_prefix="/")
             _pair(base_url, -1 - salt)  # warm-up: first-request costs are not the mode's
             pairs = [_pair(base_url, 10 * salt + n) for n in range(MEASURED_RUNS)]

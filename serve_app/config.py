@@ -64,7 +64,15 @@ class DeploymentOptions(StrictModel):
 
     num_replicas: int = Field(1, ge=1, description="Fixed number of replicas (or set `autoscaling`, not both).")
     autoscaling: AutoscalingOptions | None = Field(None, description="Replicas follow the load between bounds.")
-    num_cpus: float = Field(1.0, ge=0, description="Ray CPUs per replica.")
+    num_cpus: float = Field(
+        1.0,
+        ge=0,
+        description=(
+            "Ray CPUs per replica; on a CPU, an engine computes with this many threads (at least one). `auto`: "
+            "the CPUs of the machine the application is built on, less one for the rest of the stack: for a model "
+            "served from one machine (docs/deployment.md#cpu-threads-of-an-engine)."
+        ),
+    )
     num_gpus: float = Field(
         0.0, ge=0, description="Ray GPUs per replica (tensor-parallel engines reserve theirs in a placement group)."
     )
@@ -100,6 +108,16 @@ class DeploymentOptions(StrictModel):
             "first and spans nodes only when it must; STRICT_PACK never spans; SPREAD/STRICT_SPREAD spread."
         ),
     )
+
+    @field_validator("num_cpus", mode="before")
+    @classmethod
+    def _cpus_of_this_machine(cls, value: object) -> object:
+        """`auto`, resolved where the config is read (the application's build): that machine's CPUs less one,
+        which vLLM's own binding would have left to its scheduler and we leave to the ingress, HAProxy and Ray."""
+        if value != "auto":
+            return value
+        available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return float(max(1, available - 1))
 
     @model_validator(mode="after")
     def _replicas_one_way(self) -> DeploymentOptions:

@@ -8,8 +8,10 @@ replicas of `num_cpus: 4` would run four sets of 15 threads on the same 15 cores
 
 So an engine replica computes with as many threads as the CPUs Ray reserved for it (`num_cpus`, at least
 one) and lets the operating system place them (`nobind`): replicas then share the node the way Ray
-accounts for it. An operator who sets `VLLM_CPU_OMP_THREADS_BIND` (in the application's `runtime_env`)
-gets vLLM's own binding, with their core lists.
+accounts for it. A model served from one machine, as the embedded default, reserves `num_cpus: auto`: that
+machine's CPUs less one, the threads vLLM's binding gave a lone engine. An operator who sets
+`VLLM_CPU_OMP_THREADS_BIND` (in the application's `runtime_env`) gets vLLM's own binding, with their core
+lists.
 
 Pure: the environment comes in, the variables to set come out.
 """

@@ -128,7 +128,7 @@ class VLLMEngine(Engine):
                 os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self._args.kv_cache_space_gib)
             if threads := cpu_thread_settings(self._num_cpus, os.environ):
                 os.environ.update(threads)
-                why = f"{threads['OMP_NUM_THREADS']} threads placed by the operating system, as Ray reserved"
+                why = f"{threads['OMP_NUM_THREADS']} thread(s), the replica's Ray CPUs, placed by the OS"
             else:
                 why = f"vLLM's binding, {BIND_VARIABLE}={os.environ[BIND_VARIABLE]!r} as set"
             logger.info("model %r computes on the CPU with %s", self._served_model_name, why)

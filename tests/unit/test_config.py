@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
-from serve_app.config import ConfigError, parse_app_config
+from serve_app.config import ConfigError, DeploymentOptions, parse_app_config
 
 MINIMAL = {"models": [{"id": "m", "source": "org/model"}]}
 
@@ -82,3 +84,15 @@ def test_a_prefill_cap_at_or_above_the_step_budget_is_refused() -> None:
     engine_args["long_prefill_token_threshold"] = 256
     model = parse_app_config({"models": [{"id": "m", "source": "o/m", "engine_args": engine_args}]}).models[0]
     assert model.engine_args.long_prefill_token_threshold == 256
+
+
+def test_num_cpus_auto_is_this_machines_cpus_less_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The embedded default's engine computes with the machine's CPUs less one (its threads, on a CPU); a number
+    is taken as it is."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(8)), raising=False)
+    assert DeploymentOptions.model_validate({"num_cpus": "auto"}).num_cpus == 7.0
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0}, raising=False)
+    assert DeploymentOptions.model_validate({"num_cpus": "auto"}).num_cpus == 1.0
+    assert DeploymentOptions.model_validate({"num_cpus": 2}).num_cpus == 2.0
+    with pytest.raises(ValidationError):
+        DeploymentOptions.model_validate({"num_cpus": "many"})
