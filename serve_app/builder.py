@@ -100,7 +100,7 @@ def request_router_config(routing: RoutingOptions) -> dict[str, Any] | None:
 def _serve_options(options: DeploymentOptions, autoscaling_policy: str | None = None) -> dict[str, Any]:
     """Serve's options for a deployment; `autoscaling_policy` replaces Serve's count of ongoing requests."""
     actor: dict[str, Any] = {
-        "num_cpus": options.num_cpus,
+        "num_cpus": options.reserved_cpus,
         "num_gpus": options.num_gpus,
         "runtime_env": {"env_vars": REPLICA_ENV_VARS},  # Serve merges these with the application's
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -59,18 +59,36 @@ ModelTask = Literal["generate", "embed"]
 PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 
 
+def machine_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The CPUs this process may use, as Ray counts a node's: its CPU affinity, capped by a cgroup's CPU quota
+    (a container's `--cpus`)."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = None
+    try:
+        limit, period = (cgroup / "cpu.max").read_text().split()  # cgroup v2: "max 100000" or "200000 100000"
+        quota = None if limit == "max" else int(limit) / int(period)
+    except (OSError, ValueError):
+        try:  # cgroup v1
+            limit_us = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+            period_us = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+            quota = limit_us / period_us if limit_us > 0 else None
+        except (OSError, ValueError):
+            pass
+    return count if quota is None else max(1, min(count, int(quota)))
+
+
 class DeploymentOptions(StrictModel):
     """Ray Serve options for one deployment: a fixed `num_replicas`, or `autoscaling` bounds."""
 
     num_replicas: int = Field(1, ge=1, description="Fixed number of replicas (or set `autoscaling`, not both).")
     autoscaling: AutoscalingOptions | None = Field(None, description="Replicas follow the load between bounds.")
-    num_cpus: float = Field(
+    num_cpus: Annotated[float, Field(ge=0)] | Literal["auto"] = Field(
         1.0,
-        ge=0,
         description=(
-            "Ray CPUs per replica; on a CPU, an engine computes with this many threads (at least one). `auto`: "
-            "the CPUs of the machine the application is built on, less one for the rest of the stack: for a model "
-            "served from one machine (docs/deployment.md#cpu-threads-of-an-engine)."
+            "Ray CPUs per replica; on a CPU, an engine computes with this many threads (at least one), placed by "
+            "the operating system. `auto`: the CPUs of the machine the application is built on less one, and the "
+            "engine binds its threads as vLLM does for a lone engine: for a model served from one machine "
+            "(docs/deployment.md#cpu-threads-of-an-engine)."
         ),
     )
     num_gpus: float = Field(
@@ -109,15 +127,11 @@ class DeploymentOptions(StrictModel):
         ),
     )
 
-    @field_validator("num_cpus", mode="before")
-    @classmethod
-    def _cpus_of_this_machine(cls, value: object) -> object:
-        """`auto`, resolved where the config is read (the application's build): that machine's CPUs less one,
-        which vLLM's own binding would have left to its scheduler and we leave to the ingress, HAProxy and Ray."""
-        if value != "auto":
-            return value
-        available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return float(max(1, available - 1))
+    @property
+    def reserved_cpus(self) -> float:
+        """What Ray reserves for a replica: `num_cpus`, `auto` resolved on this machine (the application's
+        build) to its CPUs less one, left to the ingress, HAProxy and Ray."""
+        return float(max(1, machine_cpus() - 1)) if self.num_cpus == "auto" else self.num_cpus
 
     @model_validator(mode="after")
     def _replicas_one_way(self) -> DeploymentOptions:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import types
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
@@ -70,6 +70,8 @@ def _paragraph(docstring: str) -> str:
 
 def _type(annotation: Any) -> str:
     origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:  # a constrained type: named by the type it constrains
+        return _type(args[0])
     if origin is Literal:
         return " \\| ".join(f"`{value}`" for value in args)
     if origin in (Union, types.UnionType):

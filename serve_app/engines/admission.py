@@ -177,20 +177,20 @@ class AdmittedEngine(Engine):
         one not taken up by the end (the client left before its stream began) is given back then."""
         admission = self._admission
         refusal = None
-        for generation in generations:
-            weight = generation.sampling.n
-            if self._max_waiting is not None and admission.waiting >= self._max_waiting:
-                if not admission.runs_now(weight):
-                    refusal = unavailable(
-                        f"Model '{self._model_id}' is at capacity: {admission.running} generations are running "
-                        f"and {admission.waiting} requests are waiting. Retry shortly.",
-                        retry_after_s=1.0,
-                    )
-                    break
-            self._held[generation.request_id] = admission.enter(weight, generation.caller, generation.priority)
-        if refusal is not None:
-            self._give_back(generations)
         try:
+            for generation in generations:
+                weight = generation.sampling.n
+                if self._max_waiting is not None and admission.waiting >= self._max_waiting:
+                    if not admission.runs_now(weight):
+                        refusal = unavailable(
+                            f"Model '{self._model_id}' is at capacity: {admission.running} generations are running "
+                            f"and {admission.waiting} requests are waiting. Retry shortly.",
+                            retry_after_s=1.0,
+                        )
+                        break
+                self._held[generation.request_id] = admission.enter(weight, generation.caller, generation.priority)
+            if refusal is not None:
+                self._give_back(generations)
             yield refusal
         finally:
             self._give_back(generations)

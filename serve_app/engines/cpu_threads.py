@@ -8,10 +8,10 @@ replicas of `num_cpus: 4` would run four sets of 15 threads on the same 15 cores
 
 So an engine replica computes with as many threads as the CPUs Ray reserved for it (`num_cpus`, at least
 one) and lets the operating system place them (`nobind`): replicas then share the node the way Ray
-accounts for it. A model served from one machine, as the embedded default, reserves `num_cpus: auto`: that
-machine's CPUs less one, the threads vLLM's binding gave a lone engine. An operator who sets
-`VLLM_CPU_OMP_THREADS_BIND` (in the application's `runtime_env`) gets vLLM's own binding, with their core
-lists.
+accounts for it. A model served from one machine, as the embedded default, sets `num_cpus: auto`: Ray
+reserves that machine's CPUs less one, and the lone engine keeps vLLM's binding (one thread per physical core
+of the first NUMA node, one left to its scheduler). An operator who sets `VLLM_CPU_OMP_THREADS_BIND` (in the
+application's `runtime_env`) gets vLLM's own binding, with their core lists.
 
 Pure: the environment comes in, the variables to set come out.
 """
@@ -19,13 +19,15 @@ Pure: the environment comes in, the variables to set come out.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
 BIND_VARIABLE = "VLLM_CPU_OMP_THREADS_BIND"
 
 
-def cpu_thread_settings(num_cpus: float, environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment variables to set before vLLM starts its EngineCore on a CPU (none when the operator
-    chose a binding), given the CPUs Ray reserved for the replica."""
-    if BIND_VARIABLE in environ:
+def cpu_thread_settings(num_cpus: float | Literal["auto"], environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment variables to set before vLLM starts its EngineCore on a CPU, given the replica's
+    `num_cpus`: none for `auto` (a lone engine on its machine: vLLM's binding) or when the operator chose a
+    binding."""
+    if num_cpus == "auto" or BIND_VARIABLE in environ:
         return {}
     return {BIND_VARIABLE: "nobind", "OMP_NUM_THREADS": str(max(1, int(num_cpus)))}

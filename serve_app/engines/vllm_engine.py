@@ -12,7 +12,7 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from serve_app.config import ClosingPressure, ModelTask, RepetitionGuard, VLLMEngineArgs
 from serve_app.engines.base import (
@@ -51,7 +51,7 @@ class VLLMEngine(Engine):
         compact_json: bool = True,
         repetition_guard: RepetitionGuard | None = None,
         closing_pressure: ClosingPressure | None = None,
-        num_cpus: float = 1.0,
+        num_cpus: float | Literal["auto"] = 1.0,
     ) -> None:
         self._model_path = model_path
         self._num_cpus = num_cpus  # what Ray reserved for the replica: on a CPU, the engine's threads
@@ -130,7 +130,7 @@ class VLLMEngine(Engine):
                 os.environ.update(threads)
                 why = f"{threads['OMP_NUM_THREADS']} thread(s), the replica's Ray CPUs, placed by the OS"
             else:
-                why = f"vLLM's binding, {BIND_VARIABLE}={os.environ[BIND_VARIABLE]!r} as set"
+                why = f"vLLM's binding, {BIND_VARIABLE}={os.environ.get(BIND_VARIABLE, 'auto')!r}"
             logger.info("model %r computes on the CPU with %s", self._served_model_name, why)
         from vllm import AsyncEngineArgs
         from vllm.config import StructuredOutputsConfig

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from serve_app.config import ConfigError, DeploymentOptions, parse_app_config
+from serve_app.config import ConfigError, DeploymentOptions, machine_cpus, parse_app_config
 
 MINIMAL = {"models": [{"id": "m", "source": "org/model"}]}
 
@@ -86,13 +87,26 @@ def test_a_prefill_cap_at_or_above_the_step_budget_is_refused() -> None:
     assert model.engine_args.long_prefill_token_threshold == 256
 
 
-def test_num_cpus_auto_is_this_machines_cpus_less_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The embedded default's engine computes with the machine's CPUs less one (its threads, on a CPU); a number
-    is taken as it is."""
+def test_num_cpus_auto_reserves_this_machines_cpus_less_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The embedded default's engine gets the machine's CPUs less one, counted as Ray counts a node's: the
+    process's CPU affinity, capped by a container's CPU quota (cgroup v2 or v1); a number is taken as it is."""
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(8)), raising=False)
-    assert DeploymentOptions.model_validate({"num_cpus": "auto"}).num_cpus == 7.0
-    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0}, raising=False)
-    assert DeploymentOptions.model_validate({"num_cpus": "auto"}).num_cpus == 1.0
-    assert DeploymentOptions.model_validate({"num_cpus": 2}).num_cpus == 2.0
+    no_cgroup = tmp_path / "none"
+    assert machine_cpus(no_cgroup) == 8
+    (tmp_path / "v2").mkdir()
+    (tmp_path / "v2" / "cpu.max").write_text("max 100000\n")
+    assert machine_cpus(tmp_path / "v2") == 8
+    (tmp_path / "v2" / "cpu.max").write_text("250000 100000\n")  # docker --cpus=2.5
+    assert machine_cpus(tmp_path / "v2") == 2
+    (tmp_path / "v1" / "cpu").mkdir(parents=True)
+    (tmp_path / "v1" / "cpu" / "cpu.cfs_quota_us").write_text("300000\n")
+    (tmp_path / "v1" / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert machine_cpus(tmp_path / "v1") == 3
+
+    auto = DeploymentOptions.model_validate({"num_cpus": "auto"})
+    assert auto.num_cpus == "auto" and auto.reserved_cpus == float(max(1, machine_cpus() - 1))
+    assert DeploymentOptions.model_validate({"num_cpus": 2}).reserved_cpus == 2.0
     with pytest.raises(ValidationError):
         DeploymentOptions.model_validate({"num_cpus": "many"})
+    with pytest.raises(ValidationError):
+        DeploymentOptions.model_validate({"num_cpus": -1})

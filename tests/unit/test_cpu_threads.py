@@ -13,5 +13,6 @@ def test_an_engine_computes_with_its_replicas_cpus_left_unbound() -> None:
     assert cpu_thread_settings(2.5, {})["OMP_NUM_THREADS"] == "2"
 
 
-def test_a_binding_the_operator_set_is_left_to_vllm() -> None:
+def test_a_lone_engine_and_a_binding_the_operator_set_are_left_to_vllm() -> None:
+    assert cpu_thread_settings("auto", {}) == {}  # num_cpus: auto, a model served from one machine
     assert cpu_thread_settings(4.0, {"VLLM_CPU_OMP_THREADS_BIND": "0-3|4-7"}) == {}

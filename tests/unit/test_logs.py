@@ -40,3 +40,13 @@ def test_our_records_go_where_serves_go(serve_handler: _Kept) -> None:
     logging.getLogger("agent_serve.engine").info("model 'm' runs in float32")
     logging.getLogger("agent_serve.engine").debug("below Serve's level")
     assert serve_handler.messages == ["model 'm' runs in float32"]
+
+
+def test_our_records_follow_serves_logger_when_it_is_configured_again(serve_handler: _Kept) -> None:
+    """A deployment's `logging_config` changed: Serve replaces its handlers and level in the running replica."""
+    log_with_serve()
+    renewed = _Kept()
+    logging.getLogger(SERVE_LOGGER).handlers = [renewed]
+    logging.getLogger(SERVE_LOGGER).setLevel(logging.DEBUG)
+    logging.getLogger("agent_serve.http").debug("now shown")
+    assert (serve_handler.messages, renewed.messages) == ([], ["now shown"])
