@@ -4,10 +4,10 @@ side by side in one run, on this machine.
 vLLM's CPU backend binds each engine's threads to every core of the first NUMA node but one
 (`VLLM_CPU_OMP_THREADS_BIND=auto`), the same cores for every replica on the node. Ours computes with the CPUs
 Ray reserved for the replica and leaves their placement to the operating system
-(`serve_app/engines/cpu_threads.py`). Per mode, two models of the embedded default (one replica each,
-`num_cpus: 1`, as `configs/local.yaml` serves it) get a fresh ~2k-token agent prompt each at the same moment,
-3 times after a warm-up; printed: the medians of the pairs' time to first token and to the answer's end
-(64 tokens), with the ratio to vLLM's binding.
+(`serve_app/engines/cpu_threads.py`). Per mode, two models of the embedded default (one replica each
+with `num_cpus: 1`, otherwise as `configs/local.yaml` serves it) get a fresh ~2k-token agent prompt each
+at the same moment, 3 times after a warm-up; printed: the medians of the pairs' time to first token and to
+the answer's end (64 tokens), with the ratio to vLLM's binding.
 
     .venv/bin/python load_tests/cpu_threads.py
 
