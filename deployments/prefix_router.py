@@ -1,10 +1,11 @@
 """`PrefixAffinityRouter`: Serve's request router for engine deployments, routing by prompt prefix.
 
-The policy is `serve_app/prefix_routing.py`; this class feeds it Serve's replicas, their queue lengths and
-the holders of a request's key: where this router last sent the key, then the replicas whose routing stats
-(`LLMServer.record_routing_stats`) name it. Serve runs one router per deployment handle, in each process that
-calls the engines (the ingress and the post-processing replicas); the engines' reports let them all find a
-conversation that another one placed, a reporting period (`HELD_KEYS_REPORT_PERIOD_S`) after it started.
+The policy is `serve_app/prefix_routing.py`; this class feeds it Serve's replicas, their queue lengths, how
+much of the request's prompt each holds (what this router sent there, and what the replicas' routing stats,
+`LLMServer.record_routing_stats`, report) and the work this router has in flight on each. Serve runs one
+router per deployment handle, in each process that calls the engines (the ingress and the post-processing
+replicas); the engines' reports let them all find a conversation that another one placed, a reporting period
+(`HELD_KEYS_REPORT_PERIOD_S`) after it started.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from serve_app.prefix_routing import (
     HELD_KEYS_STAT,
     IN_FLIGHT_REQUESTS,
     PLACED_KEYS,
-    InFlight,
+    Backlog,
     LatestKeys,
-    affinity_key,
+    LatestSizes,
+    Prefix,
     choose,
+    prompt_prefixes,
     ranking,
 )
 
@@ -35,10 +38,13 @@ class PrefixAffinityRouter(RequestRouter):
     # No FIFOMixin: with it, a replica found for one request may be handed to an older pending one, whose
     # prefix lives elsewhere. No LocalityMixin: the replica holding the prefix beats the one on this node.
 
-    def initialize_state(self, max_load_factor: float = 1.5) -> None:  # type: ignore[override]
-        self._max_load_factor = max_load_factor
+    def initialize_state(self, recompute_weight: float = 2.0) -> None:  # type: ignore[override]
+        self._recompute_weight = recompute_weight
+        # Where each conversation went last (its replica's active conversations are counted from it).
         self._placed: LatestKeys[str] = LatestKeys(PLACED_KEYS, ACTIVE_WINDOW_S)
-        self._in_flight = InFlight(IN_FLIGHT_REQUESTS)
+        # How much of each prefix every replica holds, as far as this router sent it: (key, replica) -> size.
+        self._held: LatestSizes[tuple[bytes, str]] = LatestSizes(2 * PLACED_KEYS)
+        self._backlog = Backlog(IN_FLIGHT_REQUESTS)
 
     async def choose_replicas(
         self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
@@ -49,26 +55,28 @@ class PrefixAffinityRouter(RequestRouter):
         if pending_request is not None:
             # The ranks hold every replica: if none of them takes the request, Serve waits before asking again.
             pending_request.routing_context.should_backoff = True
-        key = self._key(pending_request)
-        if key is None or pending_request is None or len(candidate_replicas) < 2:
+        prefixes = self._prefixes(pending_request)
+        if not prefixes or pending_request is None or len(candidate_replicas) < 2:
             return [candidate_replicas]
+        key, size = prefixes[-1].key, prefixes[-1].size
         by_id = {replica.replica_id.unique_id: replica for replica in candidate_replicas}
         ranked = ranking(key, list(by_id))
         queue_lengths = await self._queue_lengths(candidate_replicas)
-        # After the wait: a call of the same conversation routed meanwhile is then a holder here, not another
-        # active conversation that would send this one elsewhere.
-        holders = self._holders(key, [by_id[replica] for replica in ranked])
-        request_id = pending_request.metadata.internal_request_id
-        key_in_flight = self._in_flight.others(key, request_id) > 0
+        # After the wait: a call of the same conversation routed meanwhile is then counted here.
+        held = {replica_id: self._held_of(prefixes, replica) for replica_id, replica in by_id.items()}
+        holders = [replica_id for replica_id in ranked if self._held_of(prefixes[-1:], by_id[replica_id])]
+        backlog = self._backlogs(candidate_replicas, queue_lengths, size)
         active = self._active(candidate_replicas)
-        chosen = choose(ranked, queue_lengths, holders, self._max_load_factor, active, key_in_flight)
+        chosen = choose(ranked, queue_lengths, size, held, holders, backlog, active, self._recompute_weight)
         self._placed.note(key, chosen, time.monotonic())
-        self._in_flight.add(key, request_id)
+        self._backlog.add(pending_request.metadata.internal_request_id, chosen, max(0, size - held[chosen]))
+        for prefix in prefixes:
+            self._held.note((prefix.key, chosen), prefix.size)
         return [[by_id[chosen]], [by_id[replica] for replica in ranked if replica != chosen]]
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
         """Serve calls this once for every request it sent, however it ended."""
-        self._in_flight.remove(internal_request_id)
+        self._backlog.remove(internal_request_id)
 
     def _fulfill_next_pending_request(
         self, replica: RunningReplica, request_metadata: RequestMetadata | None = None
@@ -88,15 +96,26 @@ class PrefixAffinityRouter(RequestRouter):
                 self._remove_pending_request_from_indices(pending)  # by id: maybe a sibling's entry, unused here
                 return
 
-    def _holders(self, key: bytes, ranked: list[RunningReplica]) -> list[str]:
-        """The replicas that ran the key's latest requests, most likely first: where this router sent it last
-        (known at once), then those reporting it, in the key's ranking."""
-        holders = [placed] if (placed := self._placed.get(key)) is not None else []
-        return holders + [
-            replica.replica_id.unique_id
-            for replica in ranked
-            if key in replica.routing_stats.get(HELD_KEYS_STAT, ()) and replica.replica_id.unique_id not in holders
-        ]
+    def _held_of(self, prefixes: list[Prefix], replica: RunningReplica) -> int:
+        """How many of the prompt's characters `replica` holds: the longest of its prefixes that this router
+        sent there (known at once) or that the replica reports (the other routers' too, a period late)."""
+        replica_id = replica.replica_id.unique_id
+        reported: dict[bytes, int] = replica.routing_stats.get(HELD_KEYS_STAT, {})
+        return max(
+            min(prefix.size, max(self._held.get((prefix.key, replica_id)), reported.get(prefix.key, 0)))
+            for prefix in prefixes
+        )
+
+    def _backlogs(self, replicas: list[RunningReplica], queue_lengths: dict[str, int], size: int) -> dict[str, float]:
+        """Each replica's work in flight: what this router sent there, and its queue's other requests (other
+        routers') at the typical work of this router's requests (or this one's size, when it tracks none)."""
+        typical = self._backlog.typical() or size
+        backlogs = {}
+        for replica in replicas:
+            replica_id = replica.replica_id.unique_id
+            others = max(0, queue_lengths.get(replica_id, 0) - self._backlog.count(replica_id))
+            backlogs[replica_id] = self._backlog.work(replica_id) + others * typical
+        return backlogs
 
     def _active(self, replicas: list[RunningReplica]) -> dict[str, int]:
         """Each replica's active conversations: those this router sent there lately (known at once) or, when
@@ -109,16 +128,16 @@ class PrefixAffinityRouter(RequestRouter):
         return active
 
     @staticmethod
-    def _key(pending_request: PendingRequest | None) -> bytes | None:
-        """The request's affinity key. An exception raised here would leave the request waiting forever
-        (Serve ends the routing task, not the request): a request whose key fails goes to the shortest queue."""
+    def _prefixes(pending_request: PendingRequest | None) -> list[Prefix]:
+        """The request's prompt prefixes. An exception raised here would leave the request waiting forever
+        (Serve ends the routing task, not the request): a request whose prefixes fail goes to the shortest queue."""
         if pending_request is None or not pending_request.args:
-            return None
+            return []
         try:
-            return affinity_key(pending_request.args[0])
+            return prompt_prefixes(pending_request.args[0])
         except Exception:
-            logger.exception("no affinity key for this request; it goes to the shortest queue")
-            return None
+            logger.exception("no prompt prefixes for this request; it goes to the shortest queue")
+            return []
 
     async def _queue_lengths(self, replicas: list[RunningReplica]) -> dict[str, int]:
         """Serve's cached queue lengths (refreshed as requests are sent and finish), probing replicas it has

@@ -258,8 +258,8 @@ def _model(options: argparse.Namespace, router: str, script: Path) -> dict[str, 
         if options.long_prefill_token_threshold is not None:
             model["engine_args"]["long_prefill_token_threshold"] = options.long_prefill_token_threshold
     model["routing"] = {"router": ROUTERS[router]}
-    if router == "prefix_affinity" and options.max_load_factor is not None:
-        model["routing"]["max_load_factor"] = options.max_load_factor
+    if router == "prefix_affinity" and options.recompute_weight is not None:
+        model["routing"]["recompute_weight"] = options.recompute_weight
     return model
 
 
@@ -276,7 +276,7 @@ def main() -> None:
     parser.add_argument("--stagger-s", type=float, help="between session starts (default: 2 real, 0.05 simulated)")
     parser.add_argument("--think-s", type=float, help="tool time between turns, ±50%% (default: 5 real, 0 simulated)")
     parser.add_argument("--prefill-ms-per-token", type=float, default=1.0, help="simulated: uncached prompt token")
-    parser.add_argument("--max-load-factor", type=float, help="prefix_affinity's bound (default: the config's)")
+    parser.add_argument("--recompute-weight", type=float, help="prefix_affinity: a recomputed character's weight")
     parser.add_argument("--max-num-batched-tokens", type=int, help="real: engines' step budget")
     parser.add_argument("--long-prefill-token-threshold", type=int, help="real: a prompt's share of a step at most")
     parser.add_argument("--token-ms", type=float, default=20.0, help="simulated: between answer tokens")

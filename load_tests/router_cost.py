@@ -4,9 +4,9 @@
 
 For each count of conversations placed in the last `ACTIVE_WINDOW_S` (one-off chats are a key each), with the
 router's full table of `PLACED_KEYS` keys: the time of each step `PrefixAffinityRouter.choose_replicas` takes
-for Cline's captured tool-result turn (its affinity key, the key's replica ranking, the replicas' active
-conversations, the choice, noting where it went), best of 5 repeats. Serve's own routing work (queue-length
-cache, the pending-request bookkeeping) is not counted.
+for Cline's captured tool-result turn (its prompt's prefixes, the key's replica ranking, the replicas' active
+conversations, the choice, noting where it went and how much of it the replica holds), best of 5 repeats.
+Serve's own routing work (queue-length cache, the pending-request bookkeeping) is not counted.
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ sys.path.insert(0, str(ROOT))
 from serve_app.prefix_routing import (  # noqa: E402
     ACTIVE_WINDOW_S,
     PLACED_KEYS,
+    Backlog,
     LatestKeys,
-    affinity_key,
+    LatestSizes,
     choose,
+    prompt_prefixes,
     ranking,
 )
 from serve_app.protocol.chat import ChatCompletionRequest  # noqa: E402
@@ -55,17 +57,29 @@ def _placed(replicas: list[str], in_window: int) -> LatestKeys[str]:
 
 def _steps_ms(request: ChatCompletionRequest, replicas: list[str], placed: LatestKeys[str]) -> list[float]:
     """Each step's time for `request`, sent to a holder of its key, the second in its ranking."""
-    key = affinity_key(request)
-    assert key is not None
+    prefixes = prompt_prefixes(request)
+    key, size = prefixes[-1].key, prefixes[-1].size
     ranked = ranking(key, replicas)
     queues = {replica: index % 3 for index, replica in enumerate(replicas)}
     active = placed.recent(NOW)
+    held = {replica: prefixes[0].size for replica in replicas} | {ranked[1]: size - 1000}
+    backlog = Backlog(PLACED_KEYS)
+    for index in range(len(replicas) * 2):
+        backlog.add(f"request-{index}", replicas[index % len(replicas)], 1000.0)
+    backlogs = {replica: backlog.work(replica) for replica in replicas}
+    sizes: LatestSizes[tuple[bytes, str]] = LatestSizes(2 * PLACED_KEYS)
+
+    def note() -> None:
+        placed.note(key, ranked[1], NOW)
+        for prefix in prefixes:
+            sizes.note((prefix.key, ranked[1]), prefix.size)
+
     return [
-        _per_call_ms(lambda: affinity_key(request)),
+        _per_call_ms(lambda: prompt_prefixes(request)),
         _per_call_ms(lambda: ranking(key, replicas)),
         _per_call_ms(lambda: placed.recent(NOW)),
-        _per_call_ms(lambda: choose(ranked, queues, [ranked[1]], 1.5, active)),
-        _per_call_ms(lambda: placed.note(key, ranked[1], NOW)),
+        _per_call_ms(lambda: choose(ranked, queues, size, held, [ranked[1]], backlogs, active, 2.0)),
+        _per_call_ms(note),
     ]
 
 
@@ -77,7 +91,7 @@ def main() -> None:
     request = ChatCompletionRequest.model_validate(json.loads(capture.read_text())["body"])
     replicas = [f"replica-{index}" for index in range(options.replicas)]
     print(f"{options.replicas} replicas, {PLACED_KEYS} keys remembered; milliseconds per request")
-    print("| placed in the window | affinity key | ranking | active conversations | choice | note | total |")
+    print("| placed in the window | prefixes | ranking | active conversations | choice | note | total |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for in_window in (1_200, 12_000, PLACED_KEYS):
         steps = _steps_ms(request, replicas, _placed(replicas, in_window))

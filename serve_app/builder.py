@@ -91,7 +91,7 @@ def request_router_config(routing: RoutingOptions) -> dict[str, Any] | None:
     if routing.router == "prefix_affinity":
         return {
             "request_router_class": PREFIX_AFFINITY_ROUTER,
-            "request_router_kwargs": {"max_load_factor": routing.max_load_factor},
+            "request_router_kwargs": {"recompute_weight": routing.recompute_weight},
             "request_routing_stats_period_s": HELD_KEYS_REPORT_PERIOD_S,
         }
     return {"request_router_class": routing.router}

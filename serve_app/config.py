@@ -259,18 +259,19 @@ class RoutingOptions(StrictModel):
         "prefix_affinity",
         description=(
             "`prefix_affinity`: a conversation's turns go to the replica that holds its prefix in vLLM's cache, "
-            "unless that replica is loaded past `max_load_factor` (`serve_app/prefix_routing.py`); "
+            "unless another would answer sooner, recomputing it counted (`serve_app/prefix_routing.py`); "
             "`power_of_two`: Serve's default, the shorter queue of two random replicas; or a Serve "
             "`RequestRouter` class by import path (`package.module.Class`)."
         ),
     )
-    max_load_factor: float = Field(
-        1.5,
+    recompute_weight: float = Field(
+        2.0,
         ge=1,
         description=(
-            "`prefix_affinity`: a replica keeps its conversations while its load (its queue, or its active "
-            "conversations when more; its queue for a key with several requests in flight) stays within this × "
-            "the average (rounded up); past it a request goes where the least work is in sight. 1: strict balance."
+            "`prefix_affinity`: a conversation's turn goes to the replica that would answer it soonest (its work "
+            "in flight plus what it would compute of the prompt); each prompt character a replica would "
+            "recompute because another holds it counts this × as much as one waited for. 1: the soonest answer "
+            "for this request alone."
         ),
     )
 

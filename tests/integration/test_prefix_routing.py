@@ -69,8 +69,9 @@ def test_a_prompt_cache_key_keeps_a_conversation_together(http: httpx.Client) ->
         assert _served_where_the_previous_turn_ran(usage), usage
 
 
-def _held_keys(app_name: str) -> dict[str, frozenset[bytes]]:
-    """What each engine replica reports holding (its routing stats), by the replica's id."""
+def _held_keys(app_name: str) -> dict[str, dict[bytes, int]]:
+    """What each engine replica reports holding (its routing stats: each prefix's key and size), by the
+    replica's id."""
     import ray
 
     deployment = f"{app_name}#LLMServer:{ROUTED_MODEL}#"
@@ -100,7 +101,7 @@ def test_a_router_that_never_placed_a_conversation_follows_the_engines_reports(
     """The ingress places a new conversation on the replica with the shorter queue, here the one its key does
     not rank first (that one is busy). A router that never saw the conversation (this process's own handle:
     another ingress replica, or the ingress restarted) sends its next turn there too, because the engines
-    report the keys they hold; going by the key's ranking it would miss the cached prefix."""
+    report the prefixes they hold; going by the key's ranking it would miss the cached prefix."""
     from ray import serve
 
     busy, other = sorted(_held_keys(running_app.app_name))

@@ -12,7 +12,7 @@ from ray.serve._private.common import DeploymentHandleSource, DeploymentID, Repl
 from ray.serve.request_router import PendingRequest
 
 from deployments.prefix_router import PrefixAffinityRouter
-from serve_app.prefix_routing import ACTIVE_STAT, HELD_KEYS_STAT, affinity_key, ranking
+from serve_app.prefix_routing import ACTIVE_STAT, HELD_KEYS_STAT, affinity_key, prompt_prefixes, ranking
 from serve_app.protocol.chat import ChatCompletionRequest
 
 DEPLOYMENT = DeploymentID(name="LLMServer:model", app_name="openai")
@@ -44,7 +44,7 @@ def _router(*replicas: StandInReplica) -> PrefixAffinityRouter:
     router = PrefixAffinityRouter(
         deployment_id=DEPLOYMENT, handle_source=DeploymentHandleSource.REPLICA, use_replica_queue_len_cache=True
     )
-    router.initialize_state(max_load_factor=1.5)
+    router.initialize_state(recompute_weight=2.0)
     router.update_replicas(list(replicas))  # type: ignore[arg-type]
     return router
 
@@ -132,7 +132,8 @@ def test_a_conversation_another_router_placed_goes_to_the_replica_reporting_its_
     assert key is not None
     not_first = ranking(key, ["a", "b", "c"])[-1]
     replicas = [StandInReplica(i) for i in ["a", "b", "c"]]
-    next(r for r in replicas if r.unique_id == not_first).routing_stats = {HELD_KEYS_STAT: frozenset({key})}
+    size = prompt_prefixes(turn)[-1].size
+    next(r for r in replicas if r.unique_id == not_first).routing_stats = {HELD_KEYS_STAT: {key: size}}
     assert _sent_one_by_one(replicas, [turn]) == [[not_first]]
 
 
@@ -146,25 +147,56 @@ def test_a_new_conversation_goes_to_the_replica_reporting_the_fewest_active_conv
         assert _sent_one_by_one(replicas, [_opening(task)]) == [["b"]]
 
 
-def test_a_key_sending_many_requests_at_once_spills_by_its_queue_and_its_completed_requests_do_not_count() -> None:
-    """Both replicas report four active conversations, and one of them has three requests queued. If they are
-    this key's, still running, the key's next request goes to the other replica (by the queues its holder has
-    had its share); if they completed, as Serve reports, and the queue is other conversations' turns, the next
-    request is this conversation's next turn and stays (by the conversations its holder may take six)."""
-    turn = _opening("Summarize this document")
+def _long_turn(task: str) -> ChatCompletionRequest:
+    """A later turn: the opening, then a 20k-character tool result."""
+    call = {"id": "c1", "type": "function", "function": {"name": "read_file", "arguments": "{}"}}
+    return ChatCompletionRequest.model_validate(
+        {
+            "model": "model",
+            "messages": [
+                *_opening(task).model_dump()["messages"],
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "c1", "content": "x = 1\n" * 4000},
+            ],
+        }
+    )
 
-    async def route(completed: bool) -> list[str]:
-        router = _router(*[StandInReplica(i, routing_stats={ACTIVE_STAT: 4}) for i in ["a", "b"]])
+
+def test_a_turn_leaves_its_holder_only_when_the_queue_there_outlasts_recomputing_elsewhere() -> None:
+    """Replica a reports holding all of a conversation but its last 1,000 characters; b does not hold it. With
+    a's queue empty the turn goes to a; with five requests queued there (another router's, counted at the
+    size of this one) it goes to b, which recomputes the conversation rather than wait."""
+    turn = _long_turn("Fix the parser")
+    prefix = prompt_prefixes(turn)[-1]
+
+    def sent_to(queue_len: int) -> str:
+        holder = StandInReplica(
+            "a", queue_len=queue_len, routing_stats={HELD_KEYS_STAT: {prefix.key: prefix.size - 1000}}
+        )
+        return _sent_one_by_one([holder, StandInReplica("b")], [turn])[0][0]
+
+    assert sent_to(0) == "a"
+    assert sent_to(1) == "a"  # 20k characters of a's queue against 2 × 19k recomputed at b
+    assert sent_to(5) == "b"
+
+
+def test_a_turn_goes_where_less_work_is_in_flight_until_serve_reports_it_complete() -> None:
+    """Three conversations that both replicas hold but their last 2,000 characters: the second goes to the
+    replica the first is not computing on; once the first completes, as Serve reports, the third goes to the
+    first's replica, where nothing is in flight any more."""
+    turns = [_long_turn(task) for task in ["Fix the parser", "Add a flag", "Profile the export"]]
+    stats = {HELD_KEYS_STAT: {(p := prompt_prefixes(turn)[-1]).key: p.size - 2000 for turn in turns}}
+
+    async def route() -> list[str]:
+        router = _router(*[StandInReplica(i, routing_stats=stats) for i in ["a", "b"]])
         chosen = []
-        for number in range(4):
+        for number, turn in enumerate(turns):
             replica = await router._choose_replica_for_request(_call(f"request-{number}", turn))
-            router.on_send_request(replica.replica_id)  # Serve's queue length: 1, 2, 3 (not decremented here)
-            if completed:
-                router.on_request_completed(replica.replica_id, f"request-{number}")
             chosen.append(replica.replica_id.unique_id)
+            if number == 1:
+                router.on_request_completed(replica.replica_id, "request-0")
         return chosen
 
-    running = asyncio.run(asyncio.wait_for(route(completed=False), HUNG_AFTER_S))
-    home = running[0]
-    assert running == [home, home, home, ({"a", "b"} - {home}).pop()]
-    assert asyncio.run(asyncio.wait_for(route(completed=True), HUNG_AFTER_S)) == [home] * 4
+    first, second, third = asyncio.run(asyncio.wait_for(route(), HUNG_AFTER_S))
+    assert second != first
+    assert third == first

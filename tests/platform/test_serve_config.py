@@ -96,7 +96,7 @@ def test_engines_route_by_prefix_by_default_and_take_serve_s_router_or_another_b
     default = router(None)
     assert default == {
         "request_router_class": "deployments.prefix_router.PrefixAffinityRouter",
-        "request_router_kwargs": {"max_load_factor": 1.5},
+        "request_router_kwargs": {"recompute_weight": 2.0},
         "request_routing_stats_period_s": 5.0,  # how soon the engines' reports of the keys they hold arrive
     }
     assert RequestRouterConfig.model_validate(default).get_request_router_class() is PrefixAffinityRouter

@@ -1,13 +1,24 @@
-"""Prefix-affinity routing (issue #22, `serve_app/prefix_routing.py`): a conversation's turns share a key, a
-key's turns go to its holder while load allows, new conversations spread over the shortest queues, and the
-latest keys are remembered within a bound."""
+"""Prefix-affinity routing (issue #22, `serve_app/prefix_routing.py`): a conversation's turns share a key and an
+opening with the agent's other conversations; a turn goes where it would be answered soonest, recomputing
+counted; new conversations spread over the replicas; the latest keys, sizes and work in flight are tracked
+within bounds."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
-from serve_app.prefix_routing import InFlight, LatestKeys, affinity_key, choose, ranking
+from serve_app.prefix_routing import (
+    CHARACTERS_PER_TOKEN,
+    Backlog,
+    LatestKeys,
+    LatestSizes,
+    affinity_key,
+    choose,
+    prompt_prefixes,
+    ranking,
+)
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.completions import CompletionRequest
 from serve_app.protocol.embeddings import EmbeddingRequest
@@ -93,75 +104,114 @@ def test_keys_spread_evenly_and_the_ranking_ignores_the_order_replicas_are_liste
     assert ranking(key, replicas) == ranking(key, list(reversed(replicas)))
 
 
-def test_a_holder_takes_the_request_until_its_load_reaches_the_bound() -> None:
-    ranked = ["a", "b", "c"]
-    assert choose(ranked, {}, ["b"], 1.5, {}) == "b"  # idle: the key's holder, not its first in the ranking
-    # 3 queued + this one = 4 requests; bound ceil(1.5 * 4 / 3) = 2.
-    assert choose(ranked, {"a": 1, "b": 1, "c": 1}, ["b"], 1.5, {}) == "b"
-    assert choose(ranked, {"a": 1, "b": 2, "c": 0}, ["b"], 1.5, {}) == "c"  # past it: the shortest queue
-    # Two holders (a conversation moved once): the first under the bound, ceil(1.2 * 6 / 3) = 3.
-    assert choose(ranked, {"a": 1, "b": 3, "c": 1}, ["b", "c"], 1.2, {}) == "c"
-    assert choose(ranked, {"a": 3, "b": 3, "c": 0}, ["a", "b"], 1.0, {}) == "c"
-    assert choose(ranked, {"a": 0, "b": 0}, ["gone"], 1.5, {}) == "a"  # a holder that left is no holder
+def test_a_chat_prompt_has_its_agents_opening_then_its_conversation() -> None:
+    """Every conversation of an agent shares its opening (tools and system prompt); a conversation's turns
+    share its key and grow, a tool call's name and arguments counted."""
+    first = prompt_prefixes(chat(OPENING))
+    later = prompt_prefixes(chat([*OPENING, *TURN]))
+    other = prompt_prefixes(chat([OPENING[0], {"role": "user", "content": "Add a README"}]))
+    assert [p.key for p in later] == [p.key for p in first]
+    assert first[0].key == other[0].key and first[1].key != other[1].key
+    assert first[0].size == other[0].size > len(json.dumps(TOOLS[0])) + len(OPENING[0]["content"])
+    assert first[1].size == first[0].size + len(OPENING[1]["content"])
+    assert later[1].size - first[1].size == len("read_file") + len("{}") + len(TURN[1]["content"])
+    assert later[1].key == affinity_key(chat([*OPENING, *TURN]))
+    no_opening = prompt_prefixes(ChatCompletionRequest.model_validate({"model": "m", "messages": OPENING[1:]}))
+    assert len(no_opening) == 1  # nothing shared but the conversation itself
+
+
+def test_a_completion_prompt_is_one_prefix_sized_in_characters() -> None:
+    assert [p.size for p in prompt_prefixes(CompletionRequest(model="m", prompt="x" * 3000))] == [3000]
+    tokens = prompt_prefixes(CompletionRequest(model="m", prompt=list(range(100))))
+    assert [p.size for p in tokens] == [100 * CHARACTERS_PER_TOKEN]
+    assert prompt_prefixes(EmbeddingRequest(model="m", input="hello")) == []
+
+
+def _choose(
+    queues: dict[str, int] | None = None,
+    size: int = 10_000,
+    held: dict[str, int] | None = None,
+    backlog: dict[str, float] | None = None,
+    active: dict[str, int] | None = None,
+    ranked: list[str] | None = None,
+    weight: float = 2.0,
+) -> str:
+    """The choice among replicas a and b (unless `ranked` says otherwise); holders are those holding any of
+    the conversation (more than its opening: `OPENING_HELD` characters)."""
+    ranked = ranked or ["a", "b"]
+    held = held or {}
+    holders = [replica for replica in ranked if held.get(replica, 0) > OPENING_HELD]
+    return choose(ranked, queues or {}, size, held, holders, backlog or {}, active or {}, weight)
+
+
+OPENING_HELD = 6_000
+
+
+def test_a_turn_stays_with_its_holder_until_waiting_there_costs_more_than_recomputing_elsewhere() -> None:
+    """A 10k-character conversation whose holder a computed 9k of it, b only the agents' 6k opening: at a it
+    computes 1k, at b 4k, which counts twice (2k of extra work, 1k + 2 × 3k = 7k). It stays at a while a's work
+    in flight is under 6k."""
+    held = {"a": 9_000, "b": OPENING_HELD}
+    assert _choose(held=held) == "a"
+    assert _choose(held=held, backlog={"a": 5_999}) == "a"
+    assert _choose(held=held, backlog={"a": 6_001}) == "b"
+    assert _choose(held=held, backlog={"a": 6_001, "b": 1}) == "a"  # b busy too: past the recompute, not moved
+    # Counted once (recompute_weight 1): the soonest first token, moved once a's work passes 3k.
+    assert _choose(held=held, backlog={"a": 3_001}, weight=1.0) == "b"
+    assert _choose(held=held, backlog={"a": 2_999}, weight=1.0) == "a"
+
+
+def test_a_conversation_held_twice_goes_where_less_is_left_to_compute() -> None:
+    """Moved once, a conversation is in both caches: each turn goes to the replica that held more of it, or
+    to the other when that one's work in flight makes up the difference."""
+    held = {"a": 8_000, "b": 9_000}
+    assert _choose(held=held) == "b"
+    assert _choose(held=held, backlog={"b": 1_500}) == "b"  # 1.5k < 2 × 1k
+    assert _choose(held=held, backlog={"b": 2_500}) == "a"
+
+
+def test_equal_waits_go_to_the_replica_with_less_work_in_sight_then_the_ranking() -> None:
+    held = {"a": 9_000, "b": 9_000}
+    assert _choose(held=held, active={"a": 3, "b": 2}) == "b"
+    assert _choose(held=held, queues={"a": 1}, active={"a": 2, "b": 3}) == "b"
+    assert _choose(held=held) == "a"
+    assert _choose(held=held, ranked=["b", "a"]) == "b"
+
+
+def test_a_holder_that_left_holds_nothing() -> None:
+    assert choose(["a", "b"], {"a": 1}, 10_000, {}, ["gone"], {}, {}, 2.0) == "b"
 
 
 def test_a_new_conversation_goes_to_the_shortest_queue_and_the_ranking_breaks_ties() -> None:
-    assert choose(["a", "b", "c"], {"a": 2, "b": 1, "c": 1}, [], 1.5, {}) == "b"
-    assert choose(["c", "b", "a"], {"a": 2, "b": 1, "c": 1}, [], 1.5, {}) == "c"
-    assert choose(["a", "b"], {}, [], 1.5, {}) == "a"
+    assert _choose(queues={"a": 2, "b": 1, "c": 1}, ranked=["a", "b", "c"]) == "b"
+    assert _choose(queues={"a": 2, "b": 1, "c": 1}, ranked=["c", "b", "a"]) == "c"
+    assert _choose() == "a"
 
 
 def test_conversations_starting_together_split_evenly_over_the_replicas() -> None:
     """Four conversations whose keys all rank replica `a` first, on two replicas, each one's first turn in flight
-    when the next starts: by ranking with a 1.5 load bound, three would share `a` while `b` ran one."""
+    when the next starts."""
     keys = [key for key in _keys(40) if ranking(key, ["a", "b"])[0] == "a"][:4]
     queues = {"a": 0, "b": 0}
     for key in keys:
-        queues[choose(ranking(key, list(queues)), queues, [], 1.5, {})] += 1
+        queues[choose(ranking(key, list(queues)), queues, 10_000, {}, [], {}, {}, 2.0)] += 1
     assert queues == {"a": 2, "b": 2}
-
-
-def test_a_load_factor_of_one_balances_strictly_and_a_large_one_never_leaves_the_holder() -> None:
-    ranked = ["a", "b"]
-    assert choose(ranked, {"a": 1, "b": 0}, ["a"], 1.0, {}) == "b"
-    assert choose(ranked, {"a": 50, "b": 0}, ["a"], 100.0, {}) == "a"
 
 
 def test_a_new_conversation_goes_to_the_least_loaded_replica_its_active_conversations_counted() -> None:
     ranked = ["a", "b", "c"]
     # Idle queues (the agents are between turns): the replica with the fewest conversations, not the ranking.
-    assert choose(ranked, {}, [], 1.5, {"a": 3, "b": 1, "c": 2}) == "b"
+    assert _choose(active={"a": 3, "b": 1, "c": 2}, ranked=ranked) == "b"
     # Equal loads: the shortest queue, then the ranking.
-    assert choose(ranked, {"a": 1, "b": 1, "c": 0}, [], 1.5, {"a": 2, "b": 2, "c": 2}) == "c"
-    assert choose(ranked, {}, [], 1.5, {"a": 2, "b": 2, "c": 2}) == "a"
-    # A replica's load is its queue when that is more: b's 3 queued requests count, for all its quiet.
-    assert choose(ranked, {"a": 1, "b": 3, "c": 0}, [], 1.5, {"a": 2, "b": 0, "c": 1}) == "c"
-    # Loads 9 (8 queued + this request), 3 and 2 = 14; bound ceil(1.5 * 14 / 3) = 7: the holder a is past it, and
-    # the conversation goes where the least work is in sight, not to the shortest queue (b: 3 conversations).
-    assert choose(ranked, {"a": 8, "b": 0, "c": 2}, ["a"], 1.5, {"a": 1, "b": 3, "c": 0}) == "c"
-
-
-def test_a_burst_of_turns_does_not_move_a_conversation_to_a_replica_holding_as_many() -> None:
-    """Four sessions on each of two replicas; three of a's turns arrive at once while b's sessions are all
-    between turns. By queues (3 against 0) the next would move to b, recompute its history there, and leave
-    b with five conversations; by load (4 against 4: a's conversations are its work, b's are b's) it stays."""
-    assert choose(["b", "a"], {"a": 3, "b": 0}, ["a"], 1.5, {"a": 4, "b": 4}) == "a"
-    # Conversations past their share on a (a replica joined, say) move to b until a is within the bound.
-    assert choose(["b", "a"], {"a": 1, "b": 0}, ["a"], 1.5, {"a": 8, "b": 0}) == "b"
-
-
-def test_a_key_with_requests_in_flight_spreads_by_the_queues() -> None:
-    """Many requests of one key at once (a batch sharing a prompt's opening) are no agent's turns: counted by
-    the conversations, a's share would allow 6; by the queues, its fourth request goes to b."""
-    assert choose(["b", "a"], {"a": 3, "b": 0}, ["a"], 1.5, {"a": 4, "b": 4}, key_in_flight=True) == "b"
-    assert choose(["b", "a"], {"a": 2, "b": 0}, ["a"], 1.5, {"a": 4, "b": 4}, key_in_flight=True) == "a"
+    assert _choose(queues={"a": 1, "b": 1, "c": 0}, active={"a": 1, "b": 1, "c": 2}, ranked=ranked) == "c"
+    assert _choose(active={"a": 2, "b": 2, "c": 2}, ranked=ranked) == "a"
 
 
 def test_one_off_requests_counted_as_active_do_not_hide_a_long_queue() -> None:
     """An endpoint of one-off chats: each has a key of its own and counts as active for a while, ~300 on each
     replica. A new one goes where the queue plus the conversations is least, not to the replica with one
     conversation fewer and a queue 48 longer."""
-    assert choose(["a", "b"], {"a": 50, "b": 2}, [], 1.5, {"a": 300, "b": 301}) == "b"
+    assert _choose(queues={"a": 50, "b": 2}, active={"a": 300, "b": 301}) == "b"
 
 
 def test_conversations_that_start_while_the_queues_are_empty_split_evenly() -> None:
@@ -169,8 +219,34 @@ def test_conversations_that_start_while_the_queues_are_empty_split_evenly() -> N
     replicas, the conversations counted as the router places them: four each, wherever their keys rank."""
     active = {"a": 0, "b": 0}
     for key in _keys(8):
-        active[choose(ranking(key, list(active)), {}, [], 1.5, active)] += 1
+        active[choose(ranking(key, list(active)), {}, 10_000, {}, [], {}, active, 2.0)] += 1
     assert active == {"a": 4, "b": 4}
+
+
+def test_the_work_in_flight_is_counted_by_replica_until_each_request_completes() -> None:
+    backlog = Backlog(capacity=3)
+    assert backlog.typical() is None
+    backlog.add("r1", "a", 100.0)
+    backlog.add("r1", "b", 100.0)  # routed again (a retry): counted where it went now
+    backlog.add("r2", "b", 300.0)
+    assert (backlog.work("a"), backlog.work("b"), backlog.count("b")) == (0.0, 400.0, 2)
+    assert backlog.typical() == 200.0
+    backlog.remove("r1")
+    backlog.remove("never-routed")
+    assert (backlog.work("b"), backlog.count("b")) == (300.0, 1)
+    for number in range(3, 6):  # past the capacity: the oldest (r2) is forgotten
+        backlog.add(f"r{number}", "a", 10.0)
+    assert (backlog.work("a"), backlog.work("b"), backlog.count("b")) == (30.0, 0.0, 0)
+
+
+def test_the_latest_sizes_stay_and_the_one_noted_longest_ago_leaves() -> None:
+    sizes: LatestSizes[bytes] = LatestSizes(2)
+    sizes.note(b"first", 10)
+    sizes.note(b"second", 20)
+    sizes.note(b"first", 30)  # noted again: now the newest
+    sizes.note(b"third", 40)
+    assert (sizes.get(b"first"), sizes.get(b"second"), sizes.get(b"third")) == (30, 0, 40)
+    assert sizes.snapshot() == {b"first": 30, b"third": 40}
 
 
 def test_the_latest_keys_stay_and_the_one_used_longest_ago_leaves() -> None:
@@ -182,24 +258,6 @@ def test_the_latest_keys_stay_and_the_one_used_longest_ago_leaves() -> None:
     assert latest.get(b"first") == "c"
     assert latest.get(b"second") is None
     assert latest.keys() == frozenset({b"first", b"third"})
-
-
-def test_requests_in_flight_are_counted_by_key_until_they_complete() -> None:
-    in_flight = InFlight(capacity=3)
-    in_flight.add(b"k", "r1")
-    in_flight.add(b"k", "r1")  # routed again (a retry): one request
-    assert in_flight.others(b"k", "r1") == 0
-    assert in_flight.others(b"k", "r2") == 1
-    in_flight.add(b"k", "r2")
-    in_flight.add(b"other", "r3")
-    assert in_flight.others(b"k", "r3") == 2
-    in_flight.remove("r1")
-    in_flight.remove("never-routed")
-    assert in_flight.others(b"k", "r9") == 1
-    in_flight.add(b"x", "r4")
-    in_flight.add(b"x", "r5")  # past the capacity: the oldest (r2) is forgotten
-    assert in_flight.others(b"k", "r9") == 0
-    assert in_flight.others(b"x", "r9") == 2
 
 
 def test_the_keys_used_within_the_window_are_counted_where_they_went_last() -> None:
