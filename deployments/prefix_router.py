@@ -101,6 +101,8 @@ class PrefixAffinityRouter(RequestRouter):
         sent there (known at once) or that the replica reports (the other routers' too, a period late)."""
         replica_id = replica.replica_id.unique_id
         reported: dict[bytes, int] = replica.routing_stats.get(HELD_KEYS_STAT, {})
+        if not isinstance(reported, dict):  # a replica of an earlier version, mid-upgrade, reports a set of keys
+            reported = {}
         return max(
             min(prefix.size, max(self._held.get((prefix.key, replica_id)), reported.get(prefix.key, 0)))
             for prefix in prefixes
