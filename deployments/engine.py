@@ -25,15 +25,7 @@ from serve_app.engines.base import GenerationDelta, GenerationRequest
 from serve_app.metrics import ENGINE_METRICS, QUEUE_TIME
 from serve_app.model_service import ModelService
 from serve_app.model_source import prepare_model
-from serve_app.prefix_routing import (
-    ACTIVE_STAT,
-    ACTIVE_WINDOW_S,
-    HELD_KEYS,
-    HELD_KEYS_STAT,
-    LatestKeys,
-    LatestSizes,
-    prompt_prefixes,
-)
+from serve_app.prefix_routing import EngineReport, prompt_prefixes
 from serve_app.protocol.chat import ChatCompletionRequest
 from serve_app.protocol.completions import CompletionRequest
 from serve_app.protocol.embeddings import EmbeddingRequest
@@ -92,10 +84,8 @@ class LLMServer:
         # of its own it does not. One thread: requests are planned one at a time, in the order they arrive.
         self._planning = ThreadPoolExecutor(max_workers=1, thread_name_prefix="planning")
         self._watch = asyncio.create_task(self._leave_when_the_engine_dies())
-        # The affinity keys of the latest requests, reported to the prefix-affinity routers (docs/routing.md).
-        prefix_affinity = model.routing.router == "prefix_affinity"
-        self._active: LatestKeys[None] | None = LatestKeys(HELD_KEYS, ACTIVE_WINDOW_S) if prefix_affinity else None
-        self._held: LatestSizes[bytes] = LatestSizes(HELD_KEYS)
+        # The prefixes of the latest requests, reported to the prefix-affinity routers (docs/routing.md).
+        self._report = EngineReport() if model.routing.router == "prefix_affinity" else None
 
     async def _leave_when_the_engine_dies(self) -> None:
         """A dead EngineCore does not come back, and until the next health check Serve would go on routing
@@ -124,10 +114,8 @@ class LLMServer:
         plan's places in the engine's admission, held until the request is served (or a refusal: full).
         The request's prompt is in this replica's prefix cache from now on: its affinity key is noted for the
         routers."""
-        if self._active is not None and (prefixes := prompt_prefixes(request)):
-            self._active.note(prefixes[-1].key, None, time.monotonic())
-            for prefix in prefixes:
-                self._held.note(prefix.key, prefix.size)
+        if self._report is not None:
+            self._report.note(prompt_prefixes(request), time.monotonic())
         planned = await asyncio.get_running_loop().run_in_executor(self._planning, plan, request, *args)
         if isinstance(planned, OpenAIError):
             yield planned
@@ -208,11 +196,8 @@ class LLMServer:
         """Serve calls this on each replica every `HELD_KEYS_REPORT_PERIOD_S` and hands what changed to every
         router of this deployment (`deployments/prefix_router.py`). Async so that it runs on the replica's event
         loop, where `_planned` notes the keys, also when Serve runs sync methods in a thread pool
-        (`RAY_SERVE_RUN_SYNC_IN_THREADPOOL`): `LatestKeys` is not thread-safe."""
-        if self._active is None:
-            return {}
-        active = sum(self._active.recent(time.monotonic()).values())
-        return {HELD_KEYS_STAT: self._held.snapshot(), ACTIVE_STAT: active}
+        (`RAY_SERVE_RUN_SYNC_IN_THREADPOOL`): `EngineReport` is not thread-safe."""
+        return {} if self._report is None else self._report.stats(time.monotonic())
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve calls this on each replica every `metrics_interval_s`; `engine_queue_policy` reads it."""

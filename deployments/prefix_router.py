@@ -63,8 +63,9 @@ class PrefixAffinityRouter(RequestRouter):
         ranked = ranking(key, list(by_id))
         queue_lengths = await self._queue_lengths(candidate_replicas)
         # After the wait: a call of the same conversation routed meanwhile is then counted here.
-        held = {replica_id: self._held_of(prefixes, replica) for replica_id, replica in by_id.items()}
-        holders = [replica_id for replica_id in ranked if self._held_of(prefixes[-1:], by_id[replica_id])]
+        held_by_prefix = {replica_id: self._held_of(prefixes, replica) for replica_id, replica in by_id.items()}
+        held = {replica_id: max(held_of) for replica_id, held_of in held_by_prefix.items()}
+        holders = [replica_id for replica_id in ranked if held_by_prefix[replica_id][-1]]  # of the conversation
         backlog = self._backlogs(candidate_replicas, queue_lengths, size)
         active = self._active(candidate_replicas)
         chosen = choose(ranked, queue_lengths, size, held, holders, backlog, active, self._recompute_weight)
@@ -96,17 +97,17 @@ class PrefixAffinityRouter(RequestRouter):
                 self._remove_pending_request_from_indices(pending)  # by id: maybe a sibling's entry, unused here
                 return
 
-    def _held_of(self, prefixes: list[Prefix], replica: RunningReplica) -> int:
-        """How many of the prompt's characters `replica` holds: the longest of its prefixes that this router
-        sent there (known at once) or that the replica reports (the other routers' too, a period late)."""
+    def _held_of(self, prefixes: list[Prefix], replica: RunningReplica) -> list[int]:
+        """How many characters of each prefix `replica` holds: as much as this router sent there (known at
+        once) or as the replica reports (the other routers' too, a period late)."""
         replica_id = replica.replica_id.unique_id
         reported: dict[bytes, int] = replica.routing_stats.get(HELD_KEYS_STAT, {})
         if not isinstance(reported, dict):  # a replica of an earlier version, mid-upgrade, reports a set of keys
             reported = {}
-        return max(
+        return [
             min(prefix.size, max(self._held.get((prefix.key, replica_id)), reported.get(prefix.key, 0)))
             for prefix in prefixes
-        )
+        ]
 
     def _backlogs(self, replicas: list[RunningReplica], queue_lengths: dict[str, int], size: int) -> dict[str, float]:
         """Each replica's work in flight: what this router sent there, and its queue's other requests (other

@@ -288,19 +288,10 @@ class LatestKeys(Generic[V]):
                 self._uncount(oldest_value)
         self._leave_window(now)
 
-    def get(self, key: bytes) -> V | None:
-        noted = self._values.get(key)
-        return None if noted is None else noted[0]
-
     def recent(self, now: float) -> dict[V, int]:
         """How many of the keys used in the window ending `now` went to each value (where each went last)."""
         self._leave_window(now)
         return dict(self._recent_counts)
-
-    def keys(self) -> frozenset[bytes]:
-        """A set, not a list: Serve broadcasts a replica's routing stats when they change, and a conversation
-        coming back changes the order, not what the replica holds."""
-        return frozenset(self._values)
 
     def _leave_window(self, now: float) -> None:
         while self._recent:
@@ -315,3 +306,24 @@ class LatestKeys(Generic[V]):
         self._recent_counts[value] -= 1
         if not self._recent_counts[value]:
             del self._recent_counts[value]
+
+
+class EngineReport:
+    """What an engine replica reports to the routers (Serve's routing stats, `HELD_KEYS_REPORT_PERIOD_S` apart):
+    the prefixes it ran lately, each as long as it was then, and how many conversations it ran a request of in
+    the last `ACTIVE_WINDOW_S`. Not thread-safe: notes and reports come from one event loop."""
+
+    def __init__(self) -> None:
+        self._held: LatestSizes[bytes] = LatestSizes(HELD_KEYS)
+        self._active: LatestKeys[None] = LatestKeys(HELD_KEYS, ACTIVE_WINDOW_S)
+
+    def note(self, prefixes: Sequence[Prefix], now: float) -> None:
+        """A request of these prefixes came in: from now on its prompt is in the replica's prefix cache."""
+        if not prefixes:
+            return
+        self._active.note(prefixes[-1].key, None, now)
+        for prefix in prefixes:
+            self._held.note(prefix.key, prefix.size)
+
+    def stats(self, now: float) -> dict[str, object]:
+        return {HELD_KEYS_STAT: self._held.snapshot(), ACTIVE_STAT: sum(self._active.recent(now).values())}

@@ -189,7 +189,7 @@ class AdmittedEngine(Engine):
                         )
                         break
                 self._held[generation.request_id] = admission.enter(weight, generation.caller, generation.priority)
-            if refusal is not None:
+            if refusal is not None:  # now, not as the caller leaves: a stream holds the refusal across a yield
                 self._give_back(generations)
             yield refusal
         finally:

@@ -10,10 +10,15 @@ from collections import Counter
 from typing import Any
 
 from serve_app.prefix_routing import (
+    ACTIVE_STAT,
+    ACTIVE_WINDOW_S,
     CHARACTERS_PER_TOKEN,
+    HELD_KEYS_STAT,
     Backlog,
+    EngineReport,
     LatestKeys,
     LatestSizes,
+    Prefix,
     affinity_key,
     choose,
     prompt_prefixes,
@@ -254,10 +259,8 @@ def test_the_latest_keys_stay_and_the_one_used_longest_ago_leaves() -> None:
     latest.note(b"first", "a", 1.0)
     latest.note(b"second", "b", 2.0)
     latest.note(b"first", "c", 3.0)  # used again: now the newest, and placed elsewhere
-    latest.note(b"third", "a", 4.0)
-    assert latest.get(b"first") == "c"
-    assert latest.get(b"second") is None
-    assert latest.keys() == frozenset({b"first", b"third"})
+    latest.note(b"third", "a", 4.0)  # "second" leaves
+    assert latest.recent(5.0) == {"c": 1, "a": 1}
 
 
 def test_the_keys_used_within_the_window_are_counted_where_they_went_last() -> None:
@@ -269,7 +272,8 @@ def test_the_keys_used_within_the_window_are_counted_where_they_went_last() -> N
     latest.note(b"k3", "b", 4.5)  # k3 moved to b: counted there only
     assert latest.recent(5.0) == {"b": 2}
     assert latest.recent(9.0) == {}
-    assert latest.get(b"k2") == "b"  # out of the window, still remembered
+    latest.note(b"k2", "a", 10.0)  # out of the window, still remembered: moved, not counted twice
+    assert latest.recent(10.0) == {"a": 1}
 
 
 def test_a_key_pushed_out_by_the_capacity_is_no_longer_counted() -> None:
@@ -278,3 +282,15 @@ def test_a_key_pushed_out_by_the_capacity_is_no_longer_counted() -> None:
     latest.note(b"k2", "a", 2.0)
     latest.note(b"k3", "b", 3.0)
     assert latest.recent(4.0) == {"a": 1, "b": 1}
+
+
+def test_an_engine_reports_its_prefixes_latest_sizes_and_its_active_conversations() -> None:
+    report = EngineReport()
+    opening = Prefix(b"opening", 100)
+    report.note([opening, Prefix(b"first", 150)], 1.0)
+    report.note([opening, Prefix(b"second", 120)], 2.0)
+    report.note([opening, Prefix(b"first", 300)], 3.0)  # the first conversation's next turn
+    report.note([], 4.0)  # an embedding: no prompt to reuse
+    held = {b"opening": 100, b"first": 300, b"second": 120}
+    assert report.stats(5.0) == {HELD_KEYS_STAT: held, ACTIVE_STAT: 2}
+    assert report.stats(2.5 + ACTIVE_WINDOW_S) == {HELD_KEYS_STAT: held, ACTIVE_STAT: 1}  # the second went quiet
