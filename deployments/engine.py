@@ -112,7 +112,7 @@ class LLMServer:
     ) -> AsyncIterator[P | OpenAIError]:
         """`plan(request, *args)`, off the event loop (see `_planning`), then, back on it in the same step, the
         plan's places in the engine's admission, held until the request is served (or a refusal: full).
-        The request's prompt is in this replica's prefix cache from now on: its affinity key is noted for the
+        The request's prompt is in this replica's prefix cache from now on: its prefixes are noted for the
         routers."""
         if self._report is not None:
             self._report.note(prompt_prefixes(request), time.monotonic())
